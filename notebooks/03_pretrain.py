@@ -1,0 +1,118 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Pretrain
+#
+# The model reads random windows of the token file and learns to predict the next token.
+# One `Trainer` does the work here and in notebook 04: warmup + cosine learning rate, gradient
+# accumulation, clipping, periodic evaluation (loss and bits per character), checkpoints you can
+# resume from, and loss-curve PNGs. The same code runs headless under papermill, from the panel
+# at the bottom, and under `torchrun`.
+
+# %% tags=["parameters"]
+# Parameters: plain literals only. None means "take it from params/<config>.yaml".
+config = None          # tiny | small | medium | ci
+run_dir = None
+preset = None          # model shape: tiny | small | medium (shape parameters override it)
+learning_rate = None
+max_steps = None
+batch_size = None
+warmup_steps = None
+eval_interval = None
+save_steps = None
+enable_compile = None
+device = None          # auto | cpu | cuda | cuda:N | mps
+dtype = None           # auto | float32 | float16 | bfloat16
+
+# %%
+from minigpt.params import load_params
+from minigpt.report import system_report
+
+P = load_params("pretrain", globals())
+print(system_report(preset=P.preset, device=P.device, dtype=P.dtype, batch_size=P.batch_size))
+
+# %% [markdown]
+# ## Build the model and the trainer
+# Everything is checked before any compute: missing token files name the notebook to run first,
+# and bad values name the parameter.
+
+# %%
+from minigpt.pretrain import build_pretrain_trainer
+from minigpt.plots import LivePlot
+
+live = LivePlot(every=P.live_plot_interval, title="pretrain loss")
+trainer = build_pretrain_trainer(P, callbacks=[live])
+cfg = trainer.model_cfg
+print(f"model: d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} n_kv_heads={cfg.n_kv_heads} "
+      f"d_ff={cfg.d_ff} vocab={cfg.vocab_size} max_seq_len={cfg.max_seq_len}")
+print(f"parameters: {trainer.model.num_params():,}")
+print(f"steps: {trainer.max_steps}, batch {P.batch_size} x {trainer.seq_len} tokens x {trainer.accumulation_steps} accumulation")
+
+# %% [markdown]
+# ## Train
+# The plot below updates in place while training runs; a metrics line is printed every
+# `log_interval` steps and every line goes to `metrics.jsonl`. Interrupt the kernel at any time:
+# the trainer saves a checkpoint at the current step and returns.
+
+# %%
+import logging
+
+logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+result = trainer.fit()
+print(result)
+
+# %% [markdown]
+# ## Did it learn?
+# Validation loss at the first and the last evaluation, and a greedy sample from the final model.
+
+# %%
+import math
+
+from minigpt.plots import read_metrics
+
+evals = [r for r in read_metrics(trainer.metrics_path) if "val_loss" in r]
+first, last = evals[0], evals[-1]
+print(f"val loss: {first['val_loss']:.3f} at step {first['step']} -> {last['val_loss']:.3f} at step {last['step']}")
+if "val_bpc" in last:
+    print(f"bits per character: {last['val_bpc']:.3f}")
+assert math.isfinite(last["val_loss"])
+
+# %%
+from minigpt.generate import GenerationConfig, TextGenerator
+
+gen = TextGenerator(trainer.model, trainer.tokenizer)
+for prompt in ("你好，", "中国", "经济"):
+    print(repr(prompt), "->", gen.generate(prompt, GenerationConfig(max_new_tokens=40, do_sample=False, repetition_penalty=1.2)))
+
+# %% [markdown]
+# The loss curve saved with the final checkpoint (`plots/loss_curve_final_step_N.png`), two
+# panels: the whole run and the last 1000 steps. `python -m minigpt.plots RUN_DIR` redraws it.
+
+# %%
+from IPython.display import Image
+
+Image(filename=str(trainer.output_dir / "plots" / "loss_curve_latest.png"))
+
+# %% [markdown]
+# ## Train from the panel
+# The controls set the same parameters as the parameters cell. **Start** runs the same trainer in
+# the background with the live plot inside the panel; **Stop** saves a checkpoint and returns.
+# Under papermill the panel is only shown; nothing waits for a click.
+
+# %%
+from minigpt.train_panel import TrainingPanel
+
+if P.show_widgets:
+    panel = TrainingPanel(P, lambda p: build_pretrain_trainer(p, callbacks=[LivePlot(every=5, target=panel.output)]))
+    display(panel.widget)
