@@ -38,6 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .tokenizer import (
+    DATA_NOTEBOOK,
     EOS_ID,
     MiniTokenizer,
     TokenizerConfig,
@@ -87,6 +88,18 @@ def _encode_chunk(tok: MiniTokenizer, texts: Sequence[str], dtype: np.dtype) -> 
     return np.array(flat, dtype=dtype)
 
 
+def _raise_bad_text(src: Path, texts: Sequence[str], first: int) -> None:
+    """Name the document that can't be encoded (e.g. a lone surrogate from a JSON escape)."""
+    for k, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"{src}: document {first + k + 1}: not valid Unicode ({e.reason} at char {e.start}); "
+                f"re-run {DATA_NOTEBOOK} to clean the data"
+            ) from None
+
+
 def _batches(it: Iterable[str], n: int, skip: int) -> Iterable[list[str]]:
     buf: list[str] = []
     for k, t in enumerate(it):
@@ -132,7 +145,11 @@ def _pack_split(
         bar = tqdm(total=n_docs_total, initial=done["num_docs"], desc=f"pack {split}", unit="doc")
         try:
             for texts in _batches(iter_texts(src), chunk_docs, skip=done["num_docs"]):
-                arr = _encode_chunk(tok, texts, dtype)
+                try:
+                    arr = _encode_chunk(tok, texts, dtype)
+                except Exception:
+                    _raise_bad_text(src, texts, done["num_docs"])
+                    raise
                 _write_chunk(f, arr)
                 done["num_docs"] += len(texts)
                 done["num_tokens"] += int(arr.size)

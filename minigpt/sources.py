@@ -321,6 +321,8 @@ def iter_jsonl(
             yield Item(line_no, pos, "reject", INVALID_JSON, _excerpt(text))
             continue
         kind, value = parse_record(obj, text_key)
+        if kind == "chat" and counters is not None and len(value) < len(obj["conversations"]):
+            counters["trailing_user_turn_dropped"] = counters.get("trailing_user_turn_dropped", 0) + 1
         yield Item(line_no, pos, kind, value, _excerpt(text))
 
 
@@ -510,7 +512,9 @@ def chatterbot_to_chat(utterances: list[str]) -> list[dict]:
     return turns
 
 
-def iter_chatterbot(path: str, start_pos: int = 0, as_text: bool = False, **_: object) -> Iterator[Item]:
+def iter_chatterbot(
+    path: str, start_pos: int = 0, as_text: bool = False, counters: dict | None = None, **_: object
+) -> Iterator[Item]:
     """chatterbot yml -> chat records (or, with ``as_text``, one text document per dialogue)."""
     for i, (line, utts) in enumerate(_chatterbot_conversations(path), start=1):
         if i <= start_pos:
@@ -523,6 +527,8 @@ def iter_chatterbot(path: str, start_pos: int = 0, as_text: bool = False, **_: o
             yield Item(line, i, "text", "\n".join(utts), excerpt)
             continue
         turns = chatterbot_to_chat(utts)
+        if counters is not None and turns and len(turns) < len(utts):
+            counters["trailing_user_turn_dropped"] = counters.get("trailing_user_turn_dropped", 0) + 1
         if not turns:
             yield Item(line, i, "reject", NO_ASSISTANT_TURN, excerpt)
         else:
@@ -546,7 +552,7 @@ def iter_source(
     if src.fmt == "parquet":
         return iter_parquet(src.path, text_column, start_pos=start_pos)
     if src.fmt == "chatterbot":
-        return iter_chatterbot(src.path, start_pos=start_pos)
+        return iter_chatterbot(src.path, start_pos=start_pos, counters=counters)
     if src.fmt == "chatterbot_text":
         return iter_chatterbot(src.path, start_pos=start_pos, as_text=True)
     raise ValueError(f"{src.path}: unknown source format {src.fmt!r}")

@@ -207,6 +207,7 @@ class MiniTokenizer:
     def __init__(self, tokenizer: Any, source: str | None = None) -> None:
         self._tok = tokenizer
         self.source = source  # folder it was loaded from / saved to, for messages
+        self.train_seconds: float | None = None  # set by train_tokenizer
         for i, s in enumerate(SPECIAL_TOKENS):
             got = tokenizer.token_to_id(s)
             if got != i:
@@ -289,7 +290,10 @@ class MiniTokenizer:
         t = self.id_to_token(i)
         if i in self.special_ids:
             return t.encode("utf-8")
-        return bytes(_UNICODE_TO_BYTE[c] for c in t)
+        try:
+            return bytes(_UNICODE_TO_BYTE[c] for c in t)
+        except KeyError:  # an added (non-byte-level) token: its text is literal
+            return t.encode("utf-8")
 
     def token_str(self, i: int) -> str:
         """Readable form of a token (invalid partial UTF-8 shown with U+FFFD)."""
@@ -401,8 +405,8 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> MiniTokenizer
     t0 = time.perf_counter()
     tok.train_from_iterator((t for t in texts if t), trainer=trainer)
     mt = MiniTokenizer(tok)
-    mt.train_seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
-    logger.info("trained tokenizer: vocab %d in %.1fs", mt.vocab_size, mt.train_seconds)  # type: ignore[attr-defined]
+    mt.train_seconds = time.perf_counter() - t0
+    logger.info("trained tokenizer: vocab %d in %.1fs", mt.vocab_size, mt.train_seconds)
     return mt
 
 
@@ -428,6 +432,12 @@ def training_texts(data_dir: str | os.PathLike, cfg: TokenizerConfig) -> Iterato
                 if key == "conversations":
                     item = conversation_text(item) if isinstance(item, list) else ""
                 if isinstance(item, str):
+                    try:
+                        item.encode("utf-8")
+                    except UnicodeEncodeError as e:  # a lone surrogate from a "\ud800" JSON escape
+                        raise ValueError(
+                            f"{path}: record {k + 1}: not valid Unicode ({e.reason}); re-run {DATA_NOTEBOOK} to clean the data"
+                        ) from None
                     yield item
         offset += n
 
@@ -541,9 +551,10 @@ def quality_report(tok: MiniTokenizer, texts: list[str], n_examples: int = 3, to
         "n_chars": n_chars,
         "n_bytes": n_bytes,
         "n_tokens": n_tokens,
+        # decode(encode(x)) == x on every text; first_failure is an index into texts
+        "round_trip": {"checked": len(texts), "failures": len(failures), "ok": not failures,
+                       "first_failure": failures[0] if failures else None},
         "roundtrip_ok": not failures,
-        "roundtrip_failures": len(failures),
-        "roundtrip_first_failure": failures[0] if failures else None,
         "chars_per_token": n_chars / n_tokens if n_tokens else None,
         "bytes_per_token": n_bytes / n_tokens if n_tokens else None,
         "chinese": cpt(_script_runs(texts, _ZH)),  # CJK runs encoded on their own
@@ -578,7 +589,7 @@ def quality_tables(report: dict) -> dict:
             ("documents", report["n_docs"]),
             ("characters", report["n_chars"]),
             ("tokens", report["n_tokens"]),
-            ("round trip exact", report["roundtrip_ok"]),
+            ("round trip exact", f"{report['round_trip']['checked'] - report['round_trip']['failures']} / {report['round_trip']['checked']}"),
             ("chars / token (all)", report["chars_per_token"]),
             ("chars / token (Chinese)", report["chinese"]["chars_per_token"]),
             ("chars / token (English)", report["english"]["chars_per_token"]),

@@ -191,3 +191,34 @@ def test_bench_tokenizer(corpus):
     out = bench_tokenizer(corpus[1][:100], vocab_size=300)
     assert out["train_seconds"] > 0 and out["encode_mb_per_s"] > 0
     assert out["n_tokens"] > 0 and out["vocab_size"] <= 300
+
+
+def test_progress_from_another_tokenizer_is_discarded(corpus, tok, tmp_path, monkeypatch):
+    data = corpus[0]
+    other = train_tokenizer(corpus[2], TokenizerConfig(tokenizer_vocab_size=300))
+    pack_corpus(data, other, tmp_path / "ref", chunk_docs=50)
+    real = P._write_chunk
+    calls = {"n": 0}
+
+    def flaky(f, arr):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("stop")
+        real(f, arr)
+
+    monkeypatch.setattr(P, "_write_chunk", flaky)
+    with pytest.raises(RuntimeError):
+        pack_corpus(data, tok, tmp_path / "out", chunk_docs=50)
+    monkeypatch.setattr(P, "_write_chunk", real)
+    meta = pack_corpus(data, other, tmp_path / "out", chunk_docs=50)
+    assert meta["tokenizer_sha256"] == other.sha256
+    for name in ("train.bin", "val.bin"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+
+
+def test_invalid_unicode_document_is_named(tok, tmp_path):
+    d = tmp_path / "data"
+    write_jsonl(d / "val.jsonl", ["fine"])
+    (d / "train.jsonl").write_text('{"text": "ok"}\n{"text": "bad \\ud800 surrogate"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train\.jsonl: document 2: not valid Unicode"):
+        pack_corpus(d, tok, tmp_path / "tokens")

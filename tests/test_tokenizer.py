@@ -228,7 +228,7 @@ def test_training_is_deterministic_and_samples(run_dir):
     assert len(all_texts) == 400 + 40  # train docs + SFT conversations
     assert "你好\n你好！有什么可以帮你？" in all_texts
     a, b = train_tokenizer(texts, cfg), train_tokenizer(texts, cfg)
-    assert a.sha256 == b.sha256
+    assert a.sha256 == b.sha256 and a.train_seconds > 0
 
 
 def test_vocab_too_small_is_a_clear_error():
@@ -260,7 +260,7 @@ def test_quality_report(tok, run_dir):
     val = [json.loads(l)["text"] for l in (run_dir / "data" / "val.jsonl").read_text(encoding="utf-8").splitlines()]
     rep = quality_report(tok, val + TRICKY, n_examples=2)
     json.dumps(rep)  # JSON-able
-    assert rep["roundtrip_ok"] and rep["roundtrip_failures"] == 0
+    assert rep["roundtrip_ok"] and rep["round_trip"] == {"checked": 40 + len(TRICKY) - 1, "failures": 0, "ok": True, "first_failure": None}
     assert rep["n_tokens"] < rep["n_chars"] < rep["n_bytes"]
     assert rep["chinese"]["chars_per_token"] > 1.0 and rep["english"]["chars_per_token"] > 1.5
     assert 0 < rep["vocab_used"] <= tok.vocab_size - 4
@@ -271,3 +271,10 @@ def test_quality_report(tok, run_dir):
     assert set(tables) >= {"summary", "char_level", "longest_tokens"}
     assert render_tokens_text(tok, "中文 😀") .replace("|", "") == "中文 😀"
     assert render_tokens_html(tok, "<b>x</b>").count("&lt;b&gt;") + render_tokens_html(tok, "<b>x</b>").count("&lt;") >= 1
+
+
+def test_quality_report_flags_round_trip_failures(tok, monkeypatch):
+    real = tok.decode
+    monkeypatch.setattr(tok, "decode", lambda ids, skip_special_tokens=False: real(ids).replace("\r", ""))
+    rep = quality_report(tok, ["ok", "a\r\nb", "fine"])
+    assert rep["round_trip"] == {"checked": 3, "failures": 1, "ok": False, "first_failure": 1}

@@ -1,0 +1,122 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Generate, evaluate, export
+#
+# Load a checkpoint and sample from it: temperature, top-k and top-p shape the next-token
+# distribution, and a KV cache means each new token costs one small forward pass instead of
+# re-reading the whole prompt. Then measure the model (perplexity and bits per character on the
+# validation split) and export it as a `transformers` Llama folder that loads anywhere.
+
+# %% tags=["parameters"]
+# Parameters: plain literals only. None means "take it from params/<config>.yaml" (its `generate:` block).
+config = None
+run_dir = None
+checkpoint = None        # default: the SFT model if there is one, else the pretrained one
+prompt = None
+temperature = None
+top_k = None
+top_p = None
+repetition_penalty = None
+max_new_tokens = None
+prompts_file = None      # one prompt a line, for batch generation
+export_dir = None        # default: runs/<run>/hf
+
+# %%
+from pathlib import Path
+
+from minigpt.params import load_params, validate_dataclass
+from minigpt.generate import GenerationConfig, TextGenerator, read_prompts_file
+from minigpt.checkpoint import load_checkpoint
+
+P = load_params("generate", globals())
+gen_cfg = P.build(GenerationConfig)
+validate_dataclass(gen_cfg)
+sft_model = P.paths["sft"] / "final_model"
+ckpt_dir = Path(P.checkpoint) if P.checkpoint else (sft_model if sft_model.is_dir() else P.paths["pretrain"] / "final_model")
+model, tokenizer, model_cfg = load_checkpoint(ckpt_dir)
+gen = TextGenerator(model, tokenizer)
+print(f"loaded {ckpt_dir.relative_to(P.run_dir)}: {model.num_params():,} parameters")
+
+# %% [markdown]
+# ## Sample
+# One completion with the parameters above, then the same prompt streamed token by token
+# (the stream never emits half of a multi-byte character).
+
+# %%
+print(gen.generate(P.prompt, gen_cfg))
+
+# %%
+for piece in gen.stream(P.prompt, gen_cfg.replace(seed=0)):
+    print(piece, end="", flush=True)
+print()
+
+# %% [markdown]
+# ## Batch and chat
+# Batches are left-padded with an attention mask and each row stops on its own.
+# Chat goes through the tokenizer's ChatML template, with history.
+
+# %%
+prompts = read_prompts_file(P.prompts_file) if P.prompts_file else ["中国", "长江、", "你好，好久不见"]
+for p, out in zip(prompts, gen.batch_generate(prompts, gen_cfg.replace(do_sample=False))):
+    print(f"{p!r} -> {out!r}")
+
+# %%
+history = [{"role": "user", "content": P.chat_message}]
+reply = gen.chat(history, gen_cfg)
+print("user:", P.chat_message)
+print("assistant:", reply)
+
+# %% [markdown]
+# ## Evaluate
+# Perplexity and bits per character on the validation split. Bits per character do not depend on
+# the tokenizer, so runs with different vocabularies can be compared.
+
+# %%
+from minigpt.evaluate import evaluate_split, write_samples
+
+metrics = evaluate_split(model, P.paths["tokens"], "val", num_batches=20)
+print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+
+# %% [markdown]
+# A fixed prompt set, written to `samples.md` together with the parameters used:
+
+# %%
+samples_md = write_samples(gen, config=gen_cfg, path=P.run_dir / "samples.md", chat=sft_model.is_dir() and not P.checkpoint)
+print(samples_md)
+
+# %% [markdown]
+# ## Export to Hugging Face `transformers`
+# The folder holds `config.json` (LlamaForCausalLM), `model.safetensors` and the tokenizer files
+# with the chat template; `AutoModelForCausalLM.from_pretrained` loads it as it is.
+
+# %%
+from minigpt.export import export_hf
+
+hf_dir = export_hf(ckpt_dir, Path(P.export_dir) if P.export_dir else P.run_dir / "hf")
+print(sorted(p.name for p in hf_dir.iterdir()))
+
+# %% [markdown]
+# ## Try it yourself
+# Move the sliders, type a prompt and press **Generate**; switch to chat mode for a conversation
+# with history (**Clear** starts over). Under papermill the panel is only shown.
+
+# %%
+from minigpt.widgets import GenerationPanel
+
+if P.show_widgets:
+    panel = GenerationPanel(gen, gen_cfg, prompt=P.prompt, prompts_file=P.prompts_file)
+    display(panel)
