@@ -31,9 +31,9 @@
 # Parameters: plain literals only. None means "take it from params/<config>.yaml".
 config = None          # tiny | small | medium | ci, or a path to a .yaml file
 run_dir = None         # default runs/default
-data_files = None      # list of your files; empty = the built-in corpora
+data_files = None      # list of your files; empty means the built-in corpora
 use_full_data = None   # every built-in source
-max_data_size = None   # cap on documents, 0 = no cap
+max_data_size = None   # cap on documents, 0 means no cap
 val_fraction = None
 
 # %% [markdown]

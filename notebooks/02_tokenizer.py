@@ -29,7 +29,7 @@
 config = None
 run_dir = None
 tokenizer_vocab_size = None   # 6400 by default, MiniMind's size
-tokenizer_samples = None      # documents to train on, 0 = all
+tokenizer_samples = None      # documents to train on, 0 means all
 min_frequency = None
 retrain_tokenizer = None      # False reuses an existing tokenizer
 

@@ -1,0 +1,121 @@
+"""The notebook parameter loader: merge order, strict keys and types, and every notebook's parameters cell."""
+import ast
+import logging
+from pathlib import Path
+
+import pytest
+
+from minigpt.params import ParameterError, all_parameter_names, load_params, registry
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_SECTIONS = {"01_data_clean": "clean", "02_tokenizer": "tokenizer", "03_pretrain": "pretrain",
+                     "04_sft": "sft", "05_generate": "generate"}
+
+
+def write_yaml(tmp_path, text):
+    p = tmp_path / "p.yaml"
+    p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+def test_merge_order_defaults_file_section_explicit(tmp_path):
+    cfg = write_yaml(tmp_path, "batch_size: 4\nlearning_rate: 0.01\npretrain:\n  learning_rate: 0.02\n  max_steps: 7\n")
+    P = load_params("pretrain", {"config": cfg, "max_steps": 9})
+    assert P.batch_size == 4            # file top level
+    assert P.learning_rate == 0.02      # the notebook's block beats the top level
+    assert P.max_steps == 9             # explicit beats both
+    assert P.min_lr == 1e-4             # dataclass default
+    # the sft notebook ignores the pretrain block and keeps its fine-tuning default
+    S = load_params("sft", {"config": cfg})
+    assert S.learning_rate == 0.01 and S.max_steps == 1000 and S.warmup_steps == 100
+
+
+def test_injected_section_dict_from_papermill_f(tmp_path):
+    # `papermill -f params/x.yaml` injects each block as a dict variable named after it
+    ns = {"In": ["# Parameters\nconfig = 'ci'\npretrain = {'max_steps': 3}\nsft = {'max_steps': 4}\n"],
+          "config": "ci", "pretrain": {"max_steps": 3}, "sft": {"max_steps": 4}}
+    assert load_params("pretrain", ns).max_steps == 3
+    assert load_params("sft", ns).max_steps == 4
+
+
+def test_unknown_key_in_cell_is_named_with_suggestion():
+    ns = {"In": ["# Parameters\nlearnin_rate = 0.1\n"], "learnin_rate": 0.1}
+    with pytest.raises(ParameterError, match=r"unknown parameter 'learnin_rate'.*learning_rate"):
+        load_params("pretrain", ns)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    cfg = write_yaml(tmp_path, "batch_sise: 3\n")
+    with pytest.raises(ParameterError, match=r"p\.yaml: unknown key 'batch_sise'"):
+        load_params("pretrain", {"config": cfg})
+    cfg = write_yaml(tmp_path, "sft:\n  lora_rnk: 3\n")
+    with pytest.raises(ParameterError, match=r"unknown key 'sft\.lora_rnk'"):
+        load_params("sft", {"config": cfg})
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("batch_size", "eight", "batch_size: expected an integer"),
+    ("learning_rate", "fast", "learning_rate: expected a number"),
+    ("enable_compile", 3, "enable_compile: expected true or false"),
+    ("batch_size", True, "batch_size: expected an integer"),
+    ("device", 0, "device: expected a string"),
+])
+def test_wrong_types_are_named(key, value, msg):
+    with pytest.raises(ParameterError, match=msg):
+        load_params("pretrain", {key: value})
+
+
+def test_gentle_coercions():
+    P = load_params("pretrain", {"max_steps": "12", "learning_rate": 1, "sample_prompts": "a,b"})
+    assert P.max_steps == 12 and P.learning_rate == 1.0 and P.sample_prompts == ["a", "b"]
+
+
+def test_env_config_and_run_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINIGPT_CONFIG", "ci")
+    monkeypatch.setenv("MINIGPT_RUN_DIR", str(tmp_path / "r"))
+    P = load_params("pretrain", {})
+    assert P.config == "ci" and P.d_model == 64 and P.run_dir == tmp_path / "r"
+    assert P.paths["tokens"] == tmp_path / "r" / "tokens"
+
+
+def test_preset_warmup_is_clamped_but_explicit_is_not(caplog):
+    with caplog.at_level(logging.WARNING, logger="minigpt.params"):
+        P = load_params("pretrain", {"config": "medium", "max_steps": 2})
+    assert P.warmup_steps == 2 and "exceeds max_steps" in caplog.text
+    P = load_params("pretrain", {"config": "medium", "max_steps": 2, "warmup_steps": 5})
+    assert P.warmup_steps == 5  # left for TrainConfig.validate to reject, naming the key
+
+
+def test_missing_config_lists_available():
+    with pytest.raises(ParameterError, match=r"nope\.yaml not found; expected one of \['ci', 'medium', 'small', 'tiny'\]"):
+        load_params("pretrain", {"config": "nope"})
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "medium", "ci"])
+def test_shipped_param_files_load_for_every_notebook(name):
+    for section in NOTEBOOK_SECTIONS.values():
+        P = load_params(section, {"config": name})
+        assert P.config == name
+
+
+def _parameters_cell_names(path: Path) -> set[str]:
+    src = path.read_text(encoding="utf-8")
+    cell = src.split('# %% tags=["parameters"]', 1)[1].split("# %%", 1)[0]
+    return {t.id for node in ast.walk(ast.parse(cell)) if isinstance(node, ast.Assign) for t in node.targets}
+
+
+@pytest.mark.parametrize("notebook,section", sorted(NOTEBOOK_SECTIONS.items()))
+def test_parameters_cells_only_hold_registered_names(notebook, section):
+    names = _parameters_cell_names(ROOT / "notebooks" / f"{notebook}.py")
+    assert {"config", "run_dir"} <= names
+    assert names <= set(registry(section)), names - set(registry(section))
+
+
+def test_seed_flag_names_are_accepted():
+    names = all_parameter_names()
+    for flag in ("learning_rate", "max_steps", "batch_size", "warmup_steps", "save_steps", "output_dir",
+                 "use_full_data", "data_files", "max_data_size", "tokenizer_vocab_size", "retrain_tokenizer",
+                 "enable_compile", "num_threads", "dataloader_workers", "accumulation_steps", "grad_clip",
+                 "use_ema", "early_stopping", "patience", "eval_interval", "top_k", "top_p", "temperature",
+                 "repetition_penalty", "no_repeat_ngram_size", "keep_last_n_checkpoints", "permanent_checkpoints"):
+        assert flag in names, flag
