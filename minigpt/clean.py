@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from json.encoder import encode_basestring as _encode_str  # C, ensure_ascii=False flavour
 
 from . import sources as S
 
@@ -304,17 +305,17 @@ class Cleaner:
                 steps["remove_urls"] += 1
                 s = t
         # isprintable() is a fast C scan that is False for every control, format or non-space
-        # whitespace character, so most documents skip the regexes below entirely
-        if cfg.strip_control and not s.isprintable() and _CONTROL_RE.search(s):
+        # whitespace character; newlines aside, most documents are printable and skip the regexes
+        odd = not s.isprintable() and not s.replace("\n", " ").isprintable()
+        if cfg.strip_control and odd and _CONTROL_RE.search(s):
             s = _CONTROL_RE.sub("", s)
             steps["strip_control"] += 1
         if cfg.collapse_whitespace:
             t = s
-            if "  " in t or not t.isprintable():
-                if _HSPACE_RE.search(t):
-                    t = _HSPACE_RE.sub(" ", t)
-                if " \n" in t or "\n " in t or "\n\n" in t:
-                    t = _NEWLINES_RE.sub(_collapse_newlines, t)
+            if ("  " in t or odd) and _HSPACE_RE.search(t):
+                t = _HSPACE_RE.sub(" ", t)
+            if " \n" in t or "\n " in t or "\n\n" in t:
+                t = _NEWLINES_RE.sub(_collapse_newlines, t)
             t = t.strip()
             if t != s:
                 steps["collapse_whitespace"] += 1
@@ -678,7 +679,8 @@ class _Run:
         st = self.stats
         if kind == "text":
             split = "val" if is_val(h, self.cfg.val_fraction) else "train"
-            line = json.dumps({"text": value}, ensure_ascii=False)
+            # the C string encoder directly: json.dumps of a dict goes through slower Python layers
+            line = '{"text": ' + _encode_str(value) + "}"
         else:
             split = "sft_val" if is_val(h, self.cfg.val_fraction) else "sft"
             line = json.dumps({"conversations": value}, ensure_ascii=False)
@@ -707,11 +709,12 @@ class _Run:
         normed = iter(cleaner.normalize_batch(raw, tagged))
         # pass 1: per-record results: ("reject", reason, detail), ("cap",) or (kind, value, nchars)
         results: list[tuple] = []
-        for src, item in batch:
-            st["records"] += 1
-            _source_stats(st, src)["records"] += 1
-            fst = st["files"].setdefault(src.path, {"records": 0, "parsed": 0})
-            fst["records"] += 1
+        src = batch[0][0]  # a batch never spans two sources
+        st["records"] += len(batch)
+        _source_stats(st, src)["records"] += len(batch)
+        fst = st["files"].setdefault(src.path, {"records": 0, "parsed": 0})
+        fst["records"] += len(batch)
+        for _, item in batch:
             if item.kind == "reject":
                 results.append(("reject", item.value, ""))
                 continue

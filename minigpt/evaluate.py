@@ -63,7 +63,8 @@ def load_split(tokens: str | Path | np.ndarray | torch.Tensor, split: str = "val
     if isinstance(tokens, np.ndarray):
         return tokens, {}
     path = Path(tokens)
-    folder, binfile = (path, path / f"{split}.bin") if path.is_dir() else (path.parent, path)
+    is_file_arg = path.suffix == ".bin" and not path.is_dir()
+    folder, binfile = (path.parent, path) if is_file_arg else (path, path / f"{split}.bin")
     if not binfile.is_file():
         raise FileNotFoundError(f"{binfile}: token file not found; run notebooks/02_tokenizer to write runs/R/tokens")
     meta: dict[str, Any] = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .checkpoint import load_checkpoint
-from .datasets import ChatBatches, build_chat_example, pad_examples
+from .chat_data import ChatBatches, build_chat_example, pad_examples
 from .params import Params
 from .pretrain import _jsonable, train_config_from_params
 from .trainer import Trainer

@@ -246,6 +246,8 @@ def _decode(raw: bytes) -> str | None:
 
 def _check_text(text: str) -> str:
     """Reason why a decoded string cannot be used, or ''."""
+    if text.isprintable():  # fast C scan; NUL and surrogates are both non-printable
+        return ""
     if "\x00" in text:
         return NUL_BYTE
     if _SURROGATE.search(text):

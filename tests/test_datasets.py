@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt.datasets import IGNORE_INDEX, ChatBatches, WindowSampler, build_chat_example, sequential_windows
+from minigpt.chat_data import ChatBatches, build_chat_example
+from minigpt.datasets import IGNORE_INDEX, WindowSampler, sequential_windows
 from minigpt.tokenizer import TokenizerConfig, train_tokenizer
 
 TEXTS = ["你好，很高兴认识你。", "今天天气很好，我们去公园散步吧。", "Hello there, how are you today?",

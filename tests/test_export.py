@@ -1,0 +1,102 @@
+"""export.py: a transformers Llama folder whose logits and greedy generation match minigpt's."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from minigpt import GPT, ModelConfig
+from minigpt.checkpoint import save_checkpoint
+from minigpt.export import export_hf, main
+from minigpt.generate import GenerationConfig, TextGenerator
+from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "中国的首都是北京。",
+         "人工智能正在改变世界。", "Hello, how are you today?", "我喜欢读书和写字。"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    rng = random.Random(0)
+    tok = train_tokenizer(["".join(rng.sample(LINES, 3)) for _ in range(200)],
+                          TokenizerConfig(tokenizer_vocab_size=330, min_frequency=2))
+    tok.save(tmp / "tok")
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
+                      rope_theta=5000.0, rms_norm_eps=1e-6)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # wider weights than init: peaked distributions, so greedy paths are not ties
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    ckpt = save_checkpoint(tmp / "ckpt", model, {"model": cfg.to_dict(), "tokenizer_sha256": tok.sha256},
+                           tokenizer_dir=tmp / "tok")
+    out = export_hf(ckpt, tmp / "hf")
+    return model, tok, out
+
+
+def test_folder_contents(exported):
+    model, tok, out = exported
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "generation_config.json"} <= names
+    assert not [n for n in names if n.startswith(".")]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"] is True
+    assert cfg["num_key_value_heads"] == 2 and cfg["rope_parameters"]["rope_theta"] == 5000.0
+    tc = json.loads((out / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in tc["chat_template"] and tc["model_max_length"] == 64
+    from safetensors.torch import load_file
+    keys = set(load_file(str(out / "model.safetensors")))
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+
+
+def test_hf_logits_match(exported):
+    model, tok, out = exported
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()  # tied on load
+    ids = torch.tensor([tok.encode("长江、黄河是中国的两条大河。人工智能")])
+    with torch.no_grad():
+        ours, _ = model(ids)
+        theirs = hf(ids).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_hf_tokenizer_matches(exported):
+    model, tok, out = exported
+    hft = transformers.AutoTokenizer.from_pretrained(str(out))
+    text = "今天天气很好，Hello!"
+    assert hft.encode(text, add_special_tokens=False) == tok.encode(text)
+    msgs = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "介绍一下中国"}]
+    rendered = hft.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert hft.encode(rendered, add_special_tokens=False) == tok.apply_chat_template(msgs, add_generation_prompt=True)
+    assert hft.eos_token_id == tok.eos_id and hft.pad_token_id == tok.pad_id
+
+
+def test_hf_greedy_generation_matches(exported):
+    model, tok, out = exported
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    gen = TextGenerator(model, tok)
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=30)
+    for prompt in ["长江、", "你好，很高兴", "Hello"]:
+        ids = tok.encode(prompt)
+        ours = gen.generate_ids(ids, cfg)
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            theirs = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=30)
+        assert ours == theirs[0, len(ids):].tolist(), prompt
+
+
+def test_cli_and_bad_checkpoint(exported, tmp_path, capsys):
+    model, tok, out = exported
+    ckpt = out.parent / "ckpt"
+    assert main([str(ckpt), str(tmp_path / "hf2")]) == 0
+    assert (tmp_path / "hf2" / "model.safetensors").is_file()
+    assert main([str(tmp_path / "nope"), str(tmp_path / "hf3")]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "hf3").exists()
