@@ -1,6 +1,6 @@
 """Pretraining batches: random windows over a token memmap, and fixed windows for evaluation.
 
-The sampler is a deterministic functions of (seed, position), so their state is two integers and
+The sampler is a deterministic function of (seed, position), so its state is two integers and
 resume continues the exact stream of batches an uninterrupted run would have seen.
 (Chat examples for SFT live in chat_data.py.)
 """
