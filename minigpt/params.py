@@ -45,7 +45,15 @@ COMMON: dict[str, tuple[Any, Any]] = {
 
 # Parameters that belong to a notebook but to no dataclass: name -> (type, default).
 EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
-    "pretrain": {"preset": (str, "tiny"), "show_widgets": (bool, True), "live_plot_interval": (int, 10)},
+    "pretrain": {
+        "preset": (str, "tiny"),
+        "show_widgets": (bool, True),
+        "live_plot_interval": (int, 10),
+        # seed 004: token files as input (.npy of ints, or raw .bin with token_dtype) instead of runs/<run>/tokens
+        "train_data": (str, ""),
+        "val_data": (str, ""),
+        "token_dtype": (str, ""),
+    },
     "sft": {"pretrained_checkpoint": (str, ""), "show_widgets": (bool, True), "live_plot_interval": (int, 10)},
     "generate": {
         "checkpoint": (str, ""),
@@ -64,6 +72,29 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Model-shape fields default to None: "take the preset's value" (seed 004 overrides on top of a preset).
 MODEL_OVERRIDE_SECTIONS = {"pretrain"}
+
+# The seeds' own names for the same knobs: accepted as parameters and mapped onto the canonical name.
+# name -> (canonical, transform or None, the seed that uses it)
+ALIASES: dict[str, tuple[str, Any, str]] = {
+    "max_lr": ("learning_rate", None, "003"),
+    "max_iters": ("max_steps", None, "004"),
+    "checkpoint_interval": ("save_steps", None, "003"),
+    "save_interval": ("save_steps", None, "004"),
+    "out_dir": ("output_dir", None, "002"),
+    "log_dir": ("output_dir", None, "003"),
+    "checkpoint_dir": ("output_dir", None, "004"),
+    "load_checkpoint": ("resume_from", None, "004"),
+    "checkpoint_path": ("resume_from", None, "003"),
+    "grad_accumulation_steps": ("accumulation_steps", None, "003"),
+    "num_workers": ("dataloader_workers", None, "003"),
+    "compile": ("enable_compile", None, "003"),
+    "wandb_log": ("use_wandb", None, "003"),
+    "context_length": ("seq_len", None, "004"),
+    "model_path": ("checkpoint", None, "002"),
+    "batch_file": ("prompts_file", None, "002"),
+    "greedy": ("do_sample", lambda v: not v, "002"),
+    "resume": ("auto_resume", None, "002/003"),
+}
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _PARAM_CELL_MARKERS = ("# Parameters", "# parameters")
@@ -125,10 +156,31 @@ def registry(section: str) -> dict[str, tuple[Any, Any]]:
 
 
 def all_parameter_names() -> set[str]:
+    """Every name some notebook accepts, the seeds' aliases included."""
     names: set[str] = set()
     for s in SECTIONS:
-        names |= set(registry(s))
+        names |= set(registry(s)) | set(section_aliases(s))
     return names
+
+
+def section_aliases(section: str) -> dict[str, tuple[str, Any, str]]:
+    reg = registry(section)
+    return {a: v for a, v in ALIASES.items() if v[0] in reg}
+
+
+def resolve_aliases(section: str, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Rename seed aliases to canonical names; an alias and its canonical name with different values is an error."""
+    aliases = section_aliases(section)
+    out = {k: v for k, v in values.items() if k not in ALIASES}
+    for k, v in values.items():
+        if k not in aliases or v is None:
+            continue
+        canonical, transform, _seed = aliases[k]
+        value = transform(v) if transform else v
+        if canonical in out and out[canonical] is not None and out[canonical] != value:
+            raise ParameterError(f"{k}: alias of {canonical}, but both are set ({v!r} vs {out[canonical]!r}) ({where})")
+        out[canonical] = value
+    return out
 
 
 def _is_optional(t) -> bool:
@@ -232,7 +284,7 @@ def read_config_file(config: str) -> dict[str, Any]:
         if k in SECTIONS:
             if not isinstance(v, dict):
                 raise ParameterError(f"{path}: section '{k}' must be a mapping")
-            bad = [sk for sk in v if sk not in registry(k)]
+            bad = [sk for sk in v if sk not in registry(k) and sk not in section_aliases(k)]
             if bad:
                 raise ParameterError(f"{path}: unknown key '{k}.{bad[0]}' for notebook {SECTIONS[k][0]}{_suggest(bad[0], set(registry(k)))}")
         elif k not in known:
@@ -309,7 +361,9 @@ def load_params(section: str, namespace: dict[str, Any] | None = None, **explici
         if name not in reg and namespace.get(name) is not None:
             logger.warning("parameter '%s' does not apply to notebook %s; ignored", name, SECTIONS[section][0])
 
-    given = {k: namespace[k] for k in assigned if k in reg and namespace.get(k) is not None}
+    aliases = section_aliases(section)
+    given = {k: namespace[k] for k in assigned if (k in reg or k in aliases) and namespace.get(k) is not None}
+    given = resolve_aliases(section, given, "explicit parameter")
     injected_section = namespace.get(section) if section in assigned else None  # `-f params/x.yaml` injects blocks as dicts
 
     config = given.get("config") or os.environ.get("MINIGPT_CONFIG") or COMMON["config"][1]
@@ -319,9 +373,9 @@ def load_params(section: str, namespace: dict[str, Any] | None = None, **explici
     merged: dict[str, Any] = {k: d for k, (t, d) in reg.items()}
     sources: dict[str, str] = {k: "default" for k in reg}
     layers = [
-        ({k: v for k, v in file_values.items() if k not in SECTIONS}, where_file),
-        (file_values.get(section) or {}, f"{where_file} [{section}]"),
-        (injected_section or {}, f"injected [{section}]"),
+        (resolve_aliases(section, {k: v for k, v in file_values.items() if k not in SECTIONS}, where_file), where_file),
+        (resolve_aliases(section, file_values.get(section) or {}, where_file), f"{where_file} [{section}]"),
+        (resolve_aliases(section, injected_section or {}, "injected"), f"injected [{section}]"),
         (given, "explicit parameter"),
     ]
     for values, where in layers:

@@ -46,7 +46,6 @@ def chars_per_token(meta: dict, split: str) -> float | None:
 
 def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, world_size: int = 1) -> Trainer:
     """Everything notebook 03 needs, checked before any compute."""
-    from .packing import load_tokens, read_meta
     from .tokenizer import MiniTokenizer
 
     paths = P.paths
@@ -59,9 +58,7 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
     seq_len = train_cfg.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
         raise ParameterError(f"seq_len: {seq_len} exceeds max_seq_len={model_cfg.max_seq_len}")
-    train_tokens = load_tokens(paths["tokens"], "train", tokenizer)
-    val_tokens = load_tokens(paths["tokens"], "val", tokenizer)
-    meta = read_meta(paths["tokens"])
+    train_tokens, val_tokens, meta = _token_arrays(P, tokenizer)
     if train_cfg.epochs:
         per_step = train_cfg.batch_size * seq_len * max(1, train_cfg.accumulation_steps) * world_size
         train_cfg = dataclasses.replace(train_cfg, max_steps=max(1, train_cfg.epochs * len(train_tokens) // per_step))
@@ -78,6 +75,29 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
         tokenizer=tokenizer, tokenizer_dir=tok_dir, chars_per_token=chars_per_token(meta, "val"),
         callbacks=callbacks, kind="pretrain", extra_config=_jsonable(P), rank=rank, world_size=world_size,
     )
+
+
+def _token_arrays(P: Params, tokenizer):
+    """The run's token files, or user files given as train_data / val_data (seed 004: .npy or raw .bin)."""
+    from .packing import load_tokens, read_meta
+
+    if not P.get("train_data"):
+        tokens_dir = P.paths["tokens"]
+        return load_tokens(tokens_dir, "train", tokenizer), load_tokens(tokens_dir, "val", tokenizer), read_meta(tokens_dir)
+    dtype = P.get("token_dtype") or None
+    arrays = []
+    for key in ("train_data", "val_data"):
+        path = Path(P.get(key) or P["train_data"])
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}: {path} not found; expected a .npy file or a raw .bin token file")
+        if path.suffix == ".bin" and dtype is None:
+            raise ParameterError(f"token_dtype: required for the raw token file {path} (e.g. uint16 or int32)")
+        arrays.append(load_tokens(path, path.stem, tokenizer, dtype=dtype))  # range-checks ids against the vocab
+    if not P.get("val_data"):
+        logger.warning("val_data not given: evaluating on the last 5%% of train_data, which is then not trained on")
+        cut = int(len(arrays[0]) * 0.95)
+        arrays = [arrays[0][:cut], arrays[0][cut:]]
+    return arrays[0], arrays[1], {}
 
 
 def _jsonable(P: Params) -> dict[str, Any]:

@@ -119,3 +119,38 @@ def test_seed_flag_names_are_accepted():
                  "use_ema", "early_stopping", "patience", "eval_interval", "top_k", "top_p", "temperature",
                  "repetition_penalty", "no_repeat_ngram_size", "keep_last_n_checkpoints", "permanent_checkpoints"):
         assert flag in names, flag
+
+
+def test_seed_aliases_map_to_canonical_names():
+    P = load_params("pretrain", {"max_lr": 0.004, "max_iters": 17, "checkpoint_interval": 5, "out_dir": "x",
+                                 "grad_accumulation_steps": 2, "num_workers": 1, "compile": True, "context_length": 64})
+    assert (P.learning_rate, P.max_steps, P.save_steps, P.output_dir) == (0.004, 17, 5, "x")
+    assert (P.accumulation_steps, P.dataloader_workers, P.enable_compile, P.seq_len) == (2, 1, True, 64)
+    G = load_params("generate", {"greedy": True, "model_path": "ck", "batch_file": "p.txt"})
+    assert G.do_sample is False and G.checkpoint == "ck" and G.prompts_file == "p.txt"
+    with pytest.raises(ParameterError, match="max_lr: alias of learning_rate, but both are set"):
+        load_params("pretrain", {"max_lr": 0.1, "learning_rate": 0.2})
+
+
+def test_token_files_as_input_seed_004(tmp_path):
+    """train_data / val_data take .npy and raw .bin token files; a raw .bin needs token_dtype."""
+    import numpy as np
+    import torch
+
+    from minigpt.pretrain import build_pretrain_trainer
+    from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+
+    run = tmp_path / "run"
+    tok = train_tokenizer(["你好，世界。今天天气很好。"] * 50, TokenizerConfig(tokenizer_vocab_size=300, min_frequency=1))
+    tok.save(run / "tokenizer")
+    np.save(tmp_path / "train.npy", (np.arange(5000) % 300).astype(np.int32))
+    (np.arange(3000) % 300).astype(np.uint16).tofile(tmp_path / "val.bin")
+    base = dict(config="ci", run_dir=str(run), max_steps=2, warmup_steps=1)
+    P = load_params("pretrain", {**base, "train_data": str(tmp_path / "train.npy"), "val_data": str(tmp_path / "val.bin"),
+                                 "token_dtype": "uint16"})
+    t = build_pretrain_trainer(P)
+    assert len(t.train_batches.tokens) == 5000 and int(t.train_batches.tokens[301]) == 1
+    assert torch.equal(t.eval_batches[0][0][0, :3], torch.tensor([0, 1, 2]))
+    P = load_params("pretrain", {**base, "train_data": str(tmp_path / "val.bin")})
+    with pytest.raises(ParameterError, match="token_dtype: required"):
+        build_pretrain_trainer(P)
