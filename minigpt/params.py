@@ -31,7 +31,7 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
     "clean": ("01_data_clean", ["minigpt.clean:CleanConfig"]),
     "tokenizer": ("02_tokenizer", ["minigpt.tokenizer:TokenizerConfig"]),
     "pretrain": ("03_pretrain", ["minigpt.config:ModelConfig", "minigpt.config:TrainConfig"]),
-    "sft": ("04_sft", ["minigpt.config:TrainConfig"]),
+    "sft": ("04_sft", ["minigpt.config:TrainConfig", "minigpt.sft:SFTConfig"]),
     "generate": ("05_generate", ["minigpt.generate:GenerationConfig"]),
 }
 

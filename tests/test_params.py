@@ -143,13 +143,13 @@ def test_token_files_as_input_seed_004(tmp_path):
     run = tmp_path / "run"
     tok = train_tokenizer(["你好，世界。今天天气很好。"] * 50, TokenizerConfig(tokenizer_vocab_size=300, min_frequency=1))
     tok.save(run / "tokenizer")
-    np.save(tmp_path / "train.npy", (np.arange(5000) % 300).astype(np.int32))
-    (np.arange(3000) % 300).astype(np.uint16).tofile(tmp_path / "val.bin")
+    np.save(tmp_path / "train.npy", (np.arange(5000) % 250).astype(np.int32))
+    (np.arange(3000) % 250).astype(np.uint16).tofile(tmp_path / "val.bin")
     base = dict(config="ci", run_dir=str(run), max_steps=2, warmup_steps=1)
     P = load_params("pretrain", {**base, "train_data": str(tmp_path / "train.npy"), "val_data": str(tmp_path / "val.bin"),
                                  "token_dtype": "uint16"})
     t = build_pretrain_trainer(P)
-    assert len(t.train_batches.tokens) == 5000 and int(t.train_batches.tokens[301]) == 1
+    assert len(t.train_batches.tokens) == 5000 and int(t.train_batches.tokens[251]) == 1
     assert torch.equal(t.eval_batches[0][0][0, :3], torch.tensor([0, 1, 2]))
     P = load_params("pretrain", {**base, "train_data": str(tmp_path / "val.bin")})
     with pytest.raises(ParameterError, match="token_dtype: required"):
