@@ -386,6 +386,10 @@ def load_params(section: str, namespace: dict[str, Any] | None = None, **explici
     if "run_dir" not in given and os.environ.get("MINIGPT_RUN_DIR"):
         merged["run_dir"] = os.environ["MINIGPT_RUN_DIR"]
         sources["run_dir"] = "MINIGPT_RUN_DIR"
+    elif sources["run_dir"] == "default" and merged.get("run_name"):
+        merged["run_dir"] = f"runs/{merged['run_name']}"  # seed 003's --run_name names the run's folder
+    if "wandb_run_name" in merged and not merged.get("wandb_run_name") and merged.get("run_name"):
+        merged["wandb_run_name"] = merged["run_name"]
     merged["config"] = str(config)
 
     out = Params()

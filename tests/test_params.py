@@ -154,3 +154,10 @@ def test_token_files_as_input_seed_004(tmp_path):
     P = load_params("pretrain", {**base, "train_data": str(tmp_path / "val.bin")})
     with pytest.raises(ParameterError, match="token_dtype: required"):
         build_pretrain_trainer(P)
+
+
+def test_run_name_names_the_run_folder():
+    P = load_params("pretrain", {"run_name": "exp1"})
+    assert P.run_dir.name == "exp1" and P.run_dir.parent.name == "runs" and P.wandb_run_name == "exp1"
+    P = load_params("pretrain", {"run_name": "exp1", "run_dir": "runs/other"})
+    assert P.run_dir.name == "other"
