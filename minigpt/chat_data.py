@@ -1,6 +1,11 @@
 """SFT examples: conversations rendered with the tokenizer's ChatML template, labels on assistant replies only.
 
 Like the window sampler, ChatBatches is a deterministic function of (seed, position), so resume is exact.
+
+Batches are ``(x, y)`` or, with packing, ``(x, y, extras)`` where ``extras`` holds the model's keyword
+arguments ``attn_mask`` (B, 1, T, T) bool, True = may attend, block-diagonal causal: a token sees only
+earlier tokens of its own conversation) and ``positions`` (B, T) (RoPE positions restarting at 0 for
+every conversation). A packed conversation therefore gets exactly the logits it would get alone.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import numpy as np
 import torch
 
 from .datasets import IGNORE_INDEX
+
 
 @dataclass
 class ChatExample:
@@ -53,24 +59,55 @@ def build_chat_example(tokenizer, messages: list[dict], max_len: int) -> ChatExa
 class ChatBatches:
     """Shuffled, padded batches of chat examples; position-addressable like WindowSampler."""
 
-    def __init__(self, examples: list[ChatExample], batch_size: int, pad_id: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, examples: list[ChatExample], batch_size: int, pad_id: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, pack: bool = False, seq_len: int | None = None):
         if not examples:
             raise ValueError("no chat examples to train on (all conversations empty, or longer than max_seq_len)")
+        if pack and not seq_len:
+            raise ValueError("packing needs seq_len (the row length conversations are packed into)")
         self.examples = examples
         self.batch_size = batch_size
         self.pad_id = pad_id
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.pack = pack
+        self.seq_len = seq_len or max(len(e.input_ids) for e in examples)
         self.position = 0
+        self._rows_cache: dict[int, list[list[int]]] = {}  # epoch -> rows of example indices (epoch 0 + current)
 
-    def batch_at(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        per_epoch = max(1, len(self.examples) // (self.batch_size * self.world_size))
+    def _rows(self, epoch: int) -> list[list[int]]:
+        """This epoch's rows: one example each, or (packing) consecutive examples of the shuffled order
+        filled greedily up to seq_len tokens."""
+        if epoch in self._rows_cache:
+            return self._rows_cache[epoch]
+        order = [int(i) for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))]
+        if not self.pack:
+            rows = [[i] for i in order]
+        else:
+            rows, row, used = [], [], 0
+            for i in order:
+                n = len(self.examples[i].input_ids)
+                if row and used + n > self.seq_len:
+                    rows.append(row)
+                    row, used = [], 0
+                row.append(i)
+                used += n
+            if row:
+                rows.append(row)
+        self._rows_cache = {e: r for e, r in self._rows_cache.items() if e == 0}
+        self._rows_cache[epoch] = rows
+        return rows
+
+    def batch_at(self, index: int):
+        per_epoch = max(1, len(self._rows(0)) // (self.batch_size * self.world_size))
         epoch, k = divmod(index, per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+        rows = self._rows(epoch)
         start = (k * self.world_size + self.rank) * self.batch_size
-        picked = [self.examples[int(order[(start + j) % len(order)])] for j in range(self.batch_size)]
-        return pad_examples(picked, self.pad_id)
+        picked = [[self.examples[i] for i in rows[(start + j) % len(rows)]] for j in range(self.batch_size)]
+        if self.pack:
+            return pack_examples(picked, self.pad_id)
+        return pad_examples([r[0] for r in picked], self.pad_id)
 
     def __iter__(self):
         return self
@@ -81,7 +118,7 @@ class ChatBatches:
         return batch
 
     def state_dict(self) -> dict:
-        return {"kind": "chat", "seed": self.seed, "position": self.position, "batch_size": self.batch_size}
+        return {"kind": "chat", "seed": self.seed, "position": self.position, "batch_size": self.batch_size, "pack": self.pack}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = int(state["seed"])
@@ -96,3 +133,31 @@ def pad_examples(examples: list[ChatExample], pad_id: int) -> tuple[torch.Tensor
         x[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
         y[i, :len(e.labels)] = torch.tensor(e.labels)
     return x, y
+
+
+def pack_examples(rows: list[list[ChatExample]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Several conversations per row: (x, y, {"attn_mask", "positions"}).
+
+    attn_mask is block-diagonal causal (a token attends to earlier tokens of its own conversation only);
+    positions restart at 0 for each conversation. Padding is a segment of its own (labels IGNORE_INDEX),
+    so every query still has at least one key to attend to.
+    """
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    B = len(rows)
+    x = torch.full((B, width), pad_id, dtype=torch.long)
+    y = torch.full((B, width), IGNORE_INDEX, dtype=torch.long)
+    seg = torch.full((B, width), -1, dtype=torch.long)
+    pos = torch.zeros((B, width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        at = 0
+        for s, e in enumerate(row):
+            n = len(e.input_ids)
+            x[b, at:at + n] = torch.tensor(e.input_ids)
+            y[b, at:at + n] = torch.tensor(e.labels)
+            seg[b, at:at + n] = s
+            pos[b, at:at + n] = torch.arange(n)
+            at += n
+        pos[b, at:] = torch.arange(width - at)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = (seg[:, :, None] == seg[:, None, :]) & causal
+    return x, y, {"attn_mask": mask.unsqueeze(1), "positions": pos}

@@ -129,15 +129,21 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor] | None = None,
     optimizer_state: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
+    weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write a complete checkpoint atomically: build it in a temp folder, fsync, then rename."""
+    """Write a complete checkpoint atomically: build it in a temp folder, fsync, then rename.
+
+    weights: safetensors files to write instead of the default {"model.safetensors": model_state(model)}
+    (LoRA runs: adapter-only step checkpoints, merged weights + adapter in final_model; see sft.py).
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"))
+    for name, state in (weights if weights is not None else {"model.safetensors": model_state(model)}).items():
+        save_file(state, str(tmp / name))
     if ema_state is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
     if optimizer_state is not None:

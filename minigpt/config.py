@@ -145,7 +145,7 @@ class TrainConfig:
     patience: int = 5
     # logging and saving
     log_interval: int = 10
-    sample_interval: int = 0
+    sample_interval: int = 100  # steps between greedy samples from sample_prompts (0 = never)
     sample_prompts: list[str] = field(default_factory=lambda: ["你好，"])
     save_steps: int = 100
     keep_last_n_checkpoints: int = 3
@@ -163,6 +163,15 @@ class TrainConfig:
     num_threads: int = 0  # 0 = physical cores
     dataloader_workers: int = 0
     disable_optimizations: bool = False
+    progress_bar: bool = True  # a tqdm bar in the console / notebook (metrics lines are printed as well)
+    max_faults: int = 5  # non-finite losses/gradients in a row before the run stops (and saves the last good state)
+    # resource guard (seed 001): pause between steps while usage is above a limit; 0 = no limit
+    # Limits are off by default: CPU training itself fills the cores, so a CPU limit is a deliberate duty cycle.
+    max_cpu: float = 0.0  # % of all cores, system-wide (seed 001 suggests 70 on a laptop)
+    max_memory: float = 0.0  # % of RAM, system-wide
+    max_gpu_memory: float = 0.0  # % of the GPU's memory (CUDA only)
+    disable_monitoring: bool = False
+    guard_interval: float = 2.0  # seconds between resource readings
     # optional loggers
     use_wandb: bool = False
     wandb_project: str = "minigpt"
@@ -207,6 +216,11 @@ class TrainConfig:
              f"one of default / reduce-overhead / max-autotune / auto, got {self.compile_mode!r}"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", f"values in [0, 1), got {self.beta1}, {self.beta2}"),
             (self.weight_decay >= 0, "weight_decay", f"a non-negative number, got {self.weight_decay}"),
+            (self.max_faults > 0, "max_faults", f"a positive integer, got {self.max_faults}"),
+            (0 <= self.max_cpu <= 100, "max_cpu", f"a percentage in [0, 100] (0 = no limit), got {self.max_cpu}"),
+            (0 <= self.max_memory <= 100, "max_memory", f"a percentage in [0, 100] (0 = no limit), got {self.max_memory}"),
+            (0 <= self.max_gpu_memory <= 100, "max_gpu_memory", f"a percentage in [0, 100] (0 = no limit), got {self.max_gpu_memory}"),
+            (self.guard_interval > 0, "guard_interval", f"a positive number of seconds, got {self.guard_interval}"),
         ]
         for ok, key, expected in checks:
             if not ok:

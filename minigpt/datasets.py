@@ -20,8 +20,10 @@ IGNORE_INDEX = -100
 class WindowSampler:
     """Random (x, y) windows of `seq_len` tokens from a flat token array (seed 004's get_batch).
 
-    Batch i is drawn from a generator seeded with (seed, i, rank): any batch can be recomputed from its
-    index alone, so saving `position` is enough to resume, and each DDP rank reads its own windows.
+    Batch i is drawn from a generator seeded with (seed, i): it picks the global batch's
+    batch_size * world_size window starts and rank r takes the r-th share. Any batch can be recomputed from
+    its index alone, so saving `position` is enough to resume; each DDP rank reads its own windows; and
+    N ranks of batch_size B see exactly the windows one process with batch_size N*B sees.
     """
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -36,8 +38,9 @@ class WindowSampler:
         self.position = 0
 
     def batch_at(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, index, self.rank])
-        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
+        rng = np.random.default_rng([self.seed, index])
+        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size * self.world_size)
+        starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         buf = np.stack([np.asarray(self.tokens[s:s + self.seq_len + 1], dtype=np.int64) for s in starts])
         t = torch.from_numpy(buf)
         return t[:, :-1], t[:, 1:]
@@ -56,6 +59,68 @@ class WindowSampler:
     def load_state_dict(self, state: dict) -> None:
         self.seed = int(state["seed"])
         self.position = int(state["position"])
+
+
+class PrefetchBatches:
+    """Prefetch the next `depth` batches of a position-addressable source (`batch_at(i)`) in worker threads.
+
+    Batches are a pure function of (seed, index), so prefetching by index changes nothing about what is
+    trained on: state_dict() is the source's, with `position` = the next batch the trainer will receive,
+    and resume is exact with or without workers. (numpy slicing of the memmap releases the GIL; threads
+    also keep the memmap shared and work under Jupyter, where functions can't be pickled to processes.)
+    """
+
+    def __init__(self, source, workers: int = 1, depth: int | None = None) -> None:
+        self.source = source
+        self.workers = max(1, int(workers))
+        self.depth = depth or 2 * self.workers
+        self._pool = None
+        self._pending: dict[int, object] = {}
+        self.position = int(getattr(source, "position", 0))
+
+    def __getattr__(self, name):  # seq_len, batch_size, rank... come from the source
+        if name.startswith("_") or name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __iter__(self):
+        return self
+
+    def _fill(self) -> None:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="minigpt-prefetch")
+        for i in range(self.position, self.position + self.depth):
+            if i not in self._pending:
+                self._pending[i] = self._pool.submit(self.source.batch_at, i)
+
+    def __next__(self):
+        self._fill()
+        fut = self._pending.pop(self.position)
+        self.position += 1
+        self.source.position = self.position
+        return fut.result()
+
+    def state_dict(self) -> dict:
+        self.source.position = self.position
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state)
+        self._drop_pending()
+        self.position = int(self.source.position)
+
+    def _drop_pending(self) -> None:
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+
+    def close(self) -> None:
+        self._drop_pending()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 def sequential_windows(tokens: np.ndarray, batch_size: int, seq_len: int, num_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -60,8 +60,11 @@ def physical_cores() -> int:
 def set_threads(num_threads: int = 0) -> int:
     """Set torch's intra-op threads (0 = physical cores). Also sets OMP/MKL env for child processes."""
     n = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0) or 0) or physical_cores()
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    os.environ.setdefault("MKL_NUM_THREADS", str(n))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if num_threads:  # an explicit value wins over the environment (torchrun sets OMP_NUM_THREADS=1)
+            os.environ[var] = str(n)
+        else:
+            os.environ.setdefault(var, str(n))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -745,3 +745,49 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
         logger.info("batch %d: minigpt %.0f tok/s%s", b, res["minigpt"][b],
                     f", HF {res['hf'][b]:.0f} tok/s, ratio {res['ratio'][b]:.2f}x" if hf_model is not None else "")
     return res
+
+
+def bench_presets(presets: Sequence[str] = ("tiny", "small"), new_tokens: int = 64, batch_sizes: Sequence[int] = (1, 8),
+                  repeats: int = 3, threads: int | None = 2, with_hf: bool = True) -> list[dict]:
+    """Random-weight models of each preset, exported to a temporary HF folder, benchmarked in this process.
+
+    Speed does not depend on the weights, so no training is needed; a small tokenizer supplies the
+    prompt and the tokenizer files of the export. Returns one row per (preset, batch size).
+    """
+    import tempfile
+
+    from .config import ModelConfig
+    from .export import export_model
+    from .tokenizer import TokenizerConfig, train_tokenizer
+
+    texts = ["长江、黄河是中国的两条大河。今天天气很好，我们去公园散步。", "你好，很高兴认识你。Hello, how are you?"] * 50
+    tok = train_tokenizer(texts, TokenizerConfig(tokenizer_vocab_size=300, min_frequency=2))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save(Path(tmp) / "tok")
+        for name in presets:
+            torch.manual_seed(0)
+            model = GPT(ModelConfig.from_preset(name)).eval()
+            hf_dir = export_model(model, Path(tmp) / "tok", Path(tmp) / f"hf_{name}") if with_hf else None
+            res = bench_generate(model, tok, hf_dir, new_tokens=new_tokens, batch_sizes=batch_sizes,
+                                 repeats=repeats, threads=threads)
+            for b in batch_sizes:
+                rows.append({"preset": name, "batch": b, "threads": res["threads"], "minigpt_tok_s": res["minigpt"][b],
+                             "hf_tok_s": res["hf"].get(b), "ratio": res["ratio"].get(b)})
+    return rows
+
+
+def format_bench_table(rows: list[dict]) -> str:
+    lines = ["| preset | batch | threads | minigpt tok/s | HF generate tok/s | ratio |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        hf = f"{r['hf_tok_s']:.0f}" if r["hf_tok_s"] else "-"
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
+        lines.append(f"| {r['preset']} | {r['batch']} | {r['threads']} | {r['minigpt_tok_s']:.0f} | {hf} | {ratio} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m minigpt.generate [tiny small ...]: the generation benchmark table
+    import sys
+
+    logging.basicConfig(level=logging.WARNING)
+    print(format_bench_table(bench_presets(sys.argv[1:] or ("tiny", "small"))))

@@ -1,18 +1,159 @@
-"""Notebook 04's glue: a pretrained checkpoint + chat JSONL -> masked ChatML examples -> the same Trainer."""
+"""Notebook 04's glue: a pretrained checkpoint + chat JSONL -> masked ChatML examples -> the same Trainer.
+
+Data. By default the run's ``data/sft.jsonl`` / ``sft_val.jsonl`` (minimind ``{"conversations": [...]}``,
+written by notebook 01, whose ``sft_language`` picks the built-in chatterbot dialogues: chinese (default),
+english or both; set it at the top of a params YAML, or ``-p sft_language english`` for the whole demo:
+01 cleans those dialogues and 02 puts them in the tokenizer's training text). That is the recommended way
+to fine-tune in English. Notebook 04's ``chat_source`` can also point elsewhere without re-running 01:
+"run" (default) = what 01 wrote; "chinese" / "english" / "both" = the built-in dialogues of that language
+read directly; or a path to a chat JSONL file of your own. For the last two, conversations are validated
+as 01 does and ~5% are held out for eval by a hash of each conversation.
+
+Examples (chat_data.py): the tokenizer's ChatML rendering exactly; labels only on assistant replies and
+their closing ``<|im_end|>``; too long -> cut at the last turn boundary that fits, else dropped; both counted.
+``pack_conversations`` packs several conversations per row with a block-diagonal causal mask and RoPE
+positions restarting per conversation (batches ``(x, y, {"attn_mask", "positions"})``).
+
+LoRA (``use_lora``; lora.py). Base weights are frozen and only the adapters on ``lora_targets`` train.
+What is saved:
+
+  checkpoint_step_N/   adapter.safetensors only (+ optimizer state, trainer state, config, tokenizer);
+                       resume loads the base from ``pretrained_checkpoint`` again (its model.safetensors
+                       SHA-256 is recorded in config.json and checked) and the adapter on top.
+  final_model/         model.safetensors with the adapters merged into the base weights (a plain GPT:
+                       ``load_checkpoint``, notebook 05 and export read it as any other checkpoint)
+                       + adapter.safetensors, so the adapter alone can be reused or inspected.
+
+EMA is not combined with LoRA (it would shadow the frozen base); use_ema with use_lora is an error.
+"""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from .chat_data import ChatBatches, build_chat_example, pad_examples
-from .params import Params
+from .lora import ADAPTER_FILE, LORA_TARGETS, adapter_state, count_trainable, has_lora, inject_lora, load_adapter_state, merged_state
+from .params import ParameterError, Params, validate_dataclass
 from .pretrain import _jsonable, train_config_from_params
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
+
+BUILTIN_CHAT = ("chinese", "english", "both")
+
+
+@dataclass
+class SFTConfig:
+    """Notebook 04's own parameters (beside TrainConfig's)."""
+
+    chat_source: str = "run"  # run = data/sft.jsonl from 01 | chinese | english | both (built-in dialogues) | a .jsonl path
+    pack_conversations: bool = False  # several conversations per row, attention kept within each
+    use_lora: bool = False  # train low-rank adapters only; base weights frozen
+    lora_rank: int = 8
+    lora_alpha: float = 16.0  # the update is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    def validate(self) -> None:
+        if self.chat_source not in ("run", *BUILTIN_CHAT) and not self.chat_source.endswith((".jsonl", ".json")):
+            raise ValueError(f"chat_source: expected 'run', 'chinese', 'english', 'both' or a path to a chat .jsonl file, got {self.chat_source!r}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank: expected an integer >= 1, got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha: expected a positive number, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout: expected a number in [0, 1), got {self.lora_dropout}")
+        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if bad or not self.lora_targets:
+            raise ValueError(f"lora_targets: {bad[0] if bad else 'empty'!r}: expected names from {', '.join(LORA_TARGETS)}")
+
+
+class SFTTrainer(Trainer):
+    """The Trainer, with LoRA-aware checkpoints (see the module docstring); without LoRA it is the Trainer."""
+
+    def checkpoint_weights(self, final: bool):
+        model = ckpt.unwrap(self.model)
+        if not has_lora(model):
+            return None
+        files = {ADAPTER_FILE: adapter_state(model)}
+        if final:
+            merged = merged_state(model)
+            if model.config.tie_word_embeddings:
+                merged.pop("lm_head.weight", None)  # stored once, as embed_tokens.weight
+            files["model.safetensors"] = merged
+        return files
+
+    def load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        model = ckpt.unwrap(self.model)
+        adapter = Path(folder) / ADAPTER_FILE
+        if not has_lora(model):
+            if adapter.is_file() and not (Path(folder) / "model.safetensors").is_file():
+                raise ckpt.CheckpointError(f"{folder}: an adapter-only (LoRA) checkpoint; resume it with use_lora=True")
+            return super().load_weights(folder)
+        if not adapter.is_file():
+            raise ckpt.CheckpointError(f"{adapter}: not found; this run uses LoRA, which resumes from adapter checkpoints "
+                                       "(clear the output folder or set use_lora=False to resume a full fine-tune)")
+        saved_base = (ckpt.read_config(folder).get("params") or {}).get("lora_base") or {}
+        current = self.extra_config.get("lora_base") or {}
+        if saved_base.get("model_sha256") and current.get("model_sha256") and saved_base["model_sha256"] != current["model_sha256"]:
+            raise ckpt.CheckpointError(f"{folder}: its adapter was trained on base {saved_base.get('checkpoint')} "
+                                       f"(sha256 {saved_base['model_sha256'][:12]}), the current base differs; cannot resume")
+        load_adapter_state(model, load_file(str(adapter)), str(adapter))
+
+
+def split_conversations(convs: Iterable[list[dict]]) -> tuple[list[list[dict]], list[list[dict]]]:
+    """Validate (as 01 does), drop exact duplicates, and hold out ~5% by a hash of each conversation: (train, val)."""
+    from .sources import validate_conversation
+
+    train, val, seen = [], [], set()
+    for conv in convs:
+        turns, reason = validate_conversation(conv)
+        if reason:
+            continue
+        key = json.dumps(turns, ensure_ascii=False, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+        (val if h % 20 == 0 else train).append(turns)
+    return train, val
+
+
+def builtin_conversations(language: str) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(train, val) from the built-in chatterbot dialogues of `language` (chinese | english | both)."""
+    from .sources import chatterbot_paths, iter_chatterbot
+
+    langs = ["chinese", "english"] if language == "both" else [language]
+    return split_conversations(item.value for lang in langs for path in chatterbot_paths(lang)
+                               for item in iter_chatterbot(str(path)) if item.kind == "chat")
+
+
+def load_conversations(P: Params, chat_source: str) -> tuple[list[list[dict]], list[list[dict]], str]:
+    """(train, val, description) for notebook 04's chat_source."""
+    if chat_source in BUILTIN_CHAT:
+        train, val = builtin_conversations(chat_source)
+        return train, val, f"built-in chatterbot dialogues ({chat_source})"
+    if chat_source != "run":
+        path = Path(chat_source)
+        if not path.is_absolute() and not path.exists():
+            path = P.paths["run"] / path
+        if not path.is_file():
+            raise FileNotFoundError(f"chat_source: {chat_source} not found (expected a chat JSONL file, or run/chinese/english/both)")
+        train, val = split_conversations(read_conversations(path))
+        return train, val, str(path)
+    data = P.paths["data"]
+    val_path = data / "sft_val.jsonl"
+    return (read_conversations(data / "sft.jsonl"), read_conversations(val_path) if val_path.is_file() else [],
+            str(data / "sft.jsonl"))
 
 
 def read_conversations(path: str | Path) -> list[list[dict]]:
@@ -35,12 +176,14 @@ def read_conversations(path: str | Path) -> list[list[dict]]:
 
 
 def build_examples(tokenizer, conversations: list[list[dict]], max_len: int) -> tuple[list, dict[str, int]]:
-    """ChatML examples with assistant-only labels, and counts of what truncation did."""
-    examples, counts = [], {"kept": 0, "truncated": 0, "dropped_too_long": 0}
+    """ChatML examples with assistant-only labels, and counts of what happened to every conversation."""
+    examples = []
+    counts = {"conversations": len(conversations), "kept": 0, "truncated": 0, "dropped_too_long": 0, "dropped_no_reply": 0}
     for conv in conversations:
         ex = build_chat_example(tokenizer, conv, max_len)
         if ex is None:
-            counts["dropped_too_long"] += 1
+            replied = any(m.get("role") == "assistant" and m.get("content") for m in conv)
+            counts["dropped_too_long" if replied else "dropped_no_reply"] += 1
             continue
         counts["kept"] += 1
         counts["truncated"] += int(ex.truncated)
@@ -49,27 +192,47 @@ def build_examples(tokenizer, conversations: list[list[dict]], max_len: int) -> 
 
 
 def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, world_size: int = 1) -> tuple[Trainer, dict[str, Any]]:
+    """Everything notebook 04 needs, checked before any compute: (trainer, info about data and LoRA)."""
     paths = P.paths
+    sft_cfg = P.build(SFTConfig)
+    validate_dataclass(sft_cfg)
     ckpt_dir = Path(P.pretrained_checkpoint) if P.pretrained_checkpoint else paths["pretrain"] / "final_model"
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir} not found: run notebooks/03_pretrain first (or set pretrained_checkpoint)")
-    model, tokenizer, model_cfg = load_checkpoint(ckpt_dir)
     cfg = train_config_from_params(P)
+    if sft_cfg.use_lora and cfg.use_ema:
+        raise ParameterError("use_ema: not supported together with use_lora (the EMA would shadow the frozen base); set one of them false")
+    model, tokenizer, model_cfg = load_checkpoint(ckpt_dir)
     seq_len = cfg.seq_len or model_cfg.max_seq_len
-    train_convs = read_conversations(paths["data"] / "sft.jsonl")
-    val_path = paths["data"] / "sft_val.jsonl"
-    val_convs = read_conversations(val_path) if val_path.is_file() else []
+    if seq_len > model_cfg.max_seq_len:
+        raise ParameterError(f"seq_len: {seq_len} exceeds the pretrained model's max_seq_len={model_cfg.max_seq_len}")
+    train_convs, val_convs, source = load_conversations(P, sft_cfg.chat_source)
     train_ex, train_counts = build_examples(tokenizer, train_convs, seq_len)
-    val_ex, _ = build_examples(tokenizer, val_convs, seq_len)
+    val_ex, val_counts = build_examples(tokenizer, val_convs, seq_len)
+    for split, c in (("train", train_counts), ("val", val_counts)):
+        if c["truncated"] or c["dropped_too_long"] or c["dropped_no_reply"]:
+            logger.info("sft %s: %d conversations, %d truncated at a turn boundary, %d dropped (too long for seq_len=%d), "
+                        "%d dropped (no assistant reply)", split, c["conversations"], c["truncated"],
+                        c["dropped_too_long"], seq_len, c["dropped_no_reply"])
     if not val_ex:  # tiny corpora: hold out a few training conversations rather than evaluate on nothing
         val_ex, train_ex = train_ex[: max(1, len(train_ex) // 20)], train_ex[max(1, len(train_ex) // 20):]
-    batches = ChatBatches(train_ex, cfg.batch_size, tokenizer.pad_id, seed=cfg.seed, rank=rank, world_size=world_size)
+    batches = ChatBatches(train_ex, cfg.batch_size, tokenizer.pad_id, seed=cfg.seed, rank=rank, world_size=world_size,
+                          pack=sft_cfg.pack_conversations, seq_len=seq_len)
     eval_batches = [pad_examples(val_ex[i:i + cfg.batch_size], tokenizer.pad_id) for i in range(0, len(val_ex), cfg.batch_size)]
+    extra = _jsonable(P)
+    info: dict[str, Any] = {"checkpoint": str(ckpt_dir), "data": source, "train_examples": len(train_ex),
+                            "val_examples": len(val_ex), **train_counts, "packing": sft_cfg.pack_conversations}
+    if sft_cfg.use_lora:
+        inject_lora(model, sft_cfg.lora_rank, sft_cfg.lora_alpha, sft_cfg.lora_dropout, sft_cfg.lora_targets)
+        extra["lora_base"] = {"checkpoint": str(ckpt_dir), "model_sha256": ckpt.sha256_file(ckpt_dir / "model.safetensors")}
+        trainable, total = count_trainable(model)
+        info["lora"] = {"rank": sft_cfg.lora_rank, "alpha": sft_cfg.lora_alpha, "targets": list(sft_cfg.lora_targets),
+                        "trainable_params": trainable, "total_params": total}
+        logger.info("LoRA: %d of %d parameters trainable (%.2f%%)", trainable, total, 100 * trainable / total)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else paths["sft"]
-    trainer = Trainer(
+    trainer = SFTTrainer(
         model, cfg, batches, eval_batches, output_dir,
         tokenizer=tokenizer, tokenizer_dir=ckpt_dir, callbacks=callbacks, kind="sft",
-        extra_config=_jsonable(P), rank=rank, world_size=world_size,
+        extra_config=extra, rank=rank, world_size=world_size,
     )
-    info = {"checkpoint": str(ckpt_dir), "train_examples": len(train_ex), "val_examples": len(val_ex), **train_counts}
     return trainer, info

@@ -69,7 +69,13 @@ class TrainingPanel:
         if self.thread is not None and self.thread.is_alive():
             return
         self.result, self.error = None, None
-        self.trainer = self.build_trainer(self.merged_params())
+        try:  # bad values or missing files: say so in the panel, not only in the kernel log
+            self.trainer = self.build_trainer(self.merged_params())
+        except Exception as e:
+            self.error, self.trainer = e, None
+            self.status.value = f"error: {type(e).__name__}: {e}"
+            logger.exception("could not build the trainer")
+            return
         self.start_button.disabled, self.stop_button.disabled = True, False
         self.status.value = "training…"
         self.thread = threading.Thread(target=self._run, name="minigpt-train", daemon=True)
@@ -80,7 +86,9 @@ class TrainingPanel:
     def _run(self) -> None:
         try:
             self.result = self.trainer.fit()
-            self.status.value = f"done: step {self.result['step']} ({self.result['stop_reason']})"
+            saved = self.trainer.output_dir / f"checkpoint_step_{self.result['step']}"
+            self.status.value = (f"done: step {self.result['step']} ({self.result['stop_reason']}); "
+                                 f"checkpoint {saved.name if saved.is_dir() else 'none'}")
         except BaseException as e:  # shown in the panel; the kernel must not die with the thread
             self.error = e
             self.status.value = f"error: {type(e).__name__}: {e}"
@@ -89,7 +97,7 @@ class TrainingPanel:
             self.start_button.disabled, self.stop_button.disabled = False, True
 
     def on_stop(self) -> None:
-        if self.trainer is not None:
+        if self.trainer is not None and self.thread is not None and self.thread.is_alive():
             self.trainer.request_stop()
             self.status.value = "stopping: saving a checkpoint…"
 

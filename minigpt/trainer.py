@@ -91,7 +91,7 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         guard=None,
-        max_faults: int = 5,
+        max_faults: int | None = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
@@ -101,6 +101,9 @@ class Trainer:
         set_threads(cfg.num_threads)
         self.device = pick_device(cfg.device)
         self.dtype, self.dtype_reason = pick_dtype(cfg.dtype, self.device)
+        if self.device.type == "cuda" and not cfg.disable_optimizations:
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+ (fp32 runs), ~free speed
+            torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2 ** 32)
@@ -118,8 +121,22 @@ class Trainer:
 
             self.callbacks.append(PlotOnSave())
         self.extra_config = extra_config or {}
+        if self.is_main:
+            from .loggers import optional_loggers
+
+            self.callbacks.extend(optional_loggers(cfg, self.output_dir))
+        # The resource guard is built from cfg (max_cpu / max_memory / max_gpu_memory / disable_monitoring)
+        # unless one is passed in (tests inject readings that way).
+        if guard is None:
+            from .guard import ResourceGuard
+
+            guard = ResourceGuard.from_config(cfg)
         self.guard = guard
-        self.max_faults = max_faults
+        self.max_faults = max_faults if max_faults is not None else cfg.max_faults
+        if cfg.dataloader_workers > 0 and hasattr(train_batches, "batch_at") and not cfg.disable_optimizations:
+            from .datasets import PrefetchBatches
+
+            self.train_batches = PrefetchBatches(train_batches, cfg.dataloader_workers)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16 and self.device.type == "cuda")
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.use_ema else None
@@ -138,6 +155,7 @@ class Trainer:
         self.max_steps = cfg.max_steps
         self.peak_flops: float | None = None
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self._last_saved_step = -1
 
     # ----- configuration helpers -------------------------------------------------------------
     def _accumulation_steps(self) -> int:
@@ -177,7 +195,11 @@ class Trainer:
 
     def _forward_model(self):
         if self.cfg.enable_compile and self._compiled is None:
-            self._compiled = compile_model(self.model, self.cfg, self.device)
+            if self.cfg.disable_optimizations:
+                logger.info("enable_compile ignored: disable_optimizations=True")
+                self._compiled = self.model
+            else:
+                self._compiled = compile_model(self.model, self.cfg, self.device)
         return self._compiled or self.model
 
     # ----- the loop --------------------------------------------------------------------------
@@ -197,15 +219,50 @@ class Trainer:
         logger.info("training on %s, dtype %s (%s), accumulation %d, %d steps",
                     self.device, str(self.dtype).replace("torch.", ""), self.dtype_reason, self.accumulation_steps, self.max_steps)
         self._emit("on_train_begin")
+        # Signal handlers stay installed until the final checkpoint is written: a second Ctrl+C while
+        # saving only repeats the stop request, it cannot cut the save short.
         restore = self._install_signal_handlers()
         t_start = time.perf_counter()
-        window_t, window_tokens = time.perf_counter(), 0
         try:
-            while self.step < self.max_steps and not self.stop_requested:
+            self._loop(fpt, t_start)
+            if self.stop_requested and self.stop_reason is None:
+                self.stop_reason = "stop requested"
+            # Whatever ended the loop, leave a resumable checkpoint at the current step.
+            if self.step > 0 and self.is_main:
+                if self._last_saved_step != self.step:
+                    self.save_step_checkpoint()
+                if self.stop_reason in (None, "early stopping"):
+                    self.save_final()
+            if self.stop_reason == "numerical faults" and self.is_main:
+                logger.error("the last good state (step %d) is saved in %s; resume from it (auto_resume=True) "
+                             "with a lower learning_rate", self.step, self.output_dir / f"checkpoint_step_{self.step}")
+        finally:
+            restore()
+        result = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "stop_reason": self.stop_reason or "max_steps",
+            "best_val_loss": self.best_val if self.best_val < math.inf else None,
+            "faults": self.faults_total,
+            "elapsed_s": time.perf_counter() - t_start,
+        }
+        self._emit("on_train_end", result)
+        return result
+
+    def _loop(self, fpt: float, t_start: float) -> None:
+        cfg = self.cfg
+        window_t, window_tokens = time.perf_counter(), 0
+        bar = self._progress_bar()
+        try:
+            while self.step < self.max_steps and not self._should_stop():
                 if self.guard is not None:
                     self.guard.wait_if_needed(self._stop)
                 rec = self._train_step()
                 window_tokens += rec["tokens"]
+                if bar is not None:
+                    bar.update(self.step - bar.n)
+                    if not rec["skipped"]:
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.1e}", refresh=False)
                 if rec["skipped"]:
                     if self.faults_in_a_row >= self.max_faults:
                         self.stop_reason = "numerical faults"
@@ -221,6 +278,8 @@ class Trainer:
                     rec["tokens_per_s"] = window_tokens / dt * self.world_size
                     rec["mfu"] = rec["tokens_per_s"] * fpt / (self.peak_flops * self.world_size) if self.peak_flops else None
                     rec["memory_mb"] = memory_mb(self.device)
+                    if self.guard is not None and self.guard.last_reading:
+                        rec.update({f"{k}_percent": round(v, 1) for k, v in self.guard.last_reading.items()})
                     window_t, window_tokens = now, 0
                 rec["elapsed_s"] = now - t_start
                 if self.step % cfg.eval_interval == 0 or self.step == self.max_steps:
@@ -234,24 +293,30 @@ class Trainer:
                 if self.stop_reason == "early stopping":
                     break
         finally:
-            restore()
-        if self.stop_requested and self.stop_reason is None:
-            self.stop_reason = "stop requested"
-        # Whatever ended the loop, leave a resumable checkpoint at the current step.
-        if self.step > 0 and self.is_main:
-            self.save_step_checkpoint()
-            if self.stop_reason in (None, "early stopping"):
-                self.save_final()
-        result = {
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "stop_reason": self.stop_reason or "max_steps",
-            "best_val_loss": self.best_val if self.best_val < math.inf else None,
-            "faults": self.faults_total,
-            "elapsed_s": time.perf_counter() - t_start,
-        }
-        self._emit("on_train_end", result)
-        return result
+            if bar is not None:
+                bar.close()
+            close = getattr(self.train_batches, "close", None)
+            if close is not None:
+                close()
+
+    def _progress_bar(self):
+        if not (self.cfg.progress_bar and self.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.max_steps, initial=self.step, desc=self.kind, unit="step", dynamic_ncols=True, leave=True)
+
+    def _should_stop(self) -> bool:
+        """The local stop flag; under DDP any rank's stop stops every rank at the same step (no hung all-reduce)."""
+        stop = self.stop_requested
+        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() > 0 and not stop:
+                self.stop_reason = self.stop_reason or "stop requested (another rank)"
+                self._stop.set()
+            stop = flag.item() > 0
+        return stop
 
     def _train_step(self) -> dict[str, Any]:
         cfg, model = self.cfg, self.model
@@ -264,25 +329,29 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
         for micro in range(self.accumulation_steps):
-            x, y = next(self.train_batches)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            # A batch is (x, y) or (x, y, extras): extras are model keyword arguments (SFT packing: attn_mask, positions).
+            x, y, extras = unpack_batch(next(self.train_batches), self.device)
             sync = contextlib.nullcontext()
             if self.world_size > 1 and micro < self.accumulation_steps - 1 and hasattr(model, "no_sync"):
                 sync = model.no_sync()  # all-reduce once per optimizer step, not per micro-batch
             with sync:
                 with self._autocast():
                     try:
-                        _, loss = fwd(x, y)
+                        _, loss = fwd(x, y, **extras)
                     except Exception as e:  # a compiled graph that fails at first call falls back to eager
                         if fwd is model:
                             raise
                         logger.warning("torch.compile failed at first use (%s); continuing without compile", type(e).__name__)
                         self._compiled = fwd = model
-                        _, loss = fwd(x, y)
+                        _, loss = fwd(x, y, **extras)
                 loss = loss / self.accumulation_steps
                 self.scaler.scale(loss).backward()
             total_loss += loss.detach()
             tokens += int((y != -100).sum()) if self.kind == "sft" else y.numel()
+        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # the logged loss is the global batch's (equal-sized shards: the mean of the ranks' means)
+            torch.distributed.all_reduce(total_loss)
+            total_loss /= self.world_size
         self.scaler.unscale_(self.optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -325,12 +394,13 @@ class Trainer:
         return out
 
     def _eval_loss(self) -> float:
-        self.model.eval()
+        model = ckpt.unwrap(self.model)  # eval needs no DDP gradient hooks
+        model.eval()
         total, count = 0.0, 0
-        for x, y in self.eval_batches[: self.cfg.num_eval_batches]:
-            x, y = x.to(self.device), y.to(self.device)
+        for batch in self.eval_batches[: self.cfg.num_eval_batches]:
+            x, y, extras = unpack_batch(batch, self.device)
             with self._autocast():
-                _, loss = self.model(x, y)
+                _, loss = model(x, y, **extras)
             n = int((y != -100).sum())
             total += float(loss) * n
             count += n
@@ -373,7 +443,7 @@ class Trainer:
                 fn(self, *args)
 
     def _sample(self) -> None:
-        if self.tokenizer is None or not self.cfg.sample_prompts:
+        if self.tokenizer is None or not self.cfg.sample_prompts or not self.is_main:
             return
         from .generate import GenerationConfig, TextGenerator
 
@@ -397,12 +467,16 @@ class Trainer:
     def save_step_checkpoint(self) -> Path | None:
         if not self.is_main:
             return None
+        cfg = self.cfg
         folder = self.output_dir / f"checkpoint_step_{self.step}"
         optimizer_state = {
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # the schedule is a pure function of the step; its settings are kept to warn when they change
+            "scheduler": {"lr_scheduler": cfg.lr_scheduler, "step": self.step, "max_steps": self.max_steps,
+                          "warmup_steps": cfg.warmup_steps, "lr": self.optimizer.param_groups[0]["lr"]},
         }
         trainer_state = {
             "step": self.step,
@@ -416,7 +490,9 @@ class Trainer:
         }
         ckpt.save_checkpoint(folder, self.model, self.config_dict(), self.tokenizer_dir,
                              ema_state=self.ema.shadow if self.ema else None,
-                             optimizer_state=optimizer_state, trainer_state=trainer_state)
+                             optimizer_state=optimizer_state, trainer_state=trainer_state,
+                             weights=self.checkpoint_weights(final=False))
+        self._last_saved_step = self.step
         ckpt.prune_checkpoints(self.output_dir, self.cfg.keep_last_n_checkpoints, self.cfg.permanent_checkpoints)
         self._emit("on_save", folder)
         return folder
@@ -424,9 +500,19 @@ class Trainer:
     def save_final(self) -> Path:
         folder = self.output_dir / "final_model"
         ckpt.save_checkpoint(folder, self.model, self.config_dict(), self.tokenizer_dir,
-                             ema_state=self.ema.shadow if self.ema else None)
+                             ema_state=self.ema.shadow if self.ema else None, weights=self.checkpoint_weights(final=True))
         self._emit("on_save", folder)
         return folder
+
+    # Weight-file hooks: a subclass (SFT with LoRA, in sft.py) saves/loads something other than model.safetensors.
+    def checkpoint_weights(self, final: bool) -> dict[str, dict[str, torch.Tensor]] | None:
+        """safetensors files for a checkpoint (name -> state dict); None = model.safetensors with all weights."""
+        return None
+
+    def load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        ckpt.load_model_state(ckpt.unwrap(self.model), load_file(str(folder / "model.safetensors")), str(folder))
 
     def _maybe_resume(self) -> None:
         cfg = self.cfg
@@ -455,7 +541,7 @@ class Trainer:
                 logger.warning("resume: %s changed from %s to %s", key, old_train[key], getattr(self.cfg, key))
         from safetensors.torch import load_file
 
-        ckpt.load_model_state(ckpt.unwrap(self.model), load_file(str(folder / "model.safetensors")), str(folder))
+        self.load_weights(folder)
         if self.ema is not None and (folder / "ema.safetensors").is_file():
             self.ema.shadow = {k: v.float() for k, v in load_file(str(folder / "ema.safetensors")).items()}
         opt = ckpt.load_optimizer_state(folder)
@@ -517,6 +603,14 @@ class Trainer:
                 signal.signal(sig, h)
 
         return restore
+
+
+def unpack_batch(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(x, y) or (x, y, extras) -> tensors on `device`; extras (model keyword arguments) default to {}."""
+    x, y = batch[0], batch[1]
+    extras = batch[2] if len(batch) > 2 else {}
+    return (x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+            {k: v.to(device, non_blocking=True) for k, v in extras.items()})
 
 
 def compile_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):

@@ -41,6 +41,7 @@ val_fraction = None
 # An unknown name or a value of the wrong type stops here, naming the key.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from minigpt.params import load_params, validate_dataclass
 from minigpt.clean import CleanConfig, run_cleaning, stats_table, example_rejects, plot_clean_stats
 
@@ -57,6 +58,7 @@ print("config:", P.config, "| run_dir:", P.run_dir.relative_to(P.run_dir.parents
 # adding data never moves an old document across the split. An interrupted run resumes.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 stats = run_cleaning(clean_cfg, P.paths["data"])
 stats_table(stats)
 
@@ -75,12 +77,14 @@ for png in plot_clean_stats(stats, P.paths["data"]):
 # Ten of each reason, so you can judge whether a filter is too strict.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 example_rejects(P.paths["data"], per_reason=10)
 
 # %% [markdown]
 # The next notebook trains the tokenizer on `train.jsonl`. A quick check that the files it needs exist:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 for name in ("train.jsonl", "val.jsonl", "sft.jsonl"):
     path = P.paths["data"] / name
     assert path.is_file() and path.stat().st_size > 0, f"{path} is missing or empty"

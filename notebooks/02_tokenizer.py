@@ -46,6 +46,7 @@ validate_dataclass(tok_cfg)
 # The special tokens have fixed ids, documented in the README.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 tok = build_tokenizer(P.paths["data"], P.paths["tokenizer"], tok_cfg)
 print("vocab size:", tok.vocab_size)
 for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"):
@@ -79,6 +80,7 @@ HTML("".join(render_tokens_html(tok, t) for t in val_texts[:3]))
 # identical files.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from minigpt.packing import pack_corpus
 
 meta = pack_corpus(P.paths["data"], tok, P.paths["tokens"])

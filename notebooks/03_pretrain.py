@@ -38,6 +38,7 @@ device = None          # auto | cpu | cuda | cuda:N | mps
 dtype = None           # auto | float32 | float16 | bfloat16
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 from minigpt.params import load_params
 from minigpt.report import system_report
 
@@ -50,6 +51,7 @@ print(system_report(preset=P.preset, device=P.device, dtype=P.dtype, batch_size=
 # and bad values name the parameter.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from minigpt.pretrain import build_pretrain_trainer
 from minigpt.plots import LivePlot
 
@@ -68,6 +70,7 @@ print(f"steps: {trainer.max_steps}, batch {P.batch_size} x {trainer.seq_len} tok
 # the trainer saves a checkpoint at the current step and returns.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 import logging
 
 logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)

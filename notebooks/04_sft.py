@@ -32,6 +32,7 @@ batch_size = None
 warmup_steps = None
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from minigpt.params import load_params
 from minigpt.sft import build_sft_trainer
 from minigpt.plots import LivePlot
@@ -56,6 +57,7 @@ before = [TextGenerator(trainer.model, trainer.tokenizer).chat([{"role": "user",
 # ## Train
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 import logging
 
 logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)

@@ -36,6 +36,7 @@ prompts_file = None      # one prompt a line, for batch generation
 export_dir = None        # default: runs/<run>/hf
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from pathlib import Path
 
 from minigpt.params import load_params, validate_dataclass
@@ -104,6 +105,7 @@ print(samples_md)
 # with the chat template; `AutoModelForCausalLM.from_pretrained` loads it as it is.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from minigpt.export import export_hf
 
 hf_dir = export_hf(ckpt_dir, Path(P.export_dir) if P.export_dir else P.run_dir / "hf")

@@ -17,7 +17,8 @@ from minigpt.clean import CleanConfig, run_cleaning
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_clean import (  # noqa: E402
-    GOOD, LONG, LONG_NEAR, assert_accounted, cleaned, config, jline, kept_texts, read_jsonl, rejects, text_line, write_lines,
+    GOOD, LONG, LONG_NEAR, assert_accounted, cleaned, config, jline, kept_texts, read_jsonl, rejects, text_line,
+    write_lines,
 )
 
 # --------------------------------------------------------------------------- every reject reason
@@ -238,7 +239,8 @@ def test_exact_dedup_on_normalised_text(tmp_path):
     f = write_lines(tmp_path / "in.jsonl", lines)
     stats = run_cleaning(config(f), tmp_path / "out")
     assert stats["exact_duplicates"] == 2
-    assert [(r["line"], r["reason"]) for r in rejects(tmp_path / "out")] == [(2, "exact_duplicate"), (4, "exact_duplicate")]
+    assert [(r["line"], r["reason"]) for r in rejects(tmp_path / "out")] == [(2, "exact_duplicate"),
+                                                                            (4, "exact_duplicate")]
     assert sorted(kept_texts(tmp_path / "out")) == sorted(cleaned(g) for g in [GOOD[0], GOOD[2].upper(), GOOD[3]])
     stats = run_cleaning(config(f, exact_dedup=False, near_dedup=False), tmp_path / "out2")
     assert stats["exact_duplicates"] == 0 and len(kept_texts(tmp_path / "out2")) == 5
@@ -507,3 +509,31 @@ def test_memory_stays_bounded_on_a_large_file(tmp_path):
     big_peak = peak_mb(big, tmp_path / "big_out")
     assert big_peak < 500
     assert big_peak - small_peak < 120  # 40x the input, only the dedup table grows
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    f = tmp_path / "in.jsonl"
+    C.write_synthetic_jsonl(f, 8, seed=5)
+    cfg = config(f, checkpoint_every=1000)
+    full = run_cleaning(cfg, tmp_path / "full")
+    script = textwrap.dedent(f"""
+        from minigpt.clean import CleanConfig, run_cleaning
+        run_cleaning(CleanConfig(data_files=[{str(f)!r}], checkpoint_every=1000, progress=False), {str(tmp_path / 'killed')!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    state = tmp_path / "killed" / C.STATE_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it hard once it has checkpointed at least once
+        if state.exists() and json.loads(state.read_text() or "{}").get("line", 0) > 0:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(state.read_text())["phase"] == "running", "the run finished before it could be killed"
+    resumed = run_cleaning(cfg, tmp_path / "killed")
+    assert _outputs(tmp_path / "killed") == _outputs(tmp_path / "full")
+    assert _comparable(resumed) == _comparable(full)

@@ -36,6 +36,15 @@ SENTENCES = [
     "他每天早上六点起床。", "这本书非常有意思。", "Hello, how are you today?", "The river flows to the sea.",
 ]
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run as fast on one thread; on a shared, busy CPU two threads can be many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def corpus(n: int = 300, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
@@ -47,8 +56,17 @@ def tok():
     return train_tokenizer(corpus(), TokenizerConfig(tokenizer_vocab_size=360, min_frequency=2))
 
 
-def trained_model(tok, steps: int = 60, seed: int = 0) -> GPT:
+def trained_model(tok, steps: int = 40, seed: int = 0) -> GPT:
     """A tiny model trained for a few steps: peaked, varied distributions (not a random model's loops)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains as fast on one thread, and a busy machine hurts two
+    try:
+        return _train(tok, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(tok, steps: int, seed: int) -> GPT:
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=96)
     model = GPT(cfg)

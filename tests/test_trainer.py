@@ -23,16 +23,16 @@ def tokens(n=4000, seed=0):
     return np.where(rng.random(n) < 0.1, noise, base).astype(np.uint16)
 
 
-def make_trainer(tmp_path, max_steps=20, seed=0, **kw):
+def make_trainer(tmp_path, max_steps=20, seed=0, guard=None, callbacks=(), **kw):
     torch.manual_seed(seed)
     model = GPT(ModelConfig(**CFG))
     cfg = TrainConfig(**{**dict(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, warmup_steps=2,
                                 eval_interval=5, num_eval_batches=2, save_steps=5, log_interval=1, plot_loss=False,
-                                seq_len=16, seed=seed), **kw})
+                                seq_len=16, seed=seed, progress_bar=False), **kw})
     data = tokens()
     sampler = WindowSampler(data, cfg.batch_size, 16, seed=seed)
     evals = sequential_windows(tokens(seed=1), 4, 16, 2)
-    return Trainer(model, cfg, sampler, evals, tmp_path / "out")
+    return Trainer(model, cfg, sampler, evals, tmp_path / "out", guard=guard, callbacks=callbacks)
 
 
 class StopAt:
