@@ -62,8 +62,8 @@ class CleanConfig:
     after a cap is reached are counted as ``over_cap``; a file stops being read once every kind
     of record it has produced is full, and later sources of a full kind are skipped.
 
-    With ``nfkc`` on, NFKC already maps full-width ASCII to ASCII, so ``fullwidth_to_halfwidth``
-    only matters with ``nfkc`` off (its counter still counts documents that had full-width forms).
+    Full-width -> half-width runs before NFKC, which would map the same characters, so switching
+    ``fullwidth_to_halfwidth`` off changes the output only when ``nfkc`` is off as well.
     Quality filters and near dedup apply to pretrain documents; dialogues get the cleaning steps,
     ``max_chars`` (on all turns together) and exact dedup. Near dedup declares a duplicate when
     one LSH band of the MinHash signature collides with a kept document's (no pairwise check),
@@ -1029,7 +1029,6 @@ def plot_clean_stats(stats: dict, out_dir: str | Path, show: bool = True) -> lis
             show = False
     import matplotlib.pyplot as plt
 
-    plt.rcParams["font.sans-serif"] = ["Noto Sans CJK SC", "WenQuanYi Zen Hei", "SimHei", "DejaVu Sans"]
     plots = Path(out_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -1054,11 +1053,14 @@ def plot_clean_stats(stats: dict, out_dir: str | Path, show: bool = True) -> lis
     save(fig, "sources.png")
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
+    text_h, chat_h = stats["length_hist"]["text"], stats["length_hist"]["chat"]
+    used = [i for i in range(HIST_BINS) if text_h[i] or chat_h[i]]
+    lo, hi = (used[0], used[-1] + 1) if used else (0, 1)  # only the bins that hold something
     labels = ["0"] + [f"{1 << (i - 1)}" for i in range(1, HIST_BINS)]
-    x = np.arange(HIST_BINS)
-    ax.bar(x - 0.2, stats["length_hist"]["text"], width=0.4, label="pretrain documents")
-    ax.bar(x + 0.2, stats["length_hist"]["chat"], width=0.4, label="SFT dialogues")
-    ax.set_xticks(x[::2], labels[::2], rotation=45)
+    x = np.arange(lo, hi)
+    ax.bar(x - 0.2, text_h[lo:hi], width=0.4, label="pretrain documents")
+    ax.bar(x + 0.2, chat_h[lo:hi], width=0.4, label="SFT dialogues")
+    ax.set_xticks(x, labels[lo:hi], rotation=45)
     ax.set_xlabel("characters (bin starts at; log2 bins)")
     ax.set_ylabel("count")
     ax.set_yscale("symlog")

@@ -403,11 +403,11 @@ def iter_csv(
     counters: dict | None = None,
 ) -> Iterator[Item]:
     """CSV with a header row; ``text_column`` holds the document. ``pos`` counts data rows."""
-    csv.field_size_limit(max(max_line_bytes, 131072))
+    csv.field_size_limit(max_line_bytes)  # process-wide setting of the csv module; a longer field is rejected
     with open(path, "rb") as fb:
         # surrogateescape keeps going past bad bytes; they show up as surrogates and are rejected
         f = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(f)
+        reader = csv.reader(f, strict=True)  # a stray quote is an error, not a silently merged row
         try:
             header = next(reader)
         except StopIteration:

@@ -187,3 +187,22 @@ def test_file_source_errors(tmp_path):
         S.file_source(tmp_path / "d.jsonl")
     src = S.file_source(write_lines(tmp_path / "ok.JSONL", [text_line("x")]))
     assert src.fmt == "jsonl" and src.kind is None
+
+
+def test_csv_nul_byte_is_rejected_with_its_line(tmp_path):
+    f = tmp_path / "n.csv"
+    f.write_bytes(b'text\n"hello\x00world here"\nok line here fine\n')
+    assert _items(S.iter_csv(str(f), "text", 1000)) == [(2, "reject", "nul_byte"), (3, "text", "ok line here fine")]
+
+
+def test_csv_malformed_rows_are_rejected_with_their_lines(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_bytes(b'text\n"a"b" stray quote\n' + GOOD[0].encode() + b"\n" + b"x" * 200_000 + b'\n"unterminated\n')
+    items = _items(S.iter_csv(str(f), "text", 1000))
+    assert [(line, kind, v if kind == "reject" else "") for line, kind, v in items] == [
+        (2, "reject", "invalid_csv"), (3, "text", ""), (4, "reject", "line_too_long"), (5, "reject", "invalid_csv")]
+    stats = run_cleaning(config(f, max_line_bytes=1000), tmp_path / "out")
+    assert [(r["line"], r["reason"]) for r in rejects(tmp_path / "out")] == [
+        (2, "invalid_csv"), (4, "line_too_long"), (5, "invalid_csv")]
+    assert kept_texts(tmp_path / "out") == [cleaned(GOOD[0])]
+    assert stats["rejected"] == {"invalid_csv": 2, "line_too_long": 1}
