@@ -45,7 +45,7 @@ def hf_state_dict(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str, t
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in out.items()}
 
 
-def hf_config(model: GPT, dtype: str = "float32", eos_ids: list[int] | None = None) -> dict[str, Any]:
+def hf_config(model: GPT, dtype: str = "float32") -> dict[str, Any]:
     c = model.config
     try:
         import transformers

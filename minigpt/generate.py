@@ -457,6 +457,8 @@ class TextGenerator:
         t0 = time.perf_counter()
         n_generated = 0
         try:
+            # inference_mode is entered per block, never across a `yield`: the caller's code between
+            # streamed pieces must not run in inference mode.
             with torch.inference_mode():
                 ids = torch.full((B, T), self.pad_id, dtype=torch.long)
                 for r, p in enumerate(prompts):
@@ -464,9 +466,8 @@ class TextGenerator:
                 ids = ids.to(dev)
                 dtype = next(model.parameters()).dtype
                 cache = KVCache.empty(self.cfg, B, T + budget, dev, dtype)
-                ragged = min(lens) != T
-                valid = positions = step_mask = None
-                if ragged:
+                valid = None
+                if min(lens) != T:
                     # Left padding: pad keys are masked out, real tokens get positions 0..len-1 as if alone.
                     valid = torch.zeros((B, T + budget), dtype=torch.bool, device=dev)
                     for r, n in enumerate(lens):
@@ -477,25 +478,25 @@ class TextGenerator:
                     mask = (causal & valid[:, None, None, :T]) | torch.eye(T, dtype=torch.bool, device=dev)
                     logits, _ = model(ids, attn_mask=mask, positions=positions, cache=cache, last_only=True)
                     valid[:, T:] = True
-                    step_pos = positions[:, -1] + 1
+                    step_pos: torch.Tensor | int = positions[:, -1] + 1
                 else:
                     logits, _ = model(ids, cache=cache, last_only=True)
                     step_pos = T
                 logits = logits[:, -1].float()
-
                 seen = None
                 if cfg.repetition_penalty != 1.0:
                     seen = torch.zeros((B, logits.shape[-1]), dtype=torch.bool, device=dev)
                     for r, p in enumerate(prompts):
                         seen[r, torch.tensor(p, device=dev)] = True
-                ngrams = [_NgramIndex(p, cfg.no_repeat_ngram_size) for p in prompts] if cfg.no_repeat_ngram_size else None
-                alive = list(range(B))  # batch position -> row index
-                decoder = self._decoder_for_model()
-                for step in range(budget):
+            ngrams = [_NgramIndex(p, cfg.no_repeat_ngram_size) for p in prompts] if cfg.no_repeat_ngram_size else None
+            alive = list(range(B))  # batch position -> row index
+            decoder = self._decoder_for_model()
+            for step in range(budget):
+                with torch.inference_mode():
                     if seen is not None:
                         logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
                     if ngrams is not None:
-                        for b, r in enumerate(alive):
+                        for b in range(len(alive)):
                             banned = ngrams[b].banned()
                             if banned:
                                 logits[b, list(banned)] = float("-inf")
@@ -504,14 +505,12 @@ class TextGenerator:
                     else:
                         nxt = sample_from_logits(process_logits(logits, cfg), generator)
                     toks = nxt.tolist()  # the one host sync per step: stop checks and streaming need the ids
-                    n_generated += len(toks)
-                    keep = []
-                    for b, (r, tok) in enumerate(zip(alive, toks)):
-                        if not rows[r].push(tok):
-                            keep.append(b)
-                    yield
-                    if not keep or step == budget - 1:
-                        break
+                n_generated += len(toks)
+                keep = [b for b, (r, tok) in enumerate(zip(alive, toks)) if not rows[r].push(tok)]
+                yield
+                if not keep or step == budget - 1:
+                    break
+                with torch.inference_mode():
                     if len(keep) < len(alive):  # drop finished rows from every per-row tensor
                         idx = torch.tensor(keep, device=dev)
                         alive = [alive[b] for b in keep]

@@ -34,8 +34,9 @@ def _stdout(text: str) -> tuple:
 class GenerationPanel(W.VBox):
     """Sliders, a prompt box, Generate / Clear buttons, a streaming output, chat mode and batch-from-file."""
 
-    def __init__(self, generator: TextGenerator, defaults: GenerationConfig | None = None, prompt: str = "",
-                 prompts_file: str = "", refresh_s: float = 0.05) -> None:
+    def __init__(self, generator: TextGenerator, defaults: GenerationConfig | None = None, prompt: str | None = "",
+                 prompts_file: str | None = "", refresh_s: float = 0.05) -> None:
+        prompt, prompts_file = prompt or "", str(prompts_file or "")  # notebook parameters may be None
         self.generator = generator
         self.defaults = defaults or GenerationConfig()
         self.defaults.validate()
@@ -183,7 +184,7 @@ class GenerationPanel(W.VBox):
         return results
 
 
-def generation_panel(generator: TextGenerator, defaults: GenerationConfig | None = None, prompt: str = "",
-                     prompts_file: str = "") -> GenerationPanel:
+def generation_panel(generator: TextGenerator, defaults: GenerationConfig | None = None, prompt: str | None = "",
+                     prompts_file: str | None = "") -> GenerationPanel:
     """The notebook-05 panel, initialised from the parameters cell's values."""
     return GenerationPanel(generator, defaults, prompt=prompt, prompts_file=prompts_file)

@@ -16,6 +16,7 @@ from minigpt.tokenizer import TokenizerConfig, train_tokenizer
 
 LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "中国的首都是北京。"]
 
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny models run as fast on one thread; on a shared, busy CPU two threads can be many times slower."""
@@ -23,7 +24,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,9 @@ def test_evaluate_split_from_tokens_dir(tmp_path, setup):
 
 
 def test_meta_layouts():
-    assert split_meta({"splits": {"val": {"n_tokens": 10, "n_chars": 25}}, "dtype": "uint32"}, "val") == \
-        {"dtype": "uint32", "tokens": 10, "chars": 25}
+    # packing.py's layout
+    assert split_meta({"splits": {"val": {"file": "val.bin", "num_tokens": 10, "num_chars": 25}}, "dtype": "uint32"},
+                      "val") == {"dtype": "uint32", "tokens": 10, "chars": 25}
     assert split_meta({"val_tokens": 7, "val_chars": 9}, "val")["chars"] == 9
     assert bits_per_char(math.log(2), 10, 10) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="n_chars"):

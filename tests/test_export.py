@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "中国的首都是北京。",
          "人工智能正在改变世界。", "Hello, how are you today?", "我喜欢读书和写字。"]
 
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny models run as fast on one thread; on a shared, busy CPU two threads can be many times slower."""
@@ -25,7 +26,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,18 @@ def test_cli_and_bad_checkpoint(exported, tmp_path, capsys):
     assert main([str(tmp_path / "nope"), str(tmp_path / "hf3")]) == 1
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "hf3").exists()
+
+
+def test_untied_head_is_exported(exported, tmp_path):
+    from minigpt.export import export_model
+
+    _, tok, out = exported
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=32,
+                      tie_word_embeddings=False)
+    model = GPT(cfg).eval()
+    hf_dir = export_model(model, out, tmp_path / "untied")  # the exported folder holds the tokenizer files too
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    ids = torch.tensor([tok.encode("中国的首都是北京。")])
+    with torch.no_grad():
+        assert (model(ids)[0] - hf(ids).logits).abs().max().item() < 1e-4

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import subprocess
@@ -36,6 +35,7 @@ SENTENCES = [
     "他每天早上六点起床。", "这本书非常有意思。", "Hello, how are you today?", "The river flows to the sea.",
 ]
 
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny models run as fast on one thread; on a shared, busy CPU two threads can be many times slower."""
@@ -43,7 +43,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 def corpus(n: int = 300, seed: int = 0) -> list[str]:
@@ -440,3 +439,17 @@ def test_chat_run_loop_in_process(gen):
     assert run(gen, GREEDY.replace(max_new_tokens=4), read=lambda _p: next(inputs), write=out.append) == 0
     text = "".join(out)
     assert "助手" in text and "再见" in text
+
+
+def test_stream_does_not_leak_inference_mode(gen, model):
+    model.train()
+    try:
+        it = gen.stream("长江、", GREEDY.replace(max_new_tokens=5))
+        first = next(it)
+        assert not torch.is_inference_mode_enabled()  # the caller's code between pieces runs normally
+        assert not model.training  # generation itself runs in eval mode
+        rest = list(it)
+        assert model.training  # and the model's mode is restored afterwards
+        assert first + "".join(rest) == gen.generate("长江、", GREEDY.replace(max_new_tokens=5))
+    finally:
+        model.eval()

@@ -13,6 +13,7 @@ from minigpt.widgets import generation_panel
 
 LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "Hello, how are you?"]
 
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny models run as fast on one thread; on a shared, busy CPU two threads can be many times slower."""
@@ -20,7 +21,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,13 @@ def test_batch_from_prompts_file(gen, tmp_path):
     assert out.startswith("[1] 中国") and "[3] 你好，好久不见" in out
     panel.prompts_file.value = str(tmp_path / "missing.txt")
     assert panel.on_batch() == [] and "missing.txt" in text_of(panel)
+
+
+def test_none_parameters_are_accepted(gen):
+    from minigpt.widgets import GenerationPanel
+
+    panel = GenerationPanel(gen, GenerationConfig(max_new_tokens=3), prompt=None, prompts_file=None)
+    assert panel.prompt.value == "" and panel.prompts_file.value == ""
 
 
 def test_bad_value_shows_error(gen):
