@@ -254,6 +254,12 @@ def prune_checkpoints(output_dir: str | Path, keep_last_n: int, permanent: list[
     """Delete all but the newest `keep_last_n` checkpoints; steps listed in `permanent` are never deleted."""
     ckpts = list_checkpoints(output_dir)
     removed = []
+    # temp folders of saves that a SIGKILL cut short (another pid's .checkpoint_step_N.tmpPID / .oldPID)
+    for p in Path(output_dir).glob(".checkpoint_step_*"):
+        m = re.search(r"\.(?:tmp|old)(\d+)$", p.name)
+        if m and int(m.group(1)) != os.getpid() and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
     for step, folder in ckpts[:-keep_last_n] if keep_last_n > 0 else []:
         if step in set(permanent):
             continue

@@ -166,8 +166,9 @@ class TrainConfig:
     progress_bar: bool = True  # a tqdm bar in the console / notebook (metrics lines are printed as well)
     max_faults: int = 5  # non-finite losses/gradients in a row before the run stops (and saves the last good state)
     # resource guard (seed 001): pause between steps while usage is above a limit; 0 = no limit
-    # Limits are off by default: CPU training itself fills the cores, so a CPU limit is a deliberate duty cycle.
-    max_cpu: float = 0.0  # % of all cores, system-wide (seed 001 suggests 70 on a laptop)
+    # 0 (or 100) = no limit, the default: CPU training itself fills the cores, so a CPU limit is a deliberate
+    # duty cycle (seed 001 suggests max_cpu=70, max_memory=70 on a laptop that must stay usable).
+    max_cpu: float = 0.0  # % of all cores, system-wide
     max_memory: float = 0.0  # % of RAM, system-wide
     max_gpu_memory: float = 0.0  # % of the GPU's memory (CUDA only)
     disable_monitoring: bool = False

@@ -326,8 +326,10 @@ class _RowText:
         return self.done
 
     def _flush(self) -> None:
-        if self._has_bytes and not self.stop_reason == "stop_string":
-            self.text += self._utf8.decode(b"", final=True)
+        # An unfinished multi-byte character at the end (max_new_tokens hit mid-character) is dropped,
+        # not shown as U+FFFD: half a character is never emitted, in a stream or in the final text.
+        if self._has_bytes:
+            self._utf8.reset()
 
     def _check_stop(self) -> None:
         start = max(0, self._search_from - self._maxstop + 1)

@@ -25,6 +25,8 @@ What is saved:
                        + adapter.safetensors, so the adapter alone can be reused or inspected.
 
 EMA is not combined with LoRA (it would shadow the frozen base); use_ema with use_lora is an error.
+LoRA usually wants a larger learning rate than a full fine-tune (about 10x: 3e-4 rather than 3e-5); the
+section default is the full fine-tune's, so set learning_rate explicitly with use_lora.
 """
 from __future__ import annotations
 

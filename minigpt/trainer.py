@@ -449,7 +449,8 @@ class Trainer:
 
         gen = TextGenerator(ckpt.unwrap(self.model), self.tokenizer, device=self.device)
         for prompt in self.cfg.sample_prompts:
-            text = gen.generate(prompt, GenerationConfig(max_new_tokens=40, do_sample=False))
+            text = gen.generate(prompt, GenerationConfig(max_new_tokens=max(1, min(40, self.model_cfg.max_seq_len // 2)),
+                                                         do_sample=False))
             logger.info("sample @%d %r -> %r", self.step, prompt, text)
             self._emit("on_sample", prompt, text)
         self.model.train()

@@ -20,6 +20,17 @@
 # rendered with the tokenizer's ChatML template, and the loss counts **only the assistant's
 # replies** (and their closing `<|im_end|>`): the model is not trained to imitate the user.
 # It is the same `Trainer` as notebook 03, with a lower learning rate.
+#
+# - **Data**: by default the chat JSONL notebook 01 wrote (`runs/<run>/data/sft.jsonl`). For **English**
+#   dialogues set `sft_language: english` (or `both`) at the top of the params YAML, or pass
+#   `-p sft_language english` to the whole demo, so 01 cleans them and 02's tokenizer learns their words.
+#   `chat_source` reads another source without re-running 01: `english` / `chinese` / `both` (the
+#   built-in dialogues) or a path to your own minimind-format `.jsonl`.
+# - **Packing** (`pack_conversations`): several conversations share a row; a block-diagonal mask and
+#   positions restarting at 0 keep each one exactly as if it were alone.
+# - **LoRA** (`use_lora`, `lora_rank`, `lora_alpha`, `lora_dropout`, `lora_targets`): only small adapters
+#   train; step checkpoints hold `adapter.safetensors`, and `final_model/` holds the merged weights
+#   (loadable by notebook 05 and export as usual) plus the adapter.
 
 # %% tags=["parameters"]
 # Parameters: plain literals only. None means "take it from params/<config>.yaml" (its `sft:` block).
@@ -30,6 +41,10 @@ learning_rate = None
 max_steps = None
 batch_size = None
 warmup_steps = None
+chat_source = None             # run (01's sft.jsonl) | chinese | english | both | path/to/chat.jsonl
+pack_conversations = None
+use_lora = None
+lora_rank = None
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -198,3 +198,86 @@ def test_no_weight_decay_on_norms():
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 2 * CFG["n_layers"] + 1
     assert math.isclose(decay["weight_decay"], 0.1)
+
+
+def test_compile_fallback_when_torch_compile_raises(tmp_path, monkeypatch, caplog):
+    def broken(*a, **k):
+        raise RuntimeError("no compiler on this platform")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    t = make_trainer(tmp_path, max_steps=2, enable_compile=True)
+    with caplog.at_level("WARNING"):
+        assert t.fit()["step"] == 2
+    assert "torch.compile unavailable" in caplog.text and "running eager" in caplog.text
+
+
+def test_compile_fallback_when_compiled_module_fails_at_first_call(tmp_path, monkeypatch, caplog):
+    calls = []
+
+    def lazy_broken(model, **k):
+        def compiled(*a, **kw):
+            calls.append(1)
+            raise RuntimeError("inductor: backend compiler failed")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", lazy_broken)
+    t = make_trainer(tmp_path, max_steps=3, enable_compile=True)
+    with caplog.at_level("WARNING"):
+        assert t.fit()["step"] == 3
+    assert len(calls) == 1 and "continuing without compile" in caplog.text  # tried once, then eager
+
+
+def test_metrics_lines_hold_every_field(tmp_path):
+    t = make_trainer(tmp_path, max_steps=2, eval_interval=2)
+    t.fit()
+    recs = [json.loads(l) for l in open(t.metrics_path)]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_mb", "elapsed_s", "tokens_seen"} <= set(recs[0])
+    assert 0 < recs[0]["mfu"] < 1 and recs[0]["tokens_per_s"] > 0 and "val_loss" in recs[-1]
+
+
+def test_progress_bar_in_console(tmp_path, capsys):
+    make_trainer(tmp_path, max_steps=3, progress_bar=True).fit()
+    err = capsys.readouterr().err
+    assert "pretrain" in err and "3/3" in err
+
+
+def test_missing_optional_loggers_say_what_to_install(tmp_path, caplog, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_loggers(name, *a, **k):
+        if name in ("wandb", "torch.utils.tensorboard") or name.startswith("tensorboard"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_loggers)
+    t = make_trainer(tmp_path, max_steps=2, use_wandb=True, use_tensorboard=True)
+    with caplog.at_level("WARNING"):
+        assert t.fit()["step"] == 2
+    assert "pip install wandb" in caplog.text and "pip install tensorboard" in caplog.text
+
+
+def test_num_threads_sets_torch_and_env(monkeypatch):
+    import os
+    from minigpt.devices import physical_cores, set_threads
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads(0) == physical_cores()  # default: physical cores
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("key,value", [("learning_rate", -1.0), ("batch_size", 0), ("save_steps", 0),
+                                       ("lr_scheduler", "cosine_annealing"), ("optimizer_type", "sgd"),
+                                       ("warmup_steps", 500), ("max_cpu", 120.0), ("max_faults", 0)])
+def test_bad_parameters_via_load_params_and_build(key, value):
+    from minigpt.params import ParameterError, load_params
+    from minigpt.pretrain import train_config_from_params
+
+    P = load_params("pretrain", config="ci", max_steps=30, **{key: value})
+    with pytest.raises(ParameterError, match=key):
+        train_config_from_params(P)  # what build_pretrain_trainer does first, before any tensor exists
