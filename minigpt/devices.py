@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 
 import psutil
@@ -97,3 +98,22 @@ def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return psutil.Process().memory_info().rss / 2 ** 20
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Reads VmHWM from /proc: unlike getrusage's ru_maxrss, it starts afresh at exec, so a subprocess
+    started by a large parent reports its own peak, not the parent's.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # not Linux: ru_maxrss is KB on Linux, bytes on macOS
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024

@@ -489,13 +489,15 @@ def test_memory_stays_bounded_on_a_large_file(tmp_path):
     big = tmp_path / "big.jsonl"
     C.write_synthetic_jsonl(big, 200, seed=7)
     assert big.stat().st_size >= 200e6
-    # peak RSS of a fresh process, before and after cleaning 200 MB (Linux ru_maxrss is in KB)
+    # Peak RSS of a fresh process, before and after cleaning 200 MB. VmHWM, not ru_maxrss: Linux carries
+    # ru_maxrss across fork+exec, so a child of a large pytest process would report the parent's size.
     script = textwrap.dedent("""
-        import resource, sys
+        import sys
         from minigpt.clean import CleanConfig, run_cleaning
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        from minigpt.devices import peak_rss_mb
+        base = peak_rss_mb()
         stats = run_cleaning(CleanConfig(data_files=[sys.argv[1]], near_dedup=False, progress=False), sys.argv[2])
-        print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, stats["kept"]["train"])
+        print(int(base), int(peak_rss_mb()), stats["kept"]["train"])
     """)
     res = subprocess.run([sys.executable, "-c", script, str(big), str(tmp_path / "out")], capture_output=True,
                          text=True, cwd=Path(__file__).parent.parent, timeout=300)
