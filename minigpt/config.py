@@ -136,6 +136,11 @@ class TrainConfig:
     warmup_steps: int = 20
     decay_lr: bool = True
     seq_len: int = 0  # 0 = model max_seq_len
+    dynamic_seq_length: bool = False  # grow the context during training (seed 003)
+    min_seq_length: int = 64
+    max_seq_length: int = 0  # 0 = seq_len (or the model's max_seq_len)
+    save_config: bool = True  # write run_config.json (the merged parameters) next to the checkpoints
+    log_gradients: bool = False  # per-layer gradient norms in metrics.jsonl at each log_interval
     # evaluation
     eval_interval: int = 50
     num_eval_batches: int = 10
@@ -223,6 +228,10 @@ class TrainConfig:
             (0 <= self.max_gpu_memory <= 100, "max_gpu_memory", f"a percentage in [0, 100] (0 = no limit), got {self.max_gpu_memory}"),
             (self.guard_interval > 0, "guard_interval", f"a positive number of seconds, got {self.guard_interval}"),
         ]
+        checks.append((not self.dynamic_seq_length or 0 < self.min_seq_length, "min_seq_length",
+                       f"a positive integer, got {self.min_seq_length}"))
+        checks.append((not self.dynamic_seq_length or not self.max_seq_length or self.min_seq_length <= self.max_seq_length,
+                       "min_seq_length", f"at most max_seq_length={self.max_seq_length}, got {self.min_seq_length}"))
         for ok, key, expected in checks:
             if not ok:
                 raise ValueError(f"{key}: expected {expected}")

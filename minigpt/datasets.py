@@ -26,7 +26,10 @@ class WindowSampler:
     N ranks of batch_size B see exactly the windows one process with batch_size N*B sees.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 seq_len_at=None):
+        """seq_len_at: optional function batch index -> window length (dynamic_seq_length); a pure function of
+        the index, so prefetching and resume stay exact."""
         if len(tokens) <= seq_len + 1:
             raise ValueError(f"token file holds {len(tokens)} tokens, fewer than seq_len+1={seq_len + 1}; use more data or a shorter seq_len")
         self.tokens = tokens
@@ -36,12 +39,14 @@ class WindowSampler:
         self.rank = rank
         self.world_size = world_size
         self.position = 0
+        self.seq_len_at = seq_len_at
 
     def batch_at(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seq_len = self.seq_len_at(index) if self.seq_len_at else self.seq_len
         rng = np.random.default_rng([self.seed, index])
-        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size * self.world_size)
+        starts = rng.integers(0, len(self.tokens) - seq_len - 1, size=self.batch_size * self.world_size)
         starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        buf = np.stack([np.asarray(self.tokens[s:s + self.seq_len + 1], dtype=np.int64) for s in starts])
+        buf = np.stack([np.asarray(self.tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts])
         t = torch.from_numpy(buf)
         return t[:, :-1], t[:, 1:]
 
@@ -138,3 +143,18 @@ def sequential_windows(tokens: np.ndarray, batch_size: int, seq_len: int, num_ba
         buf = torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in chunk]))
         out.append((buf[:, :-1], buf[:, 1:]))
     return out
+
+
+def dynamic_seq_len(step: int, max_steps: int, min_len: int, max_len: int) -> int:
+    """Context length for optimizer step `step` when it grows during training (seed 003's dynamic_seq_length).
+
+    Doubling stages from min_len up to max_len, each an equal share of max_steps: short windows are cheap
+    while the model learns local statistics, and each stage's fixed length keeps compiled graphs reusable.
+    """
+    lengths = [min_len]
+    while lengths[-1] * 2 < max_len:
+        lengths.append(lengths[-1] * 2)
+    if lengths[-1] != max_len:
+        lengths.append(max_len)
+    stage = min(len(lengths) - 1, step * len(lengths) // max(1, max_steps))
+    return lengths[stage]

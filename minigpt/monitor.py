@@ -41,7 +41,7 @@ def planned_steps(train_dir: Path) -> int | None:
             cfg = json.loads(c.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        steps = (cfg.get("train") or cfg).get("max_steps")
+        steps = cfg.get("max_steps") or (cfg.get("train") or {}).get("max_steps")
         if steps:
             return int(steps)
     return None

@@ -133,6 +133,8 @@ class Trainer:
             guard = ResourceGuard.from_config(cfg)
         self.guard = guard
         self.max_faults = max_faults if max_faults is not None else cfg.max_faults
+        if cfg.dynamic_seq_length and hasattr(train_batches, "seq_len_at"):
+            self._grow_context(train_batches)
         if cfg.dataloader_workers > 0 and hasattr(train_batches, "batch_at") and not cfg.disable_optimizations:
             from .datasets import PrefetchBatches
 
@@ -158,6 +160,22 @@ class Trainer:
         self._last_saved_step = -1
 
     # ----- configuration helpers -------------------------------------------------------------
+    def _grow_context(self, sampler) -> None:
+        """dynamic_seq_length: the sampler's window length becomes a function of the optimizer step."""
+        from .datasets import dynamic_seq_len
+
+        cfg = self.cfg
+        top = cfg.max_seq_length or sampler.seq_len
+        if top > self.model_cfg.max_seq_len:
+            raise ValueError(f"max_seq_length: {top} exceeds the model's max_seq_len={self.model_cfg.max_seq_len}")
+        if cfg.min_seq_length > top:
+            raise ValueError(f"min_seq_length: {cfg.min_seq_length} exceeds max_seq_length={top}")
+        if cfg.total_batch_size:
+            raise ValueError("dynamic_seq_length: use accumulation_steps, not total_batch_size (tokens per step change)")
+        accum, max_steps = cfg.accumulation_steps, cfg.max_steps
+        sampler.seq_len = top
+        sampler.seq_len_at = lambda index: dynamic_seq_len(index // accum, max_steps, cfg.min_seq_length, top)
+
     def _accumulation_steps(self) -> int:
         cfg = self.cfg
         if cfg.total_batch_size:
@@ -213,6 +231,9 @@ class Trainer:
             self._truncate_metrics(0)  # a fresh run starts a fresh log
         if self.is_main and cfg.plot_loss:
             (self.output_dir / "plots").mkdir(exist_ok=True)
+        if self.is_main and cfg.save_config:
+            # seed 003's save_config: the merged parameters beside the checkpoints (the monitor reads max_steps here)
+            ckpt.atomic_write_json(self.output_dir / "run_config.json", {**self.config_dict(), "max_steps": self.max_steps})
         if self.peak_flops is None:
             self.peak_flops = measure_peak_flops(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         fpt = flops_per_token(self.model_cfg, self.seq_len)
@@ -354,6 +375,8 @@ class Trainer:
             total_loss /= self.world_size
         self.scaler.unscale_(self.optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
+        # per-block norms are read before clipping, so they add up (in squares) to the logged grad_norm
+        layer_norms = self._layer_grad_norms() if cfg.log_gradients and (self.step + 1) % cfg.log_interval == 0 else None
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         loss_value = float(total_loss)
         finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
@@ -376,8 +399,24 @@ class Trainer:
             self.ema.update(model)
         self.step += 1
         self.tokens_seen += tokens * self.world_size
-        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens": tokens, "tokens_seen": self.tokens_seen, "skipped": False}
+        rec = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+               "tokens": tokens, "tokens_seen": self.tokens_seen, "skipped": False}
+        if cfg.dynamic_seq_length:
+            rec["seq_len"] = int(x.shape[1])
+        if layer_norms is not None:
+            rec["grad_norms"] = layer_norms
+        return rec
+
+    def _layer_grad_norms(self) -> dict[str, float]:
+        """Gradient norm per block (`layers.i`) and for embeddings / final norm (seed 003's log_gradients)."""
+        sums: dict[str, float] = {}
+        for name, p in ckpt.unwrap(self.model).named_parameters():
+            if p.grad is None:
+                continue
+            parts = name.split(".")
+            group = ".".join(parts[:2]) if parts[0] == "layers" else parts[0]
+            sums[group] = sums.get(group, 0.0) + float(p.grad.detach().float().pow(2).sum())
+        return {k: math.sqrt(v) for k, v in sums.items()}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:

@@ -281,3 +281,40 @@ def test_bad_parameters_via_load_params_and_build(key, value):
     P = load_params("pretrain", config="ci", max_steps=30, **{key: value})
     with pytest.raises(ParameterError, match=key):
         train_config_from_params(P)  # what build_pretrain_trainer does first, before any tensor exists
+
+
+def test_dynamic_seq_length_grows_in_doubling_stages(tmp_path):
+    from minigpt.datasets import dynamic_seq_len
+
+    assert [dynamic_seq_len(s, 12, 4, 16) for s in (0, 3, 4, 7, 8, 11, 20)] == [4, 4, 8, 8, 16, 16, 16]
+    assert [dynamic_seq_len(s, 9, 8, 20) for s in (0, 2, 3, 5, 6, 8)] == [8, 8, 16, 16, 20, 20]
+    t = make_trainer(tmp_path, max_steps=9, dynamic_seq_length=True, min_seq_length=4, max_seq_length=16)
+    t.fit()
+    recs = [json.loads(l) for l in open(t.metrics_path) if '"seq_len"' in l]
+    assert [r["seq_len"] for r in recs] == [4, 4, 4, 8, 8, 8, 16, 16, 16]
+
+
+def test_dynamic_seq_length_resume_is_exact(tmp_path):
+    kw = dict(dynamic_seq_length=True, min_seq_length=4, max_seq_length=16)
+    straight = make_trainer(tmp_path / "a", max_steps=10, **kw)
+    straight.fit()
+    first = make_trainer(tmp_path / "b", max_steps=10, **kw)
+    first.callbacks.append(StopAt(5))
+    first.fit()
+    second = make_trainer(tmp_path / "b", max_steps=10, auto_resume=True, **kw)
+    second.fit()
+    assert losses(straight.metrics_path) == losses(second.metrics_path)
+
+
+def test_save_config_and_log_gradients(tmp_path):
+    t = make_trainer(tmp_path, max_steps=4, log_gradients=True, log_interval=2)
+    t.fit()
+    cfg = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert cfg["max_steps"] == 4 and cfg["train"]["log_gradients"] is True and cfg["model"]["d_model"] == 32
+    recs = [json.loads(l) for l in open(t.metrics_path) if '"grad_norms"' in l]
+    assert [r["step"] for r in recs] == [2, 4]
+    norms = recs[0]["grad_norms"]
+    assert set(norms) == {"embed_tokens", "layers.0", "layers.1", "norm"} and all(v > 0 for v in norms.values())
+    # the per-block norms add up (in squares) to the total that clipping saw, before clipping
+    total = math.sqrt(sum(v * v for v in norms.values()))
+    assert total == pytest.approx(recs[0]["grad_norm"], rel=1e-4)
