@@ -133,8 +133,11 @@ class Trainer:
             guard = ResourceGuard.from_config(cfg)
         self.guard = guard
         self.max_faults = max_faults if max_faults is not None else cfg.max_faults
-        if cfg.dynamic_seq_length and hasattr(train_batches, "seq_len_at"):
-            self._grow_context(train_batches)
+        if cfg.dynamic_seq_length:
+            if hasattr(train_batches, "seq_len_at"):
+                self._grow_context(train_batches)
+            else:
+                logger.warning("dynamic_seq_length applies to pretraining windows; chat batches keep whole conversations")
         if cfg.dataloader_workers > 0 and hasattr(train_batches, "batch_at") and not cfg.disable_optimizations:
             from .datasets import PrefetchBatches
 
