@@ -3,37 +3,25 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import numpy as np
 import pytest
 import torch
 
-from minigpt import GPT, ModelConfig
 from minigpt.evaluate import bits_per_char, evaluate_split, evaluate_texts, split_meta, write_samples
 from minigpt.generate import GenerationConfig, TextGenerator
-from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+from conftest import mixed_corpus, tiny_gpt, tiny_tokenizer
 
 LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "中国的首都是北京。"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run as fast on one thread; on a shared, busy CPU two threads can be many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 @pytest.fixture(scope="module")
 def setup():
-    rng = random.Random(0)
-    texts = ["".join(rng.sample(LINES, 3)) for _ in range(100)]
-    tok = train_tokenizer(texts, TokenizerConfig(tokenizer_vocab_size=300, min_frequency=2))
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)).eval()
-    return tok, model, texts
+    tok = tiny_tokenizer(LINES)
+    return tok, tiny_gpt(tok.vocab_size), mixed_corpus(LINES)
 
 
 def manual_loss(model, data, seq_len):

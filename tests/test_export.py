@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from minigpt import GPT, ModelConfig
 from minigpt.checkpoint import save_checkpoint
 from minigpt.export import export_hf, main
 from minigpt.generate import GenerationConfig, TextGenerator
-from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+from conftest import tiny_gpt, tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -19,26 +18,16 @@ LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我
          "人工智能正在改变世界。", "Hello, how are you today?", "我喜欢读书和写字。"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run as fast on one thread; on a shared, busy CPU two threads can be many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
-    rng = random.Random(0)
-    tok = train_tokenizer(["".join(rng.sample(LINES, 3)) for _ in range(200)],
-                          TokenizerConfig(tokenizer_vocab_size=330, min_frequency=2))
+    tok = tiny_tokenizer(LINES, n=200, vocab_size=330)
     tok.save(tmp / "tok")
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
-                      rope_theta=5000.0, rms_norm_eps=1e-6)
-    model = GPT(cfg).eval()
+    model = tiny_gpt(tok.vocab_size, d_model=64, max_seq_len=64, rope_theta=5000.0, rms_norm_eps=1e-6)
+    cfg = model.config
     with torch.no_grad():  # wider weights than init: peaked distributions, so greedy paths are not ties
         for p in model.parameters():
             if p.dim() == 2:

@@ -1,35 +1,24 @@
 """widgets.generation_panel: handlers called from pytest, no kernel."""
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
 
-from minigpt import GPT, ModelConfig
 from minigpt.generate import GenerationConfig, TextGenerator
-from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+from conftest import tiny_gpt, tiny_tokenizer
 from minigpt.widgets import generation_panel
 
 LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "Hello, how are you?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run as fast on one thread; on a shared, busy CPU two threads can be many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 @pytest.fixture(scope="module")
 def gen():
-    rng = random.Random(0)
-    tok = train_tokenizer(["".join(rng.sample(LINES, 3)) for _ in range(100)],
-                          TokenizerConfig(tokenizer_vocab_size=300, min_frequency=2))
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64))
+    tok = tiny_tokenizer(LINES)
+    model = tiny_gpt(tok.vocab_size, max_seq_len=64)
     with torch.no_grad():
         model.embed_tokens.weight.normal_(0, 0.5)
     return TextGenerator(model.eval(), tok)
