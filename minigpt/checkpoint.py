@@ -11,6 +11,7 @@ A checkpoint folder (`checkpoint_step_N/` or `final_model/`) holds:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -136,12 +137,44 @@ def save_checkpoint(
     weights: safetensors files to write instead of the default {"model.safetensors": model_state(model)}
     (LoRA runs: adapter-only step checkpoints, merged weights + adapter in final_model; see sft.py).
     """
+    with atomic_folder(folder) as tmp:
+        _write_checkpoint_files(tmp, model, config, tokenizer_dir, ema_state, optimizer_state, trainer_state, weights)
+    return Path(folder)
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path):
+    """Build a folder under a temporary name, fsync it, then rename it into place.
+
+    A crash at any point leaves either the old complete folder or the new one, never a mix; a failed
+    build removes its temporary folder. Checkpoints and the Hugging Face export both write this way.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        yield tmp
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        if folder.exists():
+            # Replacing a folder is two renames; the old one is moved aside first so a crash leaves one complete copy.
+            old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(folder.parent)
+
+
+def _write_checkpoint_files(tmp: Path, model, config, tokenizer_dir, ema_state, optimizer_state, trainer_state, weights) -> None:
     for name, state in (weights if weights is not None else {"model.safetensors": model_state(model)}).items():
         save_file(state, str(tmp / name))
     if ema_state is not None:
@@ -156,20 +189,7 @@ def save_checkpoint(
             src = Path(tokenizer_dir) / name
             if src.is_file():
                 shutil.copy2(src, tmp / name)
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-    write_manifest(tmp)
-    if folder.exists():
-        # Replacing a folder is two renames; the old one is moved aside first so a crash leaves one complete copy.
-        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
-    return folder
+    write_manifest(tmp)  # last: its presence means every file above is complete
 
 
 def _fsync_dir(path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,11 +20,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from .checkpoint import TOKENIZER_FILES, atomic_folder
 from .model import GPT
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _EOS_ID, _IM_END_ID, _PAD_ID = 0, 2, 3
 
 
@@ -99,12 +98,7 @@ def export_model(model: GPT, tokenizer_dir: str | Path, out_dir: str | Path, dty
     if missing:
         raise FileNotFoundError(f"{tokenizer_dir}: missing tokenizer files {missing}; expected {list(TOKENIZER_FILES)}")
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         save_file(hf_state_dict(model, getattr(torch, dtype)), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(model, dtype), indent=2), encoding="utf-8")
         (tmp / "generation_config.json").write_text(
@@ -118,16 +112,6 @@ def export_model(model: GPT, tokenizer_dir: str | Path, out_dir: str | Path, dty
         if "chat_template" not in tc:
             raise ValueError(f"{tokenizer_dir / 'tokenizer_config.json'}: no chat_template; expected minigpt's ChatML template")
         tc_path.write_text(json.dumps(tc, ensure_ascii=False, indent=2), encoding="utf-8")
-        if out.exists():  # move the old folder aside first so a crash leaves one complete copy
-            old = out.with_name(f".{out.name}.old{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %s parameters to %s", f"{model.num_params():,}", out)
     return out
 
