@@ -9,7 +9,7 @@ STAMP := $(VENV)/.minigpt-installed
 RUN ?= runs/demo
 CONFIG ?= tiny
 
-.PHONY: setup demo test test-unit test-notebooks lab bench clean-runs
+.PHONY: setup demo test test-unit test-notebooks notebooks-outputs lab bench clean-runs
 
 setup: $(STAMP)
 
@@ -25,10 +25,29 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m minigpt.demo --config $(CONFIG) --run-dir $(RUN)
 
+# make test: the single CI entry point (.ci/run). Each part prints its time ([time] ...).
+#  1. unit tests: fast, no notebooks
+#  2. nbval: the committed notebooks re-run in order on the config their outputs came from (ci unless someone
+#     regenerated them with another one); `# NBVAL_CHECK_OUTPUT` cells must match, after notebooks/nbval_sanitize.cfg
+#  3. slow tests: papermill 01 -> 05 on params/ci.yaml and what the executed notebooks show, end-to-end runs
+#  4. browser: JupyterLab + Debian chromium (Playwright), on a copy of the run nbval just made
+NB_RUN ?= runs/nbval
+NBVAL_ARGS = --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider
 test: setup
-	$(PY) -m minigpt.ci_timer "unit tests" -- $(PY) -m pytest tests -q -m "not browser"
-	$(PY) -m minigpt.ci_timer "notebooks (nbval)" -- env MINIGPT_CONFIG=ci MINIGPT_RUN_DIR=runs/nbval \
-		$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks -q
+	$(PY) -m minigpt.ci_timer "unit tests" -- $(PY) -m pytest tests -q -m "not slow and not browser"
+	@cfg=$$($(PY) tests/notebook_tools.py config) && rm -rf $(NB_RUN) && \
+	$(PY) -m minigpt.ci_timer "notebooks: nbval (config $$cfg)" -- env MINIGPT_CONFIG=$$cfg MINIGPT_RUN_DIR=$(NB_RUN) \
+		$(PY) -m pytest $(NBVAL_ARGS) notebooks -q
+	$(PY) -m minigpt.ci_timer "slow tests (papermill 01-05 on ci, end to end)" -- $(PY) -m pytest tests -q -m "slow and not browser" --durations=5
+	$(PY) -m minigpt.ci_timer "browser (JupyterLab + chromium)" -- env MINIGPT_TEST_RUN_DIR=$(NB_RUN) \
+		$(PY) -m pytest tests/test_browser.py -q -rs --durations=3
+
+# Re-execute the committed notebooks in place with params/$(NB_CONFIG).yaml and keep their outputs small
+# (or take the outputs of an executed run: make notebooks-outputs FROM=runs/demo/notebooks).
+NB_CONFIG ?= ci
+notebooks-outputs: setup
+	$(PY) tests/notebook_tools.py outputs $(if $(FROM),--from $(FROM),--config $(NB_CONFIG))
+	$(VENV)/bin/jupytext --sync --quiet notebooks/*.ipynb
 
 test-unit: setup
 	$(PY) -m pytest tests -q -m "not slow and not browser"

@@ -37,8 +37,12 @@ class TrainingPanel:
             "enable_compile": w.Checkbox(value=bool(params["enable_compile"]), description="enable_compile", style=style),
         }
         if "max_cpu" in params:
-            self.controls["max_cpu"] = w.FloatSlider(value=params["max_cpu"], min=10, max=100, step=5, description="max_cpu %", style=style)
-            self.controls["max_memory"] = w.FloatSlider(value=params["max_memory"], min=10, max=100, step=5, description="max_memory %", style=style)
+            # 0 means "no limit" (TrainConfig's default): the sliders must be able to hold it, or the guard
+            # would silently pause training at a 10% limit
+            self.controls["max_cpu"] = w.FloatSlider(value=params["max_cpu"] or 0.0, min=0, max=100, step=5,
+                                                     description="max_cpu %", tooltip="0 = no limit", style=style)
+            self.controls["max_memory"] = w.FloatSlider(value=params["max_memory"] or 0.0, min=0, max=100, step=5,
+                                                        description="max_memory %", tooltip="0 = no limit", style=style)
         if "preset" not in params:
             self.controls.pop("preset")
         for name, ctrl in self.controls.items():
@@ -50,6 +54,7 @@ class TrainingPanel:
         self.status = w.HTML(value="idle")
         self.status.add_class("minigpt-status")
         self.output = w.Output()
+        self.output.add_class("minigpt-train-output")
         self.start_button.on_click(lambda _: self.on_start())
         self.stop_button.on_click(lambda _: self.on_stop())
         self.widget = w.VBox([

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -230,8 +231,8 @@ class Trainer:
         if cfg.resume_from or cfg.auto_resume:
             self._maybe_resume()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.step == 0:
-            self._truncate_metrics(0)  # a fresh run starts a fresh log
+        if self.step == 0 and self.is_main:
+            self._archive_previous_run()  # a fresh run starts a fresh log and checkpoint series
         if self.is_main and cfg.plot_loss:
             (self.output_dir / "plots").mkdir(exist_ok=True)
         if self.is_main and cfg.save_config:
@@ -608,6 +609,29 @@ class Trainer:
         self.history = state.get("history", [])
         self._truncate_metrics(self.step)
         logger.info("resumed from %s at step %d", folder, self.step)
+
+    def _archive_previous_run(self) -> Path | None:
+        """Move an earlier run's checkpoints, final model and logs out of the way, into previous/<time>/.
+
+        A fresh run in a used folder must not mix with the old run: pruning keeps the highest step numbers,
+        so the old run's later checkpoints would delete the new run's, and auto-resume would pick them up.
+        Nothing is deleted; the warning says where the old run went.
+        """
+        old = [p for p in self.output_dir.iterdir() if p.name.startswith("checkpoint_step_") or p.name in
+               ("final_model", "metrics.jsonl", "run_config.json", "plots")] if self.output_dir.is_dir() else []
+        if not old:
+            return None
+        dest = self.output_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = dest.with_name(f"{dest.name.split('_')[0]}_{n}")
+        dest.mkdir(parents=True)
+        for p in old:
+            os.replace(p, dest / p.name)
+        logger.warning("%s held an earlier run (%d items); moved to %s (set auto_resume=True to continue a run instead)",
+                       self.output_dir, len(old), dest)
+        return dest
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines past the resumed step so the log reads as one uninterrupted run."""

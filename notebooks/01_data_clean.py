@@ -58,8 +58,10 @@ print("config:", P.config, "| run_dir:", P.run_dir.relative_to(P.run_dir.parents
 # adding data never moves an old document across the split. An interrupted run resumes.
 
 # %%
-# NBVAL_CHECK_OUTPUT
 stats = run_cleaning(clean_cfg, P.paths["data"])
+
+# %%
+# NBVAL_CHECK_OUTPUT
 stats_table(stats)
 
 # %% [markdown]
@@ -67,10 +69,7 @@ stats_table(stats)
 # Documents and characters per source, the length histogram, and what was removed and why.
 
 # %%
-from IPython.display import Image, display
-
-for png in plot_clean_stats(stats, P.paths["data"]):
-    display(Image(filename=str(png)))
+plot_clean_stats(stats, P.paths["data"]);  # shown inline, and saved as PNGs under data/plots/
 
 # %% [markdown]
 # ## Example rejects

@@ -80,10 +80,12 @@ HTML("".join(render_tokens_html(tok, t) for t in val_texts[:3]))
 # identical files.
 
 # %%
-# NBVAL_CHECK_OUTPUT
 from minigpt.packing import pack_corpus
 
 meta = pack_corpus(P.paths["data"], tok, P.paths["tokens"])
+
+# %%
+# NBVAL_CHECK_OUTPUT
 for split in ("train", "val"):
     m = meta["splits"][split]
     print(f"{split}: {m['num_tokens']:,} tokens ({meta['dtype']}), {m['num_chars'] / m['num_tokens']:.2f} chars/token")
