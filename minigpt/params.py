@@ -53,6 +53,12 @@ EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
         "train_data": (str, ""),
         "val_data": (str, ""),
         "token_dtype": (str, ""),
+        # DDP through launch(): torchrun in a subprocess (seed 003's multi-GPU / multi-node commands)
+        "nproc_per_node": (int, 1),
+        "nnodes": (int, 1),
+        "node_rank": (int, 0),
+        "master_addr": (str, "127.0.0.1"),
+        "master_port": (int, 29500),
     },
     "sft": {"pretrained_checkpoint": (str, ""), "show_widgets": (bool, True), "live_plot_interval": (int, 10)},
     "generate": {

@@ -36,6 +36,10 @@ save_steps = None
 enable_compile = None
 device = None          # auto | cpu | cuda | cuda:N | mps
 dtype = None           # auto | float32 | float16 | bfloat16
+auto_resume = None     # continue from the newest verified checkpoint
+max_cpu = None         # resource guard: pause above this CPU % (0 means off)
+max_memory = None      # resource guard: pause above this memory %
+nproc_per_node = None  # more than 1: DDP with torchrun in a subprocess
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -68,13 +72,23 @@ print(f"steps: {trainer.max_steps}, batch {P.batch_size} x {trainer.seq_len} tok
 # The plot below updates in place while training runs; a metrics line is printed every
 # `log_interval` steps and every line goes to `metrics.jsonl`. Interrupt the kernel at any time:
 # the trainer saves a checkpoint at the current step and returns.
+#
+# With `nproc_per_node` > 1 the same parameters go to `launch()`, which runs `torchrun` on
+# `minigpt.train_worker` in a subprocess (gloo on CPU, nccl on CUDA) and streams its log here;
+# interrupting the cell stops every worker, after they save.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 import logging
 
+from minigpt.launch import launch
+
 logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-result = trainer.fit()
+if P.nproc_per_node > 1:
+    result = launch(P.nproc_per_node, params=P, nnodes=P.nnodes, node_rank=P.node_rank,
+                    master_addr=P.master_addr, master_port=P.master_port)["result"]
+else:
+    result = trainer.fit()
 print(result)
 
 # %% [markdown]
@@ -94,9 +108,11 @@ if "val_bpc" in last:
 assert math.isfinite(last["val_loss"])
 
 # %%
+from minigpt.checkpoint import load_checkpoint
 from minigpt.generate import GenerationConfig, TextGenerator
 
-gen = TextGenerator(trainer.model, trainer.tokenizer)
+model, tokenizer, _ = load_checkpoint(trainer.output_dir / "final_model")  # also what a DDP run saved
+gen = TextGenerator(model, tokenizer)
 for prompt in ("你好，", "中国", "经济"):
     print(repr(prompt), "->", gen.generate(prompt, GenerationConfig(max_new_tokens=40, do_sample=False, repetition_penalty=1.2)))
 
