@@ -42,8 +42,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
-    if device.type == "cuda" and not cfg.disable_optimizations:
-        kwargs["fused"] = True
+    if device.type in ("cuda", "cpu") and not cfg.disable_optimizations:
+        kwargs["fused"] = True  # one kernel for all parameters; measured ~2-3% of a small CPU step
     if cfg.optimizer_type == "adamw":
         return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kwargs)
     # Plain Adam: L2 folded into the gradient, as the seeds' `adam` option does.

@@ -21,3 +21,31 @@ def test_bench_quick_runs(tmp_path):
     assert set(map(str, gen["minigpt"])) == {"1", "8"} and all(v > 0 for v in gen["ratio"].values())
     assert res["text"]["tokenizer"]["encode_mb_per_s"] > 0 and res["text"]["clean"]["mb_per_s"] > 0
     assert "peak matmul" in r.stdout and "training step" in r.stdout
+
+
+def _row(**kw):
+    base = {"preset": "tiny", "impl": "minigpt", "compile": False, "batch": 8, "seq": 256, "step_s": 0.5, "step_s_min": 0.4,
+            "tokens_per_s": 4096.0, "tokens_per_s_best": 5120.0, "gflops": 100.0, "mfu_local": 0.5, "local_peak_gflops": 200.0, "peak_rss_mb": 500.0}
+    base.update(kw)
+    return base
+
+
+def test_merge_rounds_averages_step_times():
+    from minigpt.bench import _merge_rounds
+
+    merged = _merge_rounds([_row(), _row(step_s=1.0, step_s_min=0.8, tokens_per_s=2048.0, gflops=50.0, mfu_local=0.25,
+                                          peak_rss_mb=600.0)])
+    assert merged["step_s"] == 0.75 and merged["tokens_per_s"] == 8 * 256 / 0.75
+    assert merged["rounds_tokens_per_s"] == [4096.0, 2048.0] and merged["peak_rss_mb"] == 600.0
+    assert merged["mfu_local"] == 0.375
+    assert merged["step_s_min"] == 0.4 and merged["tokens_per_s_best"] == 8 * 256 / 0.4
+    assert _merge_rounds([{"error": "boom"}, _row()])["tokens_per_s"] == 4096.0
+    assert "error" in _merge_rounds([{"error": "boom"}])
+
+
+def test_format_table_shows_both_mfus():
+    from minigpt.bench import format_table
+
+    text = format_table({"peak": {"gflops": 250.0}, "train": [_row(mfu=0.4, vs_hf=1.1, vs_hf_best=1.2, vs_hf_eager_best=1.3)]})
+    assert "MFU(local)" in text and "40%" in text and "50%" in text and "1.10x" in text
+    assert "5120" in text and "1.20x, 1.30x" in text

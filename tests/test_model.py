@@ -78,3 +78,67 @@ def test_bad_shapes_are_named():
         tiny_cfg(n_kv_heads=3)
     with pytest.raises(ValueError, match="preset"):
         ModelConfig.from_preset("huge")
+
+
+def test_state_dict_keeps_llama_names_and_shapes():
+    cfg = tiny_cfg()
+    sd = GPT(cfg).state_dict()
+    d, kv, ff = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
+    expected = {"embed_tokens.weight": (97, d), "norm.weight": (d,), "lm_head.weight": (97, d)}
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        expected.update({
+            p + "self_attn.q_proj.weight": (d, d), p + "self_attn.k_proj.weight": (kv, d),
+            p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, d),
+            p + "mlp.gate_proj.weight": (ff, d), p + "mlp.up_proj.weight": (ff, d), p + "mlp.down_proj.weight": (d, ff),
+            p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+        })
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected
+
+
+@pytest.mark.parametrize("with_positions", [False, True])
+def test_fast_training_path_matches_plain_autograd(with_positions):
+    """fp32 eager uses fused projections and hand-written backwards; float64 runs the plain ops. Same maths."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    fast = GPT(cfg)
+    with torch.no_grad():  # non-trivial norm weights, so folding them into the projections is exercised
+        for name, p in fast.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                p.uniform_(0.5, 1.5)
+    ref = GPT(cfg).double()
+    ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
+    x = torch.randint(0, 97, (2, 24))
+    y = torch.randint(0, 97, (2, 24))
+    kw = {"positions": torch.arange(3, 27).repeat(2, 1)} if with_positions else {}
+    logits, loss = fast(x, y, **kw)
+    rlogits, rloss = ref(x, y, **kw)
+    loss.backward()
+    rloss.backward()
+    assert torch.allclose(logits.double(), rlogits, atol=1e-5)
+    ref_grads = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        g, rg = p.grad.double(), ref_grads[name].grad
+        assert torch.allclose(g, rg, atol=1e-6 + 1e-4 * rg.abs().max().item()), name
+
+
+def test_hooked_or_wrapped_projections_still_run():
+    """A forward hook on a projection (as LoRA or a probe would add) turns the weight fusion off, not the hook."""
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg()).eval()
+    x = torch.randint(0, 97, (1, 8))
+    base, _ = model(x)
+    seen = []
+    model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model.layers[1].mlp.up_proj.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    hooked, _ = model(x)
+    assert len(seen) == 2
+    assert torch.allclose(base, hooked, atol=1e-5)
+
+
+def test_compiled_training_step_has_no_graph_breaks():
+    torch._dynamo.reset()
+    model = GPT(tiny_cfg()).train()
+    x = torch.randint(0, 97, (2, 16))
+    explained = torch._dynamo.explain(model)(x, x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
