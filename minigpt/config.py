@@ -164,7 +164,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     enable_compile: bool = False
-    compile_mode: str = "default"
+    compile_mode: str = "auto"  # auto: max-autotune on CUDA, reduce-overhead on MPS, default on CPU (seed 000)
     num_threads: int = 0  # 0 = physical cores
     dataloader_workers: int = 0
     disable_optimizations: bool = False

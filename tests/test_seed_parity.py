@@ -69,3 +69,23 @@ def test_functions_and_entry_points_exist():
                 raise AssertionError(f"{ref} does not exist")
         for mod in re.findall(r"python -m (minigpt\.[a-z_]+)", r["minigpt"]):
             importlib.import_module(mod)
+
+
+@pytest.mark.slow
+def test_listed_outputs_are_written_by_a_demo_run():
+    """Every output row's path exists after notebooks 01 -> 05 (the ci config: the tiny demo's code path, smaller)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from notebook_runs import executed_run
+
+    run = executed_run()
+    checked = 0
+    for r in rows():
+        if r["kind"] != "output":
+            continue
+        for path in re.findall(r"`([a-z_]+/[^`]+)`", r["minigpt"]):
+            pattern = path.replace("{N}", "*")
+            assert list(run.glob(pattern)), f"{path} ({r['seed']} {r['seed_name']}) was not written under {run}"
+            checked += 1
+    assert checked >= 10

@@ -318,3 +318,16 @@ def test_save_config_and_log_gradients(tmp_path):
     # the per-block norms add up (in squares) to the total that clipping saw, before clipping
     total = math.sqrt(sum(v * v for v in norms.values()))
     assert total == pytest.approx(recs[0]["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("device,requested,expected", [
+    ("cuda", "auto", "max-autotune"), ("mps", "auto", "reduce-overhead"), ("cpu", "auto", None),
+    ("cpu", "max-autotune", "max-autotune"), ("cuda", "default", None),
+])
+def test_compile_mode_per_device(monkeypatch, device, requested, expected):
+    from minigpt.trainer import compile_model
+
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.setdefault("mode", mode) or model)
+    compile_model(torch.nn.Linear(2, 2), TrainConfig(compile_mode=requested), torch.device(device))
+    assert seen["mode"] == expected
