@@ -60,8 +60,10 @@ def summary(run_dir: Path) -> str:
                          + (f", {evals[-1]['val_bpc']:.3f} bits/char" if "val_bpc" in evals[-1] else ""))
     samples = run_dir / "samples.md"
     if samples.is_file():
-        lines.append("\nA generated sample (from samples.md):")
-        lines += ["  " + l for l in samples.read_text(encoding="utf-8").splitlines()[:12]]
+        text = samples.read_text(encoding="utf-8")
+        body = text.split("## Samples", 1)[-1].strip().splitlines()
+        lines.append("\nGenerated samples (all of them, with the parameters used, in samples.md):")
+        lines += ["  " + l for l in body[:16] if l.strip()]
     return "\n".join(lines)
 
 
