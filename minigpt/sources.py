@@ -237,6 +237,25 @@ def _iter_raw_lines(
             yield line_no, pos, raw, ""
 
 
+def _iter_text_lines(
+    path: str, max_line_bytes: int, start_pos: int, start_line: int, counters: dict | None
+) -> Iterator[tuple[int, int, str | None, "Item | None"]]:
+    """Decoded, non-blank lines as (line_no, end_pos, text, None); a line rejected on the way (too long,
+    NUL byte, invalid UTF-8, blank) comes as (line_no, end_pos, None, its reject Item)."""
+    for line_no, pos, raw, reason in _iter_raw_lines(path, max_line_bytes, start_pos, start_line, counters):
+        if raw is None:
+            reason, excerpt = reason.split("\0", 1)
+            yield line_no, pos, None, Item(line_no, pos, "reject", reason, excerpt)
+            continue
+        text = _decode(raw)
+        if text is None:
+            yield line_no, pos, None, Item(line_no, pos, "reject", INVALID_UTF8, _excerpt(raw))
+        elif not text.strip():
+            yield line_no, pos, None, Item(line_no, pos, "reject", BLANK_LINE, "")
+        else:
+            yield line_no, pos, text, None
+
+
 def _decode(raw: bytes) -> str | None:
     try:
         return raw.decode("utf-8")
@@ -305,17 +324,9 @@ def iter_jsonl(
     text_key: str = "text",
 ) -> Iterator[Item]:
     """minimind JSONL: ``{"text": ...}`` or ``{"conversations": [...]}``, detected per line."""
-    for line_no, pos, raw, reason in _iter_raw_lines(path, max_line_bytes, start_pos, start_line, counters):
-        if raw is None:
-            reason, excerpt = reason.split("\0", 1)
-            yield Item(line_no, pos, "reject", reason, excerpt)
-            continue
-        text = _decode(raw)
-        if text is None:
-            yield Item(line_no, pos, "reject", INVALID_UTF8, _excerpt(raw))
-            continue
-        if not text.strip():
-            yield Item(line_no, pos, "reject", BLANK_LINE, "")
+    for line_no, pos, text, rejected in _iter_text_lines(path, max_line_bytes, start_pos, start_line, counters):
+        if rejected is not None:
+            yield rejected
             continue
         try:
             obj = json.loads(text)
@@ -333,18 +344,8 @@ def iter_lines(
 ) -> Iterator[Item]:
     """One document per line (the built-in People's Daily and review files). Blank lines are
     reported as ``blank_line`` so the line accounting stays exact."""
-    for line_no, pos, raw, reason in _iter_raw_lines(path, max_line_bytes, start_pos, start_line, counters):
-        if raw is None:
-            reason, excerpt = reason.split("\0", 1)
-            yield Item(line_no, pos, "reject", reason, excerpt)
-            continue
-        text = _decode(raw)
-        if text is None:
-            yield Item(line_no, pos, "reject", INVALID_UTF8, _excerpt(raw))
-        elif not text.strip():
-            yield Item(line_no, pos, "reject", BLANK_LINE, "")
-        else:
-            yield Item(line_no, pos, "text", text, _excerpt(text))
+    for line_no, pos, text, rejected in _iter_text_lines(path, max_line_bytes, start_pos, start_line, counters):
+        yield rejected if rejected is not None else Item(line_no, pos, "text", text, _excerpt(text))
 
 
 def iter_txt(

@@ -40,3 +40,26 @@ def tiny_gpt(vocab_size: int, seed: int = 0, **shape):
     cfg = dict(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
     cfg.update(shape)
     return GPT(ModelConfig(**cfg)).eval()
+
+
+RUN_LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。",
+             "经济发展需要改革开放。", "Hello, how are you today?", "新华社记者报道了这条消息。"]
+
+
+def make_tiny_run(run):
+    """A run directory holding what notebooks 01 and 02 would write: data, a tokenizer and token files."""
+    import json
+
+    from minigpt.packing import pack_corpus
+    from minigpt.tokenizer import TokenizerConfig, build_tokenizer
+
+    data = run / "data"
+    data.mkdir(parents=True)
+    for split, n in (("train", 300), ("val", 30)):
+        with open(data / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for i in range(n):
+                text = RUN_LINES[i % len(RUN_LINES)] + RUN_LINES[(i * 7 + 3) % len(RUN_LINES)]
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    tok = build_tokenizer(data, run / "tokenizer", TokenizerConfig(tokenizer_vocab_size=300, min_frequency=2))
+    pack_corpus(data, tok, run / "tokens")
+    return run

@@ -10,12 +10,10 @@ from safetensors.torch import load_file
 
 from minigpt import checkpoint as ckpt
 from minigpt.launch import launch, torchrun_command
-from minigpt.packing import pack_corpus
 from minigpt.params import load_params
-from minigpt.tokenizer import TokenizerConfig, build_tokenizer
 
-LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。",
-         "经济发展需要改革开放。", "Hello, how are you today?", "新华社记者报道了这条消息。"]
+from conftest import make_tiny_run
+
 TINY = dict(config="ci", d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=32, seq_len=16, max_steps=5,
             warmup_steps=1, eval_interval=5, num_eval_batches=1, save_steps=5, log_interval=1, plot_loss=False,
             sample_interval=0, learning_rate=3e-3, seed=7, num_threads=1, device="cpu", dtype="float32")
@@ -23,16 +21,7 @@ TINY = dict(config="ci", d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_se
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("launch_run")
-    data = run / "data"
-    data.mkdir()
-    for split, n in (("train", 300), ("val", 30)):
-        with open(data / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for i in range(n):
-                f.write(json.dumps({"text": LINES[i % len(LINES)] + LINES[(i * 7 + 3) % len(LINES)]}, ensure_ascii=False) + "\n")
-    tok = build_tokenizer(data, run / "tokenizer", TokenizerConfig(tokenizer_vocab_size=300, min_frequency=2))
-    pack_corpus(data, tok, run / "tokens")
-    return run
+    return make_tiny_run(tmp_path_factory.mktemp("launch_run"))
 
 
 def no_children():

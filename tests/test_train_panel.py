@@ -1,38 +1,25 @@
 """The notebook-03 Start/Stop panel, driven from pytest without a kernel: the same handlers the buttons call."""
 from __future__ import annotations
 
-import json
 import math
 import time
 
 import pytest
 
-from minigpt.packing import pack_corpus
 from minigpt.params import load_params
 from minigpt.plots import LivePlot
 from minigpt.pretrain import build_pretrain_trainer
-from minigpt.tokenizer import TokenizerConfig, build_tokenizer
 from minigpt.train_panel import TrainingPanel
 
-LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。",
-         "经济发展需要改革开放。", "Hello, how are you today?", "新华社记者报道了这条消息。"]
+from conftest import make_tiny_run
+
 TINY = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=32, batch_size=2, eval_interval=5,
             num_eval_batches=1, save_steps=1000, log_interval=1, live_plot_interval=1, warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A run directory holding what notebooks 01 and 02 would write: data, a tokenizer and token files."""
-    run = tmp_path_factory.mktemp("panel_run")
-    data = run / "data"
-    data.mkdir()
-    for split, n in (("train", 300), ("val", 30)):
-        with open(data / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for i in range(n):
-                f.write(json.dumps({"text": LINES[i % len(LINES)] + LINES[(i * 7 + 3) % len(LINES)]}, ensure_ascii=False) + "\n")
-    tok = build_tokenizer(data, run / "tokenizer", TokenizerConfig(tokenizer_vocab_size=300, min_frequency=2))
-    pack_corpus(data, tok, run / "tokens")
-    return run
+    return make_tiny_run(tmp_path_factory.mktemp("panel_run"))
 
 
 def make_panel(run_dir, max_steps):
