@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from json.encoder import encode_basestring as _encode_str  # C, ensure_ascii=False flavour
 
+from .atomic import atomic_write_text
 from . import sources as S
 
 if TYPE_CHECKING:  # pandas is imported only where tables are built
@@ -588,18 +589,6 @@ BATCH = 512
 HIST_BINS = 24  # length histogram bins: [0], [1], [2,4), [4,8), ... by bit length
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _sources(cfg: CleanConfig) -> list[S.Source]:
     srcs = []
     if cfg.use_full_data or not cfg.data_files:
@@ -850,7 +839,7 @@ def _check_file(stats: dict, src: S.Source) -> None:
 
 def _finalize(out: Path, stats: dict, state: dict) -> dict:
     state["phase"] = "finalizing"
-    _atomic_write_text(out / STATE_FILE, json.dumps(state))
+    atomic_write_text(out / STATE_FILE, json.dumps(state))
     for v in OUTPUTS.values():
         part = out / (v + ".partial")
         if part.exists():
@@ -859,10 +848,10 @@ def _finalize(out: Path, stats: dict, state: dict) -> dict:
     st["kept_total"] = sum(st["kept"].values())
     st["mb_per_s"] = round(st["input_bytes"] / 1e6 / max(st["elapsed_s"], 1e-9), 2)
     st["reasons"] = [r for r in REASONS if r in st["rejected"]] + sorted(set(st["rejected"]) - set(REASONS))
-    _atomic_write_text(out / "stats.json", json.dumps(st, ensure_ascii=False, indent=1))
+    atomic_write_text(out / "stats.json", json.dumps(st, ensure_ascii=False, indent=1))
     state["phase"] = "done"
     state["stats"] = None
-    _atomic_write_text(out / STATE_FILE, json.dumps(state))
+    atomic_write_text(out / STATE_FILE, json.dumps(state))
     for v in KEYLOGS.values():
         if (out / v).exists():
             os.unlink(out / v)
@@ -915,7 +904,7 @@ def run_cleaning(cfg: CleanConfig, out_dir: str | Path, resume: bool = True) -> 
     def checkpoint(source: int, pos: int, line: int) -> None:
         stats["elapsed_s"] = elapsed0 + time.perf_counter() - t0
         state.update(source=source, pos=pos, line=line, sizes=run.sizes(), stats=stats)
-        _atomic_write_text(state_path, json.dumps(state, ensure_ascii=False))
+        atomic_write_text(state_path, json.dumps(state, ensure_ascii=False))
 
     from tqdm.auto import tqdm
 

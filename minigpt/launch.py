@@ -26,10 +26,6 @@ logger = logging.getLogger(__name__)
 RESULT_PREFIX = "MINIGPT_RESULT "
 
 
-def _jsonable(P: dict) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in P.items()}
-
-
 def torchrun_command(params_file: str | Path, nproc_per_node: int | str = 2, section: str = "pretrain", nnodes: int = 1,
                      node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int = 29500) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run"]
@@ -70,13 +66,13 @@ def launch(nproc_per_node: int | str = 2, *, params: dict | None = None, section
     `params`: resolved parameters (a notebook's `P`); keyword `overrides` go on top. Without `params`,
     they are resolved here with `load_params(section, **overrides)` (config file, defaults, validation).
     """
-    from .params import load_params
+    from .params import jsonable, load_params
 
     if params is None:
         P = dict(load_params(section, **overrides))
     else:
         P = {**params, **overrides}
-    P = _jsonable(P)
+    P = jsonable(P)
     run_dir = Path(P["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     fd, params_file = tempfile.mkstemp(prefix=f"launch_{section}_", suffix=".json", dir=run_dir)

@@ -37,12 +37,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .tokenizer import (
     DATA_NOTEBOOK,
     EOS_ID,
     MiniTokenizer,
     TokenizerConfig,
-    _atomic_write_text,
     _count_lines,
     _require_file,
     iter_texts,
@@ -155,7 +155,7 @@ def _pack_split(
                 done["num_tokens"] += int(arr.size)
                 done["num_chars"] += sum(len(t) for t in texts)
                 done["num_bytes"] += sum(len(t.encode("utf-8")) for t in texts)
-                _atomic_write_text(state_path, json.dumps({**ident, **done}))
+                atomic_write_text(state_path, json.dumps({**ident, **done}))
                 bar.update(len(texts))
         finally:
             bar.close()
@@ -214,8 +214,8 @@ def pack_corpus(
             continue
         meta["splits"][split] = _pack_split(src, tok, tokens_dir, split, chunk_docs, resume, sha)
         # Record each finished split at once, so a stop during the next split keeps this one.
-        _atomic_write_text(tokens_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2))
-    _atomic_write_text(tokens_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2))
+        atomic_write_text(tokens_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2))
+    atomic_write_text(tokens_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=2))
     logger.info(
         "packed %s in %.1fs: %s", tokens_dir, time.perf_counter() - t0,
         ", ".join(f"{s}={m['num_tokens']:,} tokens" for s, m in meta["splits"].items()),

@@ -415,6 +415,11 @@ def load_params(section: str, namespace: dict[str, Any] | None = None, **explici
     return out
 
 
+def jsonable(P: dict[str, Any]) -> dict[str, Any]:
+    """Resolved parameters as JSON-ready values (paths become strings): saved with checkpoints, passed to torchrun."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in P.items()}
+
+
 def validate_dataclass(obj) -> None:
     """Call obj.validate() and re-raise as ParameterError so notebooks show one kind of error."""
     try:

@@ -13,7 +13,8 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg") if "ipykernel" not in sys.modules else None  # headless outside a kernel
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")  # headless outside a kernel; a kernel keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 
 logger = logging.getLogger(__name__)

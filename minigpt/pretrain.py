@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from .config import ModelConfig, TrainConfig
 from .datasets import WindowSampler, sequential_windows
 from .model import GPT
-from .params import Params, ParameterError, validate_dataclass
+from .params import Params, ParameterError, jsonable, validate_dataclass
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
     return Trainer(
         model, train_cfg, sampler, eval_batches, output_dir,
         tokenizer=tokenizer, tokenizer_dir=tok_dir, chars_per_token=chars_per_token(meta, "val"),
-        callbacks=callbacks, kind="pretrain", extra_config=_jsonable(P), rank=rank, world_size=world_size,
+        callbacks=callbacks, kind="pretrain", extra_config=jsonable(P), rank=rank, world_size=world_size,
     )
 
 
@@ -98,7 +98,3 @@ def _token_arrays(P: Params, tokenizer):
         cut = int(len(arrays[0]) * 0.95)
         arrays = [arrays[0][:cut], arrays[0][cut:]]
     return arrays[0], arrays[1], {}
-
-
-def _jsonable(P: Params) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in P.items()}

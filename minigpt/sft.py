@@ -42,8 +42,8 @@ from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from .chat_data import ChatBatches, build_chat_example, pad_examples
 from .lora import ADAPTER_FILE, LORA_TARGETS, adapter_state, count_trainable, has_lora, inject_lora, load_adapter_state, merged_state
-from .params import ParameterError, Params, validate_dataclass
-from .pretrain import _jsonable, train_config_from_params
+from .params import ParameterError, Params, jsonable, validate_dataclass
+from .pretrain import train_config_from_params
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
     batches = ChatBatches(train_ex, cfg.batch_size, tokenizer.pad_id, seed=cfg.seed, rank=rank, world_size=world_size,
                           pack=sft_cfg.pack_conversations, seq_len=seq_len)
     eval_batches = [pad_examples(val_ex[i:i + cfg.batch_size], tokenizer.pad_id) for i in range(0, len(val_ex), cfg.batch_size)]
-    extra = _jsonable(P)
+    extra = jsonable(P)
     info: dict[str, Any] = {"checkpoint": str(ckpt_dir), "data": source, "train_examples": len(train_ex),
                             "val_examples": len(val_ex), **train_counts, "packing": sft_cfg.pack_conversations}
     if sft_cfg.use_lora:

@@ -33,13 +33,14 @@ import logging
 import os
 import random
 import re
-import tempfile
 import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+from .atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -110,23 +111,6 @@ class TokenizerConfig:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same dir + os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _require_file(path: Path, what: str = "") -> Path:
@@ -257,9 +241,9 @@ class MiniTokenizer:
     def save(self, folder: str | os.PathLike) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(folder / "tokenizer.json", json.dumps(json.loads(self._canonical), ensure_ascii=False, indent=1))
-        _atomic_write_text(folder / "tokenizer_config.json", json.dumps(hf_tokenizer_config(), ensure_ascii=False, indent=2))
-        _atomic_write_text(folder / "special_tokens_map.json", json.dumps(_special_tokens_map(), ensure_ascii=False, indent=2))
+        atomic_write_text(folder / "tokenizer.json", json.dumps(json.loads(self._canonical), ensure_ascii=False, indent=1))
+        atomic_write_text(folder / "tokenizer_config.json", json.dumps(hf_tokenizer_config(), ensure_ascii=False, indent=2))
+        atomic_write_text(folder / "special_tokens_map.json", json.dumps(_special_tokens_map(), ensure_ascii=False, indent=2))
         self.source = str(folder)
         logger.info("saved tokenizer (vocab %d, sha256 %s) to %s", self.vocab_size, self.sha256[:12], folder)
 
