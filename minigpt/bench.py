@@ -329,12 +329,19 @@ def format_table(results: dict[str, Any]) -> str:
     gen = results.get("generate", {})
     if gen:
         lines.append("")
-        lines.append("generation (greedy)    batch   minigpt tok/s   HF tok/s   ratio")
+        lines.append("generation (greedy)    batch  weights  decode step   minigpt tok/s   HF tok/s   ratio")
         for preset, g in gen.items():
             for b, tps in g.get("minigpt", {}).items():
-                hf = g.get("hf", {}).get(b)
-                ratio = g.get("ratio", {}).get(b)
-                lines.append(f"  {preset:<20} {b:>5} {tps:>15.0f} {hf or 0:>10.0f} {(format(ratio, '.2f') + 'x') if ratio else '':>7}")
+                rows = [("fp32", g.get("backend", {}).get(b, ""), tps, g.get("ratio", {}).get(b))]
+                if b in g.get("int8", {}):
+                    rows.append(("int8", "native", g["int8"][b], g.get("ratio_int8", {}).get(b)))
+                if b in g.get("torch_step", {}):
+                    t = g["torch_step"][b]
+                    hf_b = g.get("hf", {}).get(b)
+                    rows.append(("fp32", "torch", t, t / hf_b if hf_b else None))
+                for weights, step, t, ratio in rows:
+                    lines.append(f"  {preset:<20} {b:>5}  {weights:<7}  {step or '':<11} {t:>15.0f} "
+                                 f"{g.get('hf', {}).get(b) or 0:>10.0f} {(format(ratio, '.2f') + 'x') if ratio else '':>7}")
     tools = results.get("text", {})
     if tools:
         t = tools["tokenizer"]

@@ -24,9 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from .model import GPT, KVCache
+from .native_decode import (NativeDecoder, check_quantize, dequantize, load_library, projection_weights,
+                            quantize_int8, weights_signature)
 
 logger = logging.getLogger(__name__)
 
+DECODE_BACKENDS = ("auto", "native", "torch")
 # Fallback ids when a tokenizer lacks the attributes (minigpt's tokenizer has them all).
 _EOS_ID, _IM_START_ID, _IM_END_ID, _PAD_ID = 0, 1, 2, 3
 
@@ -196,34 +199,28 @@ class _FastDecoder:
     (a parameter changed in place bumps its version counter, e.g. after more training).
     """
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: GPT, quantize: str | None = None) -> None:
         cfg = model.config
         self.cfg = cfg
-        self.signature = self._signature(model)
+        self.signature = weights_signature(model)
         self.emb = model.embed_tokens.weight
-        self.head = model.lm_head.weight
         self.norm = model.norm.weight
         self.cos, self.sin = model.rope_cos, model.rope_sin
         self.fp32 = self.emb.dtype == torch.float32
-        with torch.no_grad():
-            self.layers = [
-                (
-                    blk.input_layernorm.weight,
-                    torch.cat([blk.self_attn.q_proj.weight, blk.self_attn.k_proj.weight, blk.self_attn.v_proj.weight]),
-                    blk.self_attn.o_proj.weight,
-                    blk.post_attention_layernorm.weight,
-                    torch.cat([blk.mlp.gate_proj.weight, blk.mlp.up_proj.weight]),
-                    blk.mlp.down_proj.weight,
-                )
-                for blk in model.layers
-            ]
+        layers, self.head = projection_weights(model)
+        if check_quantize(quantize) == "int8":
+            # The same rounding as the native int8 step, computed in the model's dtype: batches and
+            # non-CPU devices give what batch 1 gives (the speed gain is the native step's alone).
+            def rounded(w: torch.Tensor) -> torch.Tensor:
+                return dequantize(*quantize_int8(w)).to(w.dtype)
 
-    @staticmethod
-    def _signature(model: GPT) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+            layers = [(w_in, rounded(qkv), rounded(o), w_post, rounded(gu), rounded(down))
+                      for w_in, qkv, o, w_post, gu, down in layers]
+            self.head = rounded(self.head)
+        self.layers = layers
 
     def fresh(self, model: GPT) -> bool:
-        return self._signature(model) == self.signature
+        return weights_signature(model) == self.signature
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.fp32:
@@ -370,7 +367,16 @@ class _RowText:
 class TextGenerator:
     """Generate text from a minigpt `GPT` and its tokenizer (seed 002's Python API)."""
 
-    def __init__(self, model: GPT, tokenizer: Any, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: GPT, tokenizer: Any, device: str | torch.device | None = None,
+                 quantize: str | None = None, decode_backend: str = "auto") -> None:
+        """quantize: None (the model's weights as they are) or "int8" (per-row int8 weights for the decode
+        steps; the prompt is still processed in full precision). decode_backend: "auto" (the C step of
+        native_decode.py at batch 1 on a float32 CPU model, when it builds; else PyTorch), "native"
+        (the C step or an error) or "torch"."""
+        if decode_backend not in DECODE_BACKENDS:
+            raise ValueError(f"decode_backend={decode_backend!r}: expected one of {', '.join(DECODE_BACKENDS)}")
+        self.quantize = check_quantize(quantize)
+        self.decode_backend = decode_backend
         self.model = model
         self.tokenizer = tokenizer
         if device is not None:
@@ -387,10 +393,12 @@ class TextGenerator:
         self.im_end_id = getattr(tokenizer, "im_end_id", _IM_END_ID)
         self.special_ids = set(getattr(tokenizer, "special_ids", {_EOS_ID, _IM_START_ID, _IM_END_ID, _PAD_ID}))
         self._decoder: _FastDecoder | None = None
+        self._native: NativeDecoder | None = None
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, tokenizer: Any | None = None, device: str | None = None) -> "TextGenerator":
+    def from_checkpoint(cls, path: str | Path, tokenizer: Any | None = None, device: str | None = None,
+                        **options: Any) -> "TextGenerator":
         """Load a checkpoint folder. A separately given tokenizer must be the one the model was trained with."""
         from .checkpoint import load_checkpoint, read_config
 
@@ -401,7 +409,7 @@ class TextGenerator:
                 raise ValueError(
                     f"{Path(path) / 'config.json'}: tokenizer_sha256 {expected[:12]} differs from the given tokenizer's "
                     f"{str(getattr(tokenizer, 'sha256', None))[:12]}: the model was trained with another tokenizer")
-        return cls(model, tokenizer or ckpt_tok, device=device)
+        return cls(model, tokenizer or ckpt_tok, device=device, **options)
 
     # ---- prompts
 
@@ -435,8 +443,24 @@ class TextGenerator:
 
     def _decoder_for_model(self) -> _FastDecoder:
         if self._decoder is None or not self._decoder.fresh(self.model):
-            self._decoder = _FastDecoder(self.model)
+            self._decoder = _FastDecoder(self.model, self.quantize)
         return self._decoder
+
+    def _native_for_model(self, batch_size: int) -> NativeDecoder | None:
+        """The C decode step when it applies: batch 1, float32 weights on the CPU, backend not "torch"."""
+        if self.decode_backend == "torch":
+            return None
+        applies = batch_size == 1 and self.device.type == "cpu" and self.model.embed_tokens.weight.dtype == torch.float32
+        if applies and load_library() is not None:
+            if self._native is None or not self._native.fresh(self.model):
+                self._native = NativeDecoder(self.model, self.quantize)
+            return self._native
+        if self.decode_backend == "native":
+            raise RuntimeError(
+                "decode_backend='native' needs batch 1, a float32 model on the CPU and a C compiler "
+                f"(batch {batch_size}, {self.model.embed_tokens.weight.dtype} on {self.device}); "
+                "use decode_backend='auto' to fall back to the PyTorch step")
+        return None
 
     def _run(self, prompts: list[list[int]], cfg: GenerationConfig, rows: list[_RowText]) -> Iterator[None]:
         """The decode loop; yields after every step so callers can stream. Fills `rows` in place."""
@@ -458,6 +482,7 @@ class TextGenerator:
         model.eval()
         t0 = time.perf_counter()
         n_generated = 0
+        backend = "torch"
         try:
             # inference_mode is entered per block, never across a `yield`: the caller's code between
             # streamed pieces must not run in inference mode.
@@ -492,7 +517,9 @@ class TextGenerator:
                         seen[r, torch.tensor(p, device=dev)] = True
             ngrams = [_NgramIndex(p, cfg.no_repeat_ngram_size) for p in prompts] if cfg.no_repeat_ngram_size else None
             alive = list(range(B))  # batch position -> row index
-            decoder = self._decoder_for_model()
+            native = self._native_for_model(B) if valid is None else None
+            decoder = None if native is not None else self._decoder_for_model()
+            backend = "native" if native is not None else "torch"
             for step in range(budget):
                 with torch.inference_mode():
                     if seen is not None:
@@ -530,7 +557,10 @@ class TextGenerator:
                         for nb, ob in enumerate(keep):
                             ngrams[nb].push(toks[ob])
                     step_mask = None if valid is None else valid[:, None, None, :cache.length + 1]
-                    logits = decoder(nxt, cache, step_pos, step_mask).float()
+                    if native is not None:
+                        logits = native.step(toks[keep[0]], step_pos, cache)
+                    else:
+                        logits = decoder(nxt, cache, step_pos, step_mask).float()
                     step_pos = step_pos + 1
             for row in rows:
                 row.finish("max_new_tokens" if budget == cfg.max_new_tokens else "context_full")
@@ -539,6 +569,7 @@ class TextGenerator:
             dt = time.perf_counter() - t0
             self.last_stats = {"new_tokens": n_generated, "seconds": dt,
                                "tokens_per_s": n_generated / dt if dt > 0 else 0.0, "batch_size": B,
+                               "backend": backend, "quantize": self.quantize,
                                "prompt_tokens": sum(lens)}
 
     def _rows(self, n: int, cfg: GenerationConfig) -> list[_RowText]:
@@ -715,14 +746,18 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
     """Greedy decode tokens/s of minigpt (and of `transformers` generate on `hf_dir`, the exported
     folder of the same model) with the same prompt in the same process; best of `repeats`.
 
-    Returns {"minigpt": {B: tok/s}, "hf": {B: tok/s}, "ratio": {B: x}} (hf/ratio only with hf_dir).
+    At batch 1 two more minigpt variants run: "int8" (the native step on int8 weights) and "torch_step"
+    (float32, the PyTorch decode step instead of the native one), to show what each part buys.
+    Returns {"minigpt": {B: tok/s}, "hf": {B: tok/s}, "ratio": {B: x}, "int8": {1: tok/s},
+    "ratio_int8": {1: x}, "torch_step": {1: tok/s}, "backend": {B: name}} (hf/ratios only with hf_dir).
     """
     if threads:
         torch.set_num_threads(threads)
-    gen = TextGenerator(model, tokenizer)
-    prompt_ids = gen.encode_prompt(prompt)
+    variants = {"minigpt": TextGenerator(model, tokenizer), "int8": TextGenerator(model, tokenizer, quantize="int8"),
+                "torch_step": TextGenerator(model, tokenizer, decode_backend="torch")}
+    prompt_ids = variants["minigpt"].encode_prompt(prompt)
     res: dict[str, Any] = {"threads": torch.get_num_threads(), "new_tokens": new_tokens, "prompt_tokens": len(prompt_ids),
-                           "minigpt": {}, "hf": {}, "ratio": {}}
+                           "hf": {}, "ratio": {}, "ratio_int8": {}, "backend": {}, **{k: {} for k in variants}}
     hf_model = None
     if hf_dir is not None:
         from transformers import AutoModelForCausalLM
@@ -730,65 +765,25 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
         hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     for b in batch_sizes:
         prompts = [list(prompt_ids) for _ in range(b)]
-        _time_minigpt(gen, prompts, 4)  # warm-up (allocator, first-call dispatch)
+        gens = {k: g for k, g in variants.items() if b == 1 or k == "minigpt"}
+        for g in gens.values():
+            _time_minigpt(g, prompts, 4)  # warm-up (allocator, first-call dispatch, building the C step)
         if hf_model is not None:
             _time_hf(hf_model, prompts, 4)
-        mine, theirs = [], []
-        # Interleaved, best of `repeats`: on a shared machine both see the same background load.
+        times: dict[str, list[float]] = {k: [] for k in [*gens, "hf"]}
+        # Interleaved, best of `repeats`: on a shared machine all see the same background load.
         for _ in range(repeats):
-            mine.append(_time_minigpt(gen, prompts, new_tokens))
+            for k, g in gens.items():
+                times[k].append(_time_minigpt(g, prompts, new_tokens))
             if hf_model is not None:
-                theirs.append(_time_hf(hf_model, prompts, new_tokens))
-        res["minigpt"][b] = max(mine)
+                times["hf"].append(_time_hf(hf_model, prompts, new_tokens))
+        for k, g in gens.items():
+            res[k][b] = max(times[k])
+        res["backend"][b] = variants["minigpt"].last_stats.get("backend")
         if hf_model is not None:
-            res["hf"][b] = max(theirs)
+            res["hf"][b] = max(times["hf"])
             res["ratio"][b] = res["minigpt"][b] / res["hf"][b]
-        logger.info("batch %d: minigpt %.0f tok/s%s", b, res["minigpt"][b],
-                    f", HF {res['hf'][b]:.0f} tok/s, ratio {res['ratio'][b]:.2f}x" if hf_model is not None else "")
+            if b in res["int8"]:
+                res["ratio_int8"][b] = res["int8"][b] / res["hf"][b]
+        logger.info("batch %d: %s", b, ", ".join(f"{k} {max(v):.0f} tok/s" for k, v in times.items() if v))
     return res
-
-
-def bench_presets(presets: Sequence[str] = ("tiny", "small"), new_tokens: int = 64, batch_sizes: Sequence[int] = (1, 8),
-                  repeats: int = 3, threads: int | None = 2, with_hf: bool = True) -> list[dict]:
-    """Random-weight models of each preset, exported to a temporary HF folder, benchmarked in this process.
-
-    Speed does not depend on the weights, so no training is needed; a small tokenizer supplies the
-    prompt and the tokenizer files of the export. Returns one row per (preset, batch size).
-    """
-    import tempfile
-
-    from .config import ModelConfig
-    from .export import export_model
-    from .tokenizer import TokenizerConfig, train_tokenizer
-
-    texts = ["长江、黄河是中国的两条大河。今天天气很好，我们去公园散步。", "你好，很高兴认识你。Hello, how are you?"] * 50
-    tok = train_tokenizer(texts, TokenizerConfig(tokenizer_vocab_size=300, min_frequency=2))
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tok.save(Path(tmp) / "tok")
-        for name in presets:
-            torch.manual_seed(0)
-            model = GPT(ModelConfig.from_preset(name)).eval()
-            hf_dir = export_model(model, Path(tmp) / "tok", Path(tmp) / f"hf_{name}") if with_hf else None
-            res = bench_generate(model, tok, hf_dir, new_tokens=new_tokens, batch_sizes=batch_sizes,
-                                 repeats=repeats, threads=threads)
-            for b in batch_sizes:
-                rows.append({"preset": name, "batch": b, "threads": res["threads"], "minigpt_tok_s": res["minigpt"][b],
-                             "hf_tok_s": res["hf"].get(b), "ratio": res["ratio"].get(b)})
-    return rows
-
-
-def format_bench_table(rows: list[dict]) -> str:
-    lines = ["| preset | batch | threads | minigpt tok/s | HF generate tok/s | ratio |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        hf = f"{r['hf_tok_s']:.0f}" if r["hf_tok_s"] else "-"
-        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
-        lines.append(f"| {r['preset']} | {r['batch']} | {r['threads']} | {r['minigpt_tok_s']:.0f} | {hf} | {ratio} |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m minigpt.generate [tiny small ...]: the generation benchmark table
-    import sys
-
-    logging.basicConfig(level=logging.WARNING)
-    print(format_bench_table(bench_presets(sys.argv[1:] or ("tiny", "small"))))

@@ -1,0 +1,264 @@
+"""Batch-1 decode steps in C (minigpt/kernels/decode_step.c), compiled on first use.
+
+At batch 1 a decode step reads every weight once and does little arithmetic with it; in eager PyTorch
+on a CPU the ~20 small ops a layer cost more in dispatch than in compute. The C step does the whole
+forward for one token in one call, and can read int8 weights (a quarter of the bytes) with one float32
+scale per output row.
+
+The library is built with the system C compiler (`$CC`, else `cc`/`gcc`) into
+`$MINIGPT_CACHE/kernels` (default `~/.cache/minigpt/kernels`), keyed by a hash of the source, the flags
+and the machine, so a rebuild happens only when one of them changes. Without a compiler,
+`load_library()` returns None and generation uses the PyTorch decode step; nothing else changes.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .model import GPT, KVCache
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "kernels" / "decode_step.c"
+# Reassociating float sums lets the compiler vectorise the dot products; no -ffast-math, whose
+# finite-math assumption would break the softmax's -inf start.
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+          "-fassociative-math", "-fopenmp", "-shared", "-fPIC"]
+QUANTIZE_CHOICES = (None, "int8")
+
+_LAYER_SLOTS = 12  # mirrors L_N in decode_step.c
+_GLOBAL_SLOTS = 6  # mirrors G_N
+
+
+class _Dims(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in
+                ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "capacity",
+                 "int8", "n_threads")] + [("rms_norm_eps", ctypes.c_float)]
+
+
+_library: ctypes.CDLL | None = None
+_load_failed = False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MINIGPT_CACHE", Path.home() / ".cache" / "minigpt")) / "kernels"
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def _machine_key(cc: str) -> str:
+    """What the compiled library depends on besides its source: compiler, flags, CPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu += next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    return "\n".join([version, " ".join(CFLAGS), cpu, platform.system()])
+
+
+def build_library(force: bool = False) -> Path:
+    """Compile decode_step.c (atomically) unless a build for this source and machine exists; returns its path."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set $CC, or install gcc/clang) to build " + str(SOURCE))
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + _machine_key(cc).encode()).hexdigest()[:16]
+    out = cache_dir() / f"decode_step-{key}.so"
+    if out.exists() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE} with {cc} failed:\n{proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)  # atomic: a concurrent build or an interrupt never leaves half a library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("built %s", out)
+    return out
+
+
+def load_library() -> ctypes.CDLL | None:
+    """The compiled decode step, building it on first use; None (logged once) when it cannot be built."""
+    global _library, _load_failed
+    if _library is None and not _load_failed:
+        try:
+            lib = ctypes.CDLL(str(build_library()))
+            lib.mg_decode_step.restype = ctypes.c_int
+            lib.mg_decode_step.argtypes = [ctypes.POINTER(_Dims), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                           ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+            _library = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _load_failed = True
+            logger.warning("native decode step unavailable, using the PyTorch one: %s", e)
+    return _library
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-row int8: w ~= q * scale[:, None], |q| <= 127."""
+    scale = w.detach().float().abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w.detach().float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale[:, None]
+
+
+def quantized_copy(model: GPT, quantize: str | None = "int8") -> GPT:
+    """A copy of `model` whose projection and head weights carry the rounding of `quantize` (stored
+    back in float32), so the model's own forward, loss and evaluation show what int8 decoding costs
+    in quality. The embedding stays exact, as in the native step (the head is untied for that)."""
+    import copy
+
+    out = copy.deepcopy(model)
+    if check_quantize(quantize) is None:
+        return out
+    with torch.no_grad():
+        for blk in out.layers:
+            for lin in (blk.self_attn.q_proj, blk.self_attn.k_proj, blk.self_attn.v_proj, blk.self_attn.o_proj,
+                        blk.mlp.gate_proj, blk.mlp.up_proj, blk.mlp.down_proj):
+                lin.weight.copy_(dequantize(*quantize_int8(lin.weight)))
+        out.lm_head.weight = torch.nn.Parameter(dequantize(*quantize_int8(out.lm_head.weight)))
+    return out
+
+
+def check_quantize(quantize: str | None) -> str | None:
+    if quantize in ("", "none", "None", "fp32", "float32"):
+        return None
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize={quantize!r}: expected one of None, 'int8'")
+    return quantize
+
+
+def weights_signature(model: GPT) -> tuple:
+    """Changes when any parameter is replaced or changed in place (its version counter moves), e.g. by
+    more training: decoders holding fused or quantised copies compare it to know they are stale."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def projection_weights(model: GPT) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
+    """Per layer (input norm, qkv, o, post norm, gate_up, down) with q/k/v and gate/up concatenated
+    in the order the decode steps expect, and the output head weight."""
+    with torch.no_grad():
+        layers = [
+            (
+                blk.input_layernorm.weight,
+                torch.cat([blk.self_attn.q_proj.weight, blk.self_attn.k_proj.weight, blk.self_attn.v_proj.weight]),
+                blk.self_attn.o_proj.weight,
+                blk.post_attention_layernorm.weight,
+                torch.cat([blk.mlp.gate_proj.weight, blk.mlp.up_proj.weight]),
+                blk.mlp.down_proj.weight,
+            )
+            for blk in model.layers
+        ]
+    return layers, model.lm_head.weight
+
+
+class NativeDecoder:
+    """Batch-1 decode steps through the C library, on float32 or int8 copies of a CPU model's weights.
+
+    `step(token, pos, cache)` writes K/V into `cache` (a batch-1 KVCache, e.g. filled by the model's
+    prefill) at slot `cache.length`, advances it, and returns float32 logits of shape (1, vocab).
+    """
+
+    def __init__(self, model: GPT, quantize: str | None = None, n_threads: int | None = None) -> None:
+        lib = load_library()
+        if lib is None:
+            raise RuntimeError("the native decode step could not be built; see the warning above")
+        self.lib = lib
+        self.signature = weights_signature(model)
+        self.quantize = check_quantize(quantize)
+        cfg: ModelConfig = model.config
+        self.cfg = cfg
+        q8 = self.quantize == "int8"
+        layers, head = projection_weights(model)
+
+        def pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            w = w.detach().float().contiguous()
+            return quantize_int8(w) if q8 else (w, None)
+
+        self._keep: list[torch.Tensor] = []  # owns every buffer whose address the C side holds
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            if t is None:
+                return None
+            t = t.detach().float().contiguous() if t.dtype not in (torch.float32, torch.int8) else t.detach().contiguous()
+            self._keep.append(t)
+            return t.data_ptr()
+
+        self._weight_ptrs: list[list[int | None]] = []
+        for w_in, w_qkv, w_o, w_post, w_gu, w_down in layers:
+            row: list[int | None] = [ptr(w_in)]
+            for w in (w_qkv, w_o):
+                row += [ptr(t) for t in pack(w)]
+            row.append(ptr(w_post))
+            for w in (w_gu, w_down):
+                row += [ptr(t) for t in pack(w)]
+            self._weight_ptrs.append(row)
+        head_w, head_s = pack(head)
+        self._globals = (ctypes.c_void_p * _GLOBAL_SLOTS)(
+            ptr(model.embed_tokens.weight), ptr(model.norm.weight), ptr(head_w), ptr(head_s),
+            ptr(model.rope_cos), ptr(model.rope_sin))
+        self.n_threads = n_threads or torch.get_num_threads()
+        self._layers = (ctypes.c_void_p * (_LAYER_SLOTS * cfg.n_layers))()
+        self._cache_key: tuple | None = None
+        self._dims: _Dims | None = None
+        self._scratch: torch.Tensor | None = None
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in self._keep)
+
+    def fresh(self, model: GPT) -> bool:
+        return weights_signature(model) == self.signature
+
+    def _bind_cache(self, cache: KVCache) -> None:
+        # Addresses alone are not enough: a new cache may reuse a freed one's memory with another capacity.
+        key = tuple(t.data_ptr() for t in cache.keys + cache.values) + (cache.capacity, self.n_threads)
+        if key == self._cache_key:
+            return
+        cfg = self.cfg
+        for t in cache.keys + cache.values:
+            if t.shape[0] != 1 or t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+                raise ValueError(f"native decode needs a contiguous float32 CPU cache of batch 1, got "
+                                 f"{tuple(t.shape)} {t.dtype} on {t.device}")
+        for i, row in enumerate(self._weight_ptrs):
+            self._layers[i * _LAYER_SLOTS:(i + 1) * _LAYER_SLOTS] = row + [cache.keys[i].data_ptr(),
+                                                                           cache.values[i].data_ptr()]
+        cap = cache.capacity
+        self._dims = _Dims(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff,
+                           cfg.vocab_size, cap, int(self.quantize == "int8"), self.n_threads, cfg.rms_norm_eps)
+        n_qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        self._scratch = torch.empty(3 * cfg.d_model + n_qkv + 2 * cfg.d_ff + cfg.n_heads * cap, dtype=torch.float32)
+        self._cache_key = key
+
+    def step(self, token: int, pos: int, cache: KVCache) -> torch.Tensor:
+        self._bind_cache(cache)
+        if pos >= self.cfg.max_seq_len:
+            raise ValueError(f"position {pos} is past max_seq_len={self.cfg.max_seq_len}")
+        logits = torch.empty((1, self.cfg.vocab_size), dtype=torch.float32)
+        rc = self.lib.mg_decode_step(ctypes.byref(self._dims), self._layers, self._globals, token, pos, cache.length,
+                                     self._scratch.data_ptr(), logits.data_ptr())
+        if rc != 0:
+            raise ValueError(f"native decode step refused token={token} pos={pos} slot={cache.length} "
+                             f"(vocab {self.cfg.vocab_size}, cache capacity {cache.capacity})")
+        cache.length += 1
+        return logits
