@@ -68,6 +68,10 @@ EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
         "chat_message": (str, "你好"),
         "export_dir": (str, ""),
         "show_widgets": (bool, True),
+        # decoding speed (native_decode.py): "int8" weights for the decode steps; "auto"/"native"/"torch" step
+        "quantize": (str, ""),
+        "decode_backend": (str, "auto"),
+        "bench_new_tokens": (int, 64),
     },
 }
 

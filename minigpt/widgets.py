@@ -154,7 +154,8 @@ class GenerationPanel(W.VBox):
             self.last_text = text
             stats = self.generator.last_stats
             self.status.value = (f"<code>{stats.get('new_tokens', 0)} tokens in {time.perf_counter() - t0:.2f}s "
-                                 f"({stats.get('tokens_per_s', 0):.0f} tokens/s); {self._describe(cfg)}</code>")
+                                 f"({stats.get('tokens_per_s', 0):.0f} tokens/s, {stats.get('backend')} decode step"
+                                 f"{', int8 weights' if stats.get('quantize') else ''}); {self._describe(cfg)}</code>")
             return text
         except Exception as e:  # show the error in the panel; the notebook keeps running
             logger.exception("generation failed")

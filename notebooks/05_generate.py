@@ -34,6 +34,8 @@ repetition_penalty = None
 max_new_tokens = None
 prompts_file = None      # one prompt a line, for batch generation
 export_dir = None        # default: runs/<run>/hf
+quantize = None          # "int8": int8 weights for the decode steps (about 4x fewer bytes to read a token)
+decode_backend = None    # "auto" (C step at batch 1 on a CPU), "native" or "torch"
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -49,7 +51,7 @@ validate_dataclass(gen_cfg)
 sft_model = P.paths["sft"] / "final_model"
 ckpt_dir = Path(P.checkpoint) if P.checkpoint else (sft_model if sft_model.is_dir() else P.paths["pretrain"] / "final_model")
 model, tokenizer, model_cfg = load_checkpoint(ckpt_dir)
-gen = TextGenerator(model, tokenizer)
+gen = TextGenerator(model, tokenizer, quantize=P.quantize or None, decode_backend=P.decode_backend)
 print(f"loaded {ckpt_dir.relative_to(P.run_dir)}: {model.num_params():,} parameters")
 
 # %% [markdown]
@@ -110,6 +112,40 @@ from minigpt.export import export_hf
 
 hf_dir = export_hf(ckpt_dir, Path(P.export_dir) if P.export_dir else P.run_dir / "hf")
 print(sorted(p.name for p in hf_dir.iterdir()))
+
+# %% [markdown]
+# ## Speed
+# At batch 1 a decode step reads every weight once to make one token, so its speed is set by how
+# fast the weights can be read, plus a fixed cost per operation. minigpt's native step
+# (`minigpt/kernels/decode_step.c`, compiled on first use) runs a whole step in one call; with
+# `quantize="int8"` it reads int8 weights, a quarter of the bytes. The table times greedy decoding of
+# the same prompt each way, and `transformers` `generate` on the folder just exported, in this process.
+
+# %%
+import pandas as pd
+
+from minigpt.generate import bench_generate
+
+try:
+    import transformers  # noqa: F401  (the optional `hf` extra)
+    hf_for_bench = hf_dir
+except ImportError:
+    hf_for_bench = None
+speed = bench_generate(model, tokenizer, hf_dir=hf_for_bench, new_tokens=P.bench_new_tokens, batch_sizes=(1,), repeats=1)
+step = speed["backend"][1]  # "native" unless the C step could not be built here
+pd.DataFrame({"tokens/s": {f"fp32, {step} step": speed["minigpt"][1], f"int8, {step} step": speed["int8"][1],
+                           "fp32, PyTorch step": speed["torch_step"][1],
+                           "transformers generate": speed["hf"].get(1)}}).round(0)
+
+# %% [markdown]
+# What int8 costs in quality: the validation loss with the weights rounded as the int8 step rounds them.
+
+# %%
+from minigpt.native_decode import quantized_copy
+
+int8_metrics = evaluate_split(quantized_copy(model, "int8"), P.paths["tokens"], "val", num_batches=20)
+print(f"val loss fp32 {metrics['loss']:.4f}, int8 {int8_metrics['loss']:.4f} "
+      f"(difference {int8_metrics['loss'] - metrics['loss']:+.4f})")
 
 # %% [markdown]
 # ## Try it yourself

@@ -1,0 +1,196 @@
+"""native_decode.py: the C decode step against the model's own forward, int8 rounding, the build and its fallback."""
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import torch
+
+from conftest import tiny_gpt, tiny_tokenizer
+from minigpt import native_decode
+from minigpt.generate import GenerationConfig, TextGenerator, _FastDecoder
+from minigpt.model import KVCache
+from minigpt.native_decode import NativeDecoder, dequantize, quantize_int8, quantized_copy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GREEDY = GenerationConfig(max_new_tokens=20, do_sample=False, ignore_eos=True)
+# Row counts that are not multiples of four exercise the kernel's remainder rows: qkv (3+2)*12 = 60,
+# gate/up 2*45 = 90, vocab 301; three query heads share one K/V head.
+ODD_SHAPE = dict(d_model=36, n_heads=3, n_kv_heads=1, d_ff=45, n_layers=2, max_seq_len=48)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer(vocab_size=301)
+
+
+def sharpened(model):
+    """Random init gives nearly flat logits; scaling the head makes greedy choices clear-cut, so
+    token-for-token comparisons test the decoding, not float ties."""
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    return model
+
+
+def step_logits_vs_forward(model, decoder_step, ids: list[int], prefill: int) -> float:
+    """Max |logit difference| between decode steps after a prefill and the full forward at each position."""
+    x = torch.tensor([ids])
+    cache = KVCache.empty(model.config, 1, len(ids) + 1, "cpu", torch.float32)
+    worst = 0.0
+    with torch.no_grad():
+        full, _ = model(x)
+        model(x[:, :prefill], cache=cache)
+        for t in range(prefill, len(ids)):
+            worst = max(worst, (decoder_step(ids[t], t, cache) - full[:, t]).abs().max().item())
+    return worst
+
+
+@pytest.mark.parametrize("shape", [{}, ODD_SHAPE], ids=["gqa-2-groups", "odd-rows"])
+def test_native_fp32_step_matches_full_forward(tok, shape):
+    model = tiny_gpt(tok.vocab_size, **shape)
+    nd = NativeDecoder(model)
+    ids = tok.encode("中国的首都是北京。我喜欢读书和写字。")[:30]
+    assert step_logits_vs_forward(model, nd.step, ids, prefill=4) < 1e-5
+
+
+def test_native_int8_step_matches_rounded_model(tok):
+    model = tiny_gpt(tok.vocab_size, **ODD_SHAPE)
+    ids = tok.encode("今天天气很好，我们去公园散步。")[:30]
+    rounded = quantized_copy(model, "int8")
+    nd = NativeDecoder(model, quantize="int8")
+    # The C step reads int8 weights; the rounded float copy's forward is the reference.
+    assert step_logits_vs_forward(rounded, nd.step, ids, prefill=3) < 1e-4
+    # The PyTorch step on int8 (used for batches) rounds the same way.
+    torch_dec = _FastDecoder(model, quantize="int8")
+    assert step_logits_vs_forward(rounded, lambda t, p, c: torch_dec(torch.tensor([t]), c, p, None), ids, prefill=3) < 1e-4
+    # And the rounding is real: the unrounded model differs.
+    assert step_logits_vs_forward(model, NativeDecoder(model).step, ids, 3) < step_logits_vs_forward(rounded, NativeDecoder(model).step, ids, 3)
+
+
+def test_quantize_int8_rounds_within_half_a_step():
+    torch.manual_seed(0)
+    w = torch.randn(7, 33)
+    w[3] = 0.0  # an all-zero row must not divide by zero
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and q.abs().max().item() == 127
+    assert torch.equal(q[3], torch.zeros(33, dtype=torch.int8))
+    err = (dequantize(q, scale) - w).abs()
+    assert bool((err <= scale[:, None] / 2 + 1e-7).all())
+    assert torch.allclose(scale[:3], w[:3].abs().amax(1) / 127)
+
+
+def test_native_generation_equals_torch_step(tok):
+    model = sharpened(tiny_gpt(tok.vocab_size, **ODD_SHAPE))
+    native = TextGenerator(model, tok, decode_backend="native")
+    torch_gen = TextGenerator(model, tok, decode_backend="torch")
+    for prompt in ["长江、", "Hello", "你好，很高兴"]:
+        ids = tok.encode(prompt)
+        assert native.generate_ids(ids, GREEDY) == torch_gen.generate_ids(ids, GREEDY)
+        assert native.last_stats["backend"] == "native" and torch_gen.last_stats["backend"] == "torch"
+
+
+def test_int8_batch_equals_one_by_one(tok):
+    model = sharpened(tiny_gpt(tok.vocab_size))
+    gen = TextGenerator(model, tok, quantize="int8")
+    prompts = [tok.encode(p) for p in ["长江、", "今天天气很好", "Hello, how"]]
+    singles = [gen.generate_ids(p, GREEDY) for p in prompts]
+    assert gen.last_stats["backend"] == "native" and gen.last_stats["quantize"] == "int8"
+    assert gen.generate_ids(prompts, GREEDY) == singles  # the batch takes the PyTorch step on rounded weights
+
+
+def test_native_decoder_refreshes_after_weights_change(tok):
+    model = tiny_gpt(tok.vocab_size)
+    gen = TextGenerator(model, tok, decode_backend="native")
+    ids = tok.encode("你好，很高兴认识你。")
+    gen.generate_ids(ids, GREEDY)
+    old = gen._native
+    with torch.no_grad():  # in place, as more training would; the fused q/k/v and gate/up copies go stale
+        for blk in model.layers:
+            blk.mlp.gate_proj.weight.mul_(-3.0)
+            blk.self_attn.v_proj.weight.mul_(2.0)
+    gen.generate_ids(ids, GREEDY)
+    assert gen._native is not old
+    assert step_logits_vs_forward(model, gen._native.step, ids, prefill=2) < 1e-5
+    assert step_logits_vs_forward(model, old.step, ids, prefill=2) > 1e-3
+
+
+def test_bad_options_are_named(tok):
+    model = tiny_gpt(tok.vocab_size)
+    with pytest.raises(ValueError, match="quantize='int4'.*int8"):
+        TextGenerator(model, tok, quantize="int4")
+    with pytest.raises(ValueError, match="decode_backend='gpu'.*auto, native, torch"):
+        TextGenerator(model, tok, decode_backend="gpu")
+    with pytest.raises(RuntimeError, match="decode_backend='native' needs batch 1"):
+        TextGenerator(model, tok, decode_backend="native").generate_ids([[5, 6], [7, 8]], GREEDY)
+    nd = NativeDecoder(model)
+    cache = KVCache.empty(model.config, 1, 4, "cpu", torch.float32)
+    with pytest.raises(ValueError, match="refused token=999"):
+        nd.step(999, 0, cache)
+    cache.length = 4
+    with pytest.raises(ValueError, match="slot=4.*capacity 4"):
+        nd.step(5, 4, cache)
+
+
+@pytest.fixture
+def fresh_build_state(monkeypatch, tmp_path):
+    """A private kernel cache and a not-yet-loaded library, restored afterwards."""
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native_decode, "_library", None)
+    monkeypatch.setattr(native_decode, "_load_failed", False)
+    return tmp_path
+
+
+def test_build_is_cached_by_source_and_machine(fresh_build_state):
+    first = native_decode.build_library()
+    assert first.parent == fresh_build_state / "cache" / "kernels" and first.exists()
+    mtime = first.stat().st_mtime_ns
+    assert native_decode.build_library() == first and first.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary files left
+
+
+def test_compile_error_names_the_source(fresh_build_state, monkeypatch):
+    broken = fresh_build_state / "broken.c"
+    broken.write_text("int mg_decode_step( {\n")
+    monkeypatch.setattr(native_decode, "SOURCE", broken)
+    with pytest.raises(RuntimeError, match=r"compiling .*broken\.c .*failed"):
+        native_decode.build_library()
+    assert not list((fresh_build_state / "cache" / "kernels").iterdir())  # nothing half-written
+
+
+def test_without_a_compiler_generation_falls_back(fresh_build_state, monkeypatch, tok, caplog):
+    monkeypatch.setattr(native_decode, "_compiler", lambda: None)
+    model = sharpened(tiny_gpt(tok.vocab_size))
+    gen = TextGenerator(model, tok)
+    with caplog.at_level(logging.WARNING, logger="minigpt.native_decode"):
+        out = gen.generate_ids(tok.encode("你好"), GREEDY)
+    assert gen.last_stats["backend"] == "torch"
+    assert "native decode step unavailable" in caplog.text and "no C compiler" in caplog.text
+    assert out == TextGenerator(model, tok, decode_backend="torch").generate_ids(tok.encode("你好"), GREEDY)
+    with pytest.raises(RuntimeError, match="C compiler"):
+        TextGenerator(model, tok, decode_backend="native").generate_ids(tok.encode("你好"), GREEDY)
+
+
+def test_int8_costs_little_on_a_trained_model(tok):
+    """On a model trained a little, int8 rounding changes the loss by far less than training does."""
+    from minigpt.evaluate import evaluate_texts
+    from conftest import mixed_corpus
+
+    torch.manual_seed(0)
+    model = tiny_gpt(tok.vocab_size, max_seq_len=64)
+    texts = mixed_corpus(n=40)
+    ids = torch.tensor([sum((tok.encode(t) + [tok.eos_id] for t in texts), [])[: 8 * 65]]).view(8, 65)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(30):
+        _, loss = model(ids[:, :-1], ids[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    fp32 = evaluate_texts(model, tok, texts, seq_len=64)["loss"]
+    int8 = evaluate_texts(quantized_copy(model, "int8"), tok, texts, seq_len=64)["loss"]
+    untrained = evaluate_texts(tiny_gpt(tok.vocab_size, max_seq_len=64), tok, texts, seq_len=64)["loss"]
+    assert untrained - fp32 > 1.0  # it learned something
+    assert abs(int8 - fp32) < 0.01
