@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--system", default="", help="an optional system message")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quantize", default=None, choices=["int8"], help="int8 weights for the decode steps (faster on a CPU)")
+    ap.add_argument("--decode_backend", default="auto", choices=["auto", "native", "torch"],
+                    help="auto: the C decode step on a CPU when it builds, else PyTorch")
     ap.add_argument("--no_stream", action="store_true", help="print each reply when complete")
     return ap
 
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg.validate()
-        gen = TextGenerator.from_checkpoint(args.checkpoint, device=args.device)
+        gen = TextGenerator.from_checkpoint(args.checkpoint, device=args.device, quantize=args.quantize,
+                                             decode_backend=args.decode_backend)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -33,7 +33,10 @@ SOURCE = Path(__file__).parent / "kernels" / "decode_step.c"
 # Reassociating float sums lets the compiler vectorise the dot products; no -ffast-math, whose
 # finite-math assumption would break the softmax's -inf start.
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
-          "-fassociative-math", "-fopenmp", "-shared", "-fPIC"]
+          "-fassociative-math", "-shared", "-fPIC"]
+# Two threads per step with OpenMP (the libgomp torch has loaded already); a compiler without OpenMP
+# (Apple's clang) builds the single-threaded step instead.
+OPENMP_FLAGS = ["-fopenmp"]
 QUANTIZE_CHOICES = (None, "int8")
 
 _LAYER_SLOTS = 12  # mirrors L_N in decode_step.c
@@ -61,7 +64,7 @@ def _compiler() -> str | None:
     return None
 
 
-def _machine_key(cc: str) -> str:
+def _machine_key(cc: str, flags: list[str]) -> str:
     """What the compiled library depends on besides its source: compiler, flags, CPU."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -70,32 +73,38 @@ def _machine_key(cc: str) -> str:
     except OSError:
         pass
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    return "\n".join([version, " ".join(CFLAGS), cpu, platform.system()])
+    return "\n".join([version, " ".join(flags), cpu, platform.system()])
 
 
 def build_library(force: bool = False) -> Path:
-    """Compile decode_step.c (atomically) unless a build for this source and machine exists; returns its path."""
+    """Compile decode_step.c (atomically) unless a build for this source and machine exists; returns its path.
+
+    Tries with OpenMP first, then without; raises RuntimeError with the compiler's message if both fail.
+    """
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc/clang) to build " + str(SOURCE))
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + _machine_key(cc).encode()).hexdigest()[:16]
-    out = cache_dir() / f"decode_step-{key}.so"
-    if out.exists() and not force:
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE} with {cc} failed:\n{proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, out)  # atomic: a concurrent build or an interrupt never leaves half a library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    logger.info("built %s", out)
-    return out
+    errors = []
+    for flags in (CFLAGS + OPENMP_FLAGS, CFLAGS):
+        key = hashlib.sha256(src + _machine_key(cc, flags).encode()).hexdigest()[:16]
+        out = cache_dir() / f"decode_step-{key}.so"
+        if out.exists() and not force:
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+            if proc.returncode == 0:
+                os.replace(tmp, out)  # atomic: a concurrent build or an interrupt never leaves half a library
+                logger.info("built %s (%s)", out, " ".join(flags))
+                return out
+            errors.append(f"$ {cc} {' '.join(flags)}\n{proc.stderr.strip()[-1500:]}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(f"compiling {SOURCE} with {cc} failed:\n" + "\n".join(errors))
 
 
 def load_library() -> ctypes.CDLL | None:

@@ -194,3 +194,13 @@ def test_int8_costs_little_on_a_trained_model(tok):
     untrained = evaluate_texts(tiny_gpt(tok.vocab_size, max_seq_len=64), tok, texts, seq_len=64)["loss"]
     assert untrained - fp32 > 1.0  # it learned something
     assert abs(int8 - fp32) < 0.01
+
+
+def test_compiler_without_openmp_builds_the_single_threaded_step(fresh_build_state, monkeypatch, tok):
+    monkeypatch.setattr(native_decode, "OPENMP_FLAGS", ["-fno-such-openmp-flag"])  # as Apple's clang rejects -fopenmp
+    lib = native_decode.build_library()
+    assert lib.exists()
+    model = tiny_gpt(tok.vocab_size, **ODD_SHAPE)
+    nd = NativeDecoder(model)
+    ids = tok.encode("人工智能正在改变世界。")[:20]
+    assert step_logits_vs_forward(model, nd.step, ids, prefill=2) < 1e-5
