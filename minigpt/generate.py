@@ -182,6 +182,14 @@ def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None =
     return (probs / race).argmax(dim=-1)
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over the last dim (first index among ties, as torch's). On a CPU numpy's is ~8x faster for
+    a batch-1 row: no parallel-reduction setup, which is a visible share of a ~0.3 ms decode step."""
+    if logits.device.type == "cpu":
+        return torch.from_numpy(logits.numpy().argmax(-1))
+    return logits.argmax(dim=-1)
+
+
 def process_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     """Temperature, top-k and top-p on (B, V) logits, in HF's order (penalties come before)."""
     logits = logits / cfg.temperature if cfg.temperature not in (0, 1) else logits
@@ -530,7 +538,7 @@ class TextGenerator:
                             if banned:
                                 logits[b, list(banned)] = float("-inf")
                     if cfg.greedy:
-                        nxt = logits.argmax(dim=-1)
+                        nxt = greedy_tokens(logits)
                     else:
                         nxt = sample_from_logits(process_logits(logits, cfg), generator)
                     toks = nxt.tolist()  # the one host sync per step: stop checks and streaming need the ids

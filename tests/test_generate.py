@@ -456,3 +456,11 @@ def test_final_text_never_ends_in_half_a_character(gen):
     """max_new_tokens can stop mid-character; the unfinished bytes are dropped, not shown as U+FFFD."""
     ends = [gen.generate("你好", GREEDY.replace(max_new_tokens=n)) for n in range(1, 12)]
     assert ends and not any(t.endswith("\ufffd") for t in ends)
+
+
+def test_greedy_tokens_match_torch_argmax_with_ties():
+    from minigpt.generate import greedy_tokens
+
+    logits = torch.tensor([[0.5, 2.0, 2.0, -1.0], [3.0, 3.0, 3.0, 3.0], [-5.0, -4.0, -6.0, -4.5]])
+    assert greedy_tokens(logits).tolist() == logits.argmax(-1).tolist() == [1, 0, 1]
+    assert greedy_tokens(logits).dtype == torch.long
