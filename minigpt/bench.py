@@ -342,6 +342,10 @@ def format_table(results: dict[str, Any]) -> str:
                 for weights, step, t, ratio in rows:
                     lines.append(f"  {preset:<20} {b:>5}  {weights:<7}  {step or '':<11} {t:>15.0f} "
                                  f"{g.get('hf', {}).get(b) or 0:>10.0f} {(format(ratio, '.2f') + 'x') if ratio else '':>7}")
+            if g.get("fp32_read_floor"):
+                hf1 = g.get("hf", {}).get(1)
+                lines.append(f"  {preset:<20} batch-1 ceiling in fp32 (one read of the weights a token): "
+                             f"{g['fp32_read_floor']:.0f} tok/s" + (f" = {g['fp32_read_floor'] / hf1:.2f}x HF" if hf1 else ""))
     tools = results.get("text", {})
     if tools:
         t = tools["tokenizer"]

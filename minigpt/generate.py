@@ -748,6 +748,22 @@ def _time_hf(hf_model: Any, prompts: list[list[int]], new_tokens: int) -> float:
     return len(prompts) * (out.shape[1] - ids.shape[1]) / dt
 
 
+def weight_read_floor(model: GPT, repeats: int = 20) -> float:
+    """Tokens/s if a batch-1 step did nothing but read the float32 projection and head weights once
+    (the fastest of `repeats` sums over one flat copy): no float32 decoder can beat it on this machine."""
+    layers, head = projection_weights(model)
+    flat = torch.cat([w.detach().float().flatten() for layer in layers for w in layer if w.dim() == 2]
+                     + [head.detach().float().flatten()])
+    best = float("inf")
+    with torch.inference_mode():
+        flat.sum()
+        for _ in range(repeats):
+            t = time.perf_counter()
+            flat.sum()
+            best = min(best, time.perf_counter() - t)
+    return 1.0 / best
+
+
 def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None, prompt: str = "长江、黄河",
                    new_tokens: int = 64, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3,
                    threads: int | None = None) -> dict:
@@ -757,7 +773,8 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
     At batch 1 two more minigpt variants run: "int8" (the native step on int8 weights) and "torch_step"
     (float32, the PyTorch decode step instead of the native one), to show what each part buys.
     Returns {"minigpt": {B: tok/s}, "hf": {B: tok/s}, "ratio": {B: x}, "int8": {1: tok/s},
-    "ratio_int8": {1: x}, "torch_step": {1: tok/s}, "backend": {B: name}} (hf/ratios only with hf_dir).
+    "ratio_int8": {1: x}, "torch_step": {1: tok/s}, "backend": {B: name}, "fp32_read_floor": tok/s}
+    (hf/ratios only with hf_dir).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -794,4 +811,5 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
             if b in res["int8"]:
                 res["ratio_int8"][b] = res["int8"][b] / res["hf"][b]
         logger.info("batch %d: %s", b, ", ".join(f"{k} {max(v):.0f} tok/s" for k, v in times.items() if v))
+    res["fp32_read_floor"] = weight_read_floor(model)
     return res

@@ -231,7 +231,7 @@ class NativeDecoder:
             ptr(model.rope_cos), ptr(model.rope_sin))
         self.n_threads = n_threads or torch.get_num_threads()
         self._layers = (ctypes.c_void_p * (_LAYER_SLOTS * cfg.n_layers))()
-        self._cache_key: tuple | None = None
+        self._bound: tuple | None = None
         self._dims: _Dims | None = None
         self._scratch: torch.Tensor | None = None
         self.weight_bytes = sum(t.numel() * t.element_size() for t in self._keep)
@@ -240,9 +240,10 @@ class NativeDecoder:
         return weights_signature(model) == self.signature
 
     def _bind_cache(self, cache: KVCache) -> None:
-        # Addresses alone are not enough: a new cache may reuse a freed one's memory with another capacity.
-        key = tuple(t.data_ptr() for t in cache.keys + cache.values) + (cache.capacity, self.n_threads)
-        if key == self._cache_key:
+        # Identity of the buffer lists (held here, so their ids cannot be reused) and the capacity:
+        # checked every step, so it must cost nothing; KVCache.select() makes new lists.
+        bound = self._bound
+        if bound is not None and bound[0] is cache.keys and bound[1] is cache.values and bound[2] == cache.capacity:
             return
         cfg = self.cfg
         for t in cache.keys + cache.values:
@@ -257,15 +258,20 @@ class NativeDecoder:
                            cfg.vocab_size, cap, int(self.quantize == "int8"), self.n_threads, cfg.rms_norm_eps)
         n_qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         self._scratch = torch.empty(3 * cfg.d_model + n_qkv + 2 * cfg.d_ff + cfg.n_heads * cap, dtype=torch.float32)
-        self._cache_key = key
+        self._logits = torch.empty((1, cfg.vocab_size), dtype=torch.float32)
+        self._bound = (cache.keys, cache.values, cap)
+        self._dims_ref = ctypes.byref(self._dims)
+        self._scratch_ptr, self._logits_ptr = self._scratch.data_ptr(), self._logits.data_ptr()
 
     def step(self, token: int, pos: int, cache: KVCache) -> torch.Tensor:
+        """Logits (1, vocab) for `token` at position `pos`. The tensor is a buffer the next step overwrites:
+        use it (or clone it) before stepping again."""
         self._bind_cache(cache)
         if pos >= self.cfg.max_seq_len:
             raise ValueError(f"position {pos} is past max_seq_len={self.cfg.max_seq_len}")
-        logits = torch.empty((1, self.cfg.vocab_size), dtype=torch.float32)
-        rc = self.lib.mg_decode_step(ctypes.byref(self._dims), self._layers, self._globals, token, pos, cache.length,
-                                     self._scratch.data_ptr(), logits.data_ptr())
+        logits = self._logits
+        rc = self.lib.mg_decode_step(self._dims_ref, self._layers, self._globals, token, pos, cache.length,
+                                     self._scratch_ptr, self._logits_ptr)
         if rc != 0:
             raise ValueError(f"native decode step refused token={token} pos={pos} slot={cache.length} "
                              f"(vocab {self.cfg.vocab_size}, cache capacity {cache.capacity})")

@@ -205,6 +205,7 @@ class MiniTokenizer:
         self.eos_id, self.bos_id, self.pad_id = EOS_ID, BOS_ID, PAD_ID
         self.im_start_id, self.im_end_id = IM_START_ID, IM_END_ID
         self.special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+        self._bytes: dict[int, bytes] = {}  # token_bytes memo: streaming asks for it once per generated token
         self._nl = self.encode("\n")
         self._assistant_header = self.encode("assistant\n")
 
@@ -271,13 +272,20 @@ class MiniTokenizer:
     def token_bytes(self, i: int) -> bytes:
         """Raw UTF-8 bytes a token stands for (special tokens: their literal text)."""
         i = int(i)
-        t = self.id_to_token(i)
-        if i in self.special_ids:
-            return t.encode("utf-8")
-        try:
-            return bytes(_UNICODE_TO_BYTE[c] for c in t)
-        except KeyError:  # an added (non-byte-level) token: its text is literal
-            return t.encode("utf-8")
+        data = self._bytes.get(i)
+        if data is None:
+            t = self.id_to_token(i)
+            if t is None:
+                raise IndexError(f"token id {i} is not in the vocabulary ({self.vocab_size} tokens)")
+            if i in self.special_ids:
+                data = t.encode("utf-8")
+            else:
+                try:
+                    data = bytes(_UNICODE_TO_BYTE[c] for c in t)
+                except KeyError:  # an added (non-byte-level) token: its text is literal
+                    data = t.encode("utf-8")
+            self._bytes[i] = data
+        return data
 
     def token_str(self, i: int) -> str:
         """Readable form of a token (invalid partial UTF-8 shown with U+FFFD)."""
