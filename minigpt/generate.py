@@ -455,17 +455,17 @@ class TextGenerator:
         return self._decoder
 
     def _native_for_model(self, batch_size: int) -> NativeDecoder | None:
-        """The C decode step when it applies: batch 1, float32 weights on the CPU, backend not "torch"."""
+        """The C decode step when it applies: float32 weights on the CPU, backend not "torch"."""
         if self.decode_backend == "torch":
             return None
-        applies = batch_size == 1 and self.device.type == "cpu" and self.model.embed_tokens.weight.dtype == torch.float32
+        applies = self.device.type == "cpu" and self.model.embed_tokens.weight.dtype == torch.float32
         if applies and load_library() is not None:
             if self._native is None or not self._native.fresh(self.model):
                 self._native = NativeDecoder(self.model, self.quantize)
             return self._native
         if self.decode_backend == "native":
             raise RuntimeError(
-                "decode_backend='native' needs batch 1, a float32 model on the CPU and a C compiler "
+                "decode_backend='native' needs a float32 model on the CPU and a C compiler "
                 f"(batch {batch_size}, {self.model.embed_tokens.weight.dtype} on {self.device}); "
                 "use decode_backend='auto' to fall back to the PyTorch step")
         return None
@@ -525,9 +525,11 @@ class TextGenerator:
                         seen[r, torch.tensor(p, device=dev)] = True
             ngrams = [_NgramIndex(p, cfg.no_repeat_ngram_size) for p in prompts] if cfg.no_repeat_ngram_size else None
             alive = list(range(B))  # batch position -> row index
-            native = self._native_for_model(B) if valid is None else None
+            native = self._native_for_model(B)
             decoder = None if native is not None else self._decoder_for_model()
             backend = "native" if native is not None else "torch"
+            # The native step takes plain per-row lists: next position, and left-padding slots to skip.
+            nat_pos, nat_pad = list(lens), [T - n for n in lens]
             for step in range(budget):
                 with torch.inference_mode():
                     if seen is not None:
@@ -559,17 +561,19 @@ class TextGenerator:
                             seen = seen[idx]
                         if ngrams is not None:
                             ngrams = [ngrams[b] for b in keep]
+                        nat_pos, nat_pad = [nat_pos[b] for b in keep], [nat_pad[b] for b in keep]
                     if seen is not None:
                         seen[torch.arange(len(alive), device=dev), nxt] = True
                     if ngrams is not None:
                         for nb, ob in enumerate(keep):
                             ngrams[nb].push(toks[ob])
-                    step_mask = None if valid is None else valid[:, None, None, :cache.length + 1]
                     if native is not None:
-                        logits = native.step(toks[keep[0]], step_pos, cache)
+                        logits = native.step([toks[b] for b in keep], nat_pos, cache, nat_pad)
+                        nat_pos = [p + 1 for p in nat_pos]
                     else:
+                        step_mask = None if valid is None else valid[:, None, None, :cache.length + 1]
                         logits = decoder(nxt, cache, step_pos, step_mask).float()
-                    step_pos = step_pos + 1
+                        step_pos = step_pos + 1
             for row in rows:
                 row.finish("max_new_tokens" if budget == cfg.max_new_tokens else "context_full")
         finally:

@@ -1,9 +1,9 @@
-"""Batch-1 decode steps in C (minigpt/kernels/decode_step.c), compiled on first use.
+"""Decode steps in C (minigpt/kernels/decode_step.c), compiled on first use.
 
-At batch 1 a decode step reads every weight once and does little arithmetic with it; in eager PyTorch
-on a CPU the ~20 small ops a layer cost more in dispatch than in compute. The C step does the whole
-forward for one token in one call, and can read int8 weights (a quarter of the bytes) with one float32
-scale per output row.
+A decode step reads every weight once and does little arithmetic with it (two FLOPs a weight per
+row); in eager PyTorch on a CPU the ~20 small ops a layer cost more in dispatch than in compute. The C
+step does the whole forward for one new token of each row in one call, reads each weight once for
+all rows, and can read int8 weights (a quarter of the bytes) with one float32 scale per output row.
 
 The library is built with the system C compiler (`$CC`, else `cc`/`gcc`) into
 `$MINIGPT_CACHE/kernels` (default `~/.cache/minigpt/kernels`), keyed by a hash of the source, the flags
@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -115,7 +116,10 @@ def load_library() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(build_library()))
             lib.mg_decode_step.restype = ctypes.c_int
             lib.mg_decode_step.argtypes = [ctypes.POINTER(_Dims), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                           ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+                                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                           ctypes.c_void_p, ctypes.c_void_p]
+            lib.mg_scratch_floats.restype = ctypes.c_int64
+            lib.mg_scratch_floats.argtypes = [ctypes.POINTER(_Dims), ctypes.c_int64]
             _library = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _load_failed = True
@@ -185,10 +189,11 @@ def projection_weights(model: GPT) -> tuple[list[tuple[torch.Tensor, ...]], torc
 
 
 class NativeDecoder:
-    """Batch-1 decode steps through the C library, on float32 or int8 copies of a CPU model's weights.
+    """Decode steps through the C library, on float32 or int8 copies of a CPU model's weights.
 
-    `step(token, pos, cache)` writes K/V into `cache` (a batch-1 KVCache, e.g. filled by the model's
-    prefill) at slot `cache.length`, advances it, and returns float32 logits of shape (1, vocab).
+    `step(tokens, positions, cache, pads)` writes K/V into `cache` (a KVCache, e.g. filled by the
+    model's prefill) at slot `cache.length` for every row, advances it, and returns float32 logits of
+    shape (B, vocab). Row b's first pads[b] cache slots are left padding, never attended to.
     """
 
     def __init__(self, model: GPT, quantize: str | None = None, n_threads: int | None = None) -> None:
@@ -246,9 +251,10 @@ class NativeDecoder:
         if bound is not None and bound[0] is cache.keys and bound[1] is cache.values and bound[2] == cache.capacity:
             return
         cfg = self.cfg
+        B = cache.keys[0].shape[0]
         for t in cache.keys + cache.values:
-            if t.shape[0] != 1 or t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
-                raise ValueError(f"native decode needs a contiguous float32 CPU cache of batch 1, got "
+            if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() or t.shape[0] != B:
+                raise ValueError(f"native decode needs contiguous float32 CPU caches, got "
                                  f"{tuple(t.shape)} {t.dtype} on {t.device}")
         for i, row in enumerate(self._weight_ptrs):
             self._layers[i * _LAYER_SLOTS:(i + 1) * _LAYER_SLOTS] = row + [cache.keys[i].data_ptr(),
@@ -256,24 +262,35 @@ class NativeDecoder:
         cap = cache.capacity
         self._dims = _Dims(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff,
                            cfg.vocab_size, cap, int(self.quantize == "int8"), self.n_threads, cfg.rms_norm_eps)
-        n_qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        self._scratch = torch.empty(3 * cfg.d_model + n_qkv + 2 * cfg.d_ff + cfg.n_heads * cap, dtype=torch.float32)
-        self._logits = torch.empty((1, cfg.vocab_size), dtype=torch.float32)
-        self._bound = (cache.keys, cache.values, cap)
         self._dims_ref = ctypes.byref(self._dims)
+        self._scratch = torch.empty(self.lib.mg_scratch_floats(self._dims_ref, B), dtype=torch.float32)
+        self._logits = torch.empty((B, cfg.vocab_size), dtype=torch.float32)
+        self._rows = [(ctypes.c_int64 * B)() for _ in range(3)]  # tokens, positions, pads
+        self._batch = B
+        self._bound = (cache.keys, cache.values, cap)
         self._scratch_ptr, self._logits_ptr = self._scratch.data_ptr(), self._logits.data_ptr()
 
-    def step(self, token: int, pos: int, cache: KVCache) -> torch.Tensor:
-        """Logits (1, vocab) for `token` at position `pos`. The tensor is a buffer the next step overwrites:
-        use it (or clone it) before stepping again."""
+    def step(self, tokens: Sequence[int] | int, positions: Sequence[int] | int, cache: KVCache,
+             pads: Sequence[int] | None = None) -> torch.Tensor:
+        """Logits (B, vocab) for each row's token at its position. The tensor is a buffer the next step
+        overwrites: use it (or clone it) before stepping again."""
         self._bind_cache(cache)
-        if pos >= self.cfg.max_seq_len:
-            raise ValueError(f"position {pos} is past max_seq_len={self.cfg.max_seq_len}")
-        logits = self._logits
-        rc = self.lib.mg_decode_step(self._dims_ref, self._layers, self._globals, token, pos, cache.length,
-                                     self._scratch_ptr, self._logits_ptr)
+        B = self._batch
+        tokens = [tokens] if isinstance(tokens, int) else tokens
+        positions = [positions] * B if isinstance(positions, int) else positions
+        pads = pads or [0] * B
+        if not len(tokens) == len(positions) == len(pads) == B:
+            raise ValueError(f"native decode step: {len(tokens)} tokens, {len(positions)} positions and "
+                             f"{len(pads)} pads for a cache of {B} rows")
+        if max(positions) >= self.cfg.max_seq_len:
+            raise ValueError(f"position {max(positions)} is past max_seq_len={self.cfg.max_seq_len}")
+        tok_a, pos_a, pad_a = self._rows
+        tok_a[:], pos_a[:], pad_a[:] = tokens, positions, pads
+        rc = self.lib.mg_decode_step(self._dims_ref, self._layers, self._globals, B, tok_a, pos_a, pad_a,
+                                     cache.length, self._scratch_ptr, self._logits_ptr)
         if rc != 0:
-            raise ValueError(f"native decode step refused token={token} pos={pos} slot={cache.length} "
-                             f"(vocab {self.cfg.vocab_size}, cache capacity {cache.capacity})")
+            raise ValueError(f"native decode step refused tokens={list(tokens)} positions={list(positions)} "
+                             f"pads={list(pads)} slot={cache.length} (vocab {self.cfg.vocab_size}, "
+                             f"cache capacity {cache.capacity})")
         cache.length += 1
-        return logits
+        return self._logits
