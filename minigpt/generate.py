@@ -5,10 +5,12 @@ tokens are decoded one at a time into a preallocated `KVCache`. Per-row state (s
 strings, the UTF-8 byte buffer) lives in a small `_RowText` object per batch row; finished rows are
 dropped from the batch (`KVCache.select`) so they cost nothing afterwards.
 
-The decode step does not call `GPT.forward`: `_FastDecoder` runs the same math on the model's own
-weights with fewer tensor ops (fused QKV and gate/up projections, one RoPE over q and k together).
-At batch 1 on a CPU the time of a small model's step is mostly per-op dispatch overhead, so fewer
-ops is what makes decoding fast. Tests check it against the model's full forward, token for token.
+The decode step does not call `GPT.forward`. On a CPU with a C compiler it is one call into
+`native_decode.py`'s C step (the whole forward of one new token per row, every weight read once per
+step, float32 or int8 weights); elsewhere (CUDA, MPS, bf16, no compiler, decode_backend="torch")
+`_FastDecoder` runs the same math in PyTorch with fewer tensor ops than forward() (fused QKV and
+gate/up projections, one RoPE over q and k together). A small model's step is mostly per-op overhead
+and weight reads, not arithmetic. Tests check both against the model's full forward, token for token.
 """
 from __future__ import annotations
 
