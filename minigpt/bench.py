@@ -314,9 +314,10 @@ def format_table(results: dict[str, Any]) -> str:
     lines = []
     p = results.get("peak", {})
     lines.append(f"peak matmul: {p.get('gflops', 0):.1f} GFLOP/s ({p.get('dtype')}, {p.get('threads')} threads, {p.get('device')})")
-    lines.append("")
-    lines.append("training step          impl     compile  batch x seq   tokens/s   GFLOP/s    MFU  MFU(local)  peak RSS MB  vs HF (same mode)  vs HF eager"
-                 "   best tok/s  best vs HF (same, eager)")
+    if results.get("train"):
+        lines.append("")
+        lines.append("training step          impl     compile  batch x seq   tokens/s   GFLOP/s    MFU  MFU(local)  peak RSS MB  vs HF (same mode)  vs HF eager"
+                     "   best tok/s  best vs HF (same, eager)")
     for r in results.get("train", []):
         if "error" in r:
             lines.append(f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} ERROR {r['error'][-120:]!r}")
@@ -344,7 +345,7 @@ def format_table(results: dict[str, Any]) -> str:
                                  f"{g.get('hf', {}).get(b) or 0:>10.0f} {(format(ratio, '.2f') + 'x') if ratio else '':>7}")
             if g.get("fp32_read_floor"):
                 hf1 = g.get("hf", {}).get(1)
-                lines.append(f"  {preset:<20} batch-1 ceiling in fp32 (one read of the weights a token): "
+                lines.append(f"  {preset:<20} batch-1 fp32 ceiling, estimated (one read of the weights a token): "
                              f"{g['fp32_read_floor']:.0f} tok/s" + (f" = {g['fp32_read_floor'] / hf1:.2f}x HF" if hf1 else ""))
     tools = results.get("text", {})
     if tools:

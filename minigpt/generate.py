@@ -229,9 +229,6 @@ class _FastDecoder:
             self.head = rounded(self.head)
         self.layers = layers
 
-    def fresh(self, model: GPT) -> bool:
-        return weights_signature(model) == self.signature
-
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.fp32:
             return F.rms_norm(x, (x.shape[-1],), w, self.cfg.rms_norm_eps)
@@ -240,36 +237,52 @@ class _FastDecoder:
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor | int,
                  attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """tokens (B,) -> logits (B, V). Writes K/V at slot cache.length, then advances it.
+        """One decode step: tokens (B,) -> logits (B, V). Writes K/V at slot cache.length, advances it.
 
         positions: one int for every row, or a (B,) tensor (left-padded batches). attn_mask: bool
         (B, 1, 1, cache.length + 1) or None when every cached slot is valid for every row.
         """
+        if not isinstance(positions, int):
+            positions = positions.unsqueeze(1)
+        return self.forward(tokens.unsqueeze(1), cache, positions, attn_mask)
+
+    def forward(self, ids: torch.Tensor, cache: KVCache, positions: torch.Tensor | int = 0,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T) written to cache slots cache.length.. -> logits (B, V) of the last position.
+
+        positions: the first position (int, every row) or a (B, T) tensor. attn_mask: bool
+        (B, 1, T, cache.length + T); None means causal over a cache that starts empty (a prefill)
+        or, for T == 1, every cached slot valid. Unlike GPT.forward (which concatenates weights and folds
+        norm weights at every call, for training), this reuses the fused copies made once.
+        """
         cfg = self.cfg
-        B = tokens.shape[0]
+        B, T = ids.shape
         H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         half = hd // 2
         slot = cache.length
+        if attn_mask is None and T > 1 and slot != 0:
+            raise ValueError("a multi-token step after the cache's start needs an explicit attn_mask")
         if isinstance(positions, int):
-            cos, sin = self.cos[positions], self.sin[positions]  # (hd,)
+            cos = self.cos[positions:positions + T].view(1, T, 1, hd)
+            sin = self.sin[positions:positions + T].view(1, T, 1, hd)
         else:
-            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, hd)
-        x = F.embedding(tokens, self.emb)  # (B, d)
+            cos, sin = self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)  # (B, T, 1, hd)
+        x = F.embedding(ids, self.emb)  # (B, T, d)
         for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
-            qkv = F.linear(self._rms(x, w_in), w_qkv).view(B, H + 2 * KV, hd)
-            qk = qkv[:, :H + KV]
+            qkv = F.linear(self._rms(x, w_in), w_qkv).view(B, T, H + 2 * KV, hd)
+            qk = qkv[:, :, :H + KV]
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
-            cache.keys[i][:, :, slot] = qk[:, H:]
-            cache.values[i][:, :, slot] = qkv[:, H + KV:]
+            cache.keys[i][:, :, slot:slot + T] = qk[:, :, H:].transpose(1, 2)
+            cache.values[i][:, :, slot:slot + T] = qkv[:, :, H + KV:].transpose(1, 2)
             y = F.scaled_dot_product_attention(
-                qk[:, :H].unsqueeze(2), cache.keys[i][:, :, :slot + 1], cache.values[i][:, :, :slot + 1],
-                attn_mask=attn_mask, enable_gqa=KV != H,
-            )
-            x = x + F.linear(y.view(B, H * hd), w_o)
+                qk[:, :, :H].transpose(1, 2), cache.keys[i][:, :, :slot + T], cache.values[i][:, :, :slot + T],
+                attn_mask=attn_mask, is_causal=attn_mask is None and T > 1, enable_gqa=KV != H,
+            )  # (B, H, T, hd)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, T, H * hd), w_o)
             gate, up = F.linear(self._rms(x, w_post), w_gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w_down)
-        cache.length = slot + 1
-        return F.linear(self._rms(x, self.norm), self.head)
+        cache.length = slot + T
+        return F.linear(self._rms(x[:, -1], self.norm), self.head)
 
 
 # --------------------------------------------------------------------------- per-row text
@@ -379,10 +392,10 @@ class TextGenerator:
 
     def __init__(self, model: GPT, tokenizer: Any, device: str | torch.device | None = None,
                  quantize: str | None = None, decode_backend: str = "auto") -> None:
-        """quantize: None (the model's weights as they are) or "int8" (per-row int8 weights for the decode
-        steps; the prompt is still processed in full precision). decode_backend: "auto" (the C step of
-        native_decode.py at batch 1 on a float32 CPU model, when it builds; else PyTorch), "native"
-        (the C step or an error) or "torch"."""
+        """quantize: None (the model's weights as they are) or "int8" (per-row int8 weights, for the
+        prompt and every new token). decode_backend: "auto" (the C step of native_decode.py on a
+        float32 CPU model, when it builds; else the PyTorch step), "native" (the C step or an error) or
+        "torch"."""
         if decode_backend not in DECODE_BACKENDS:
             raise ValueError(f"decode_backend={decode_backend!r}: expected one of {', '.join(DECODE_BACKENDS)}")
         self.quantize = check_quantize(quantize)
@@ -451,18 +464,19 @@ class TextGenerator:
 
     # ---- the loop
 
-    def _decoder_for_model(self) -> _FastDecoder:
-        if self._decoder is None or not self._decoder.fresh(self.model):
+    def _decoder_for_model(self, signature: tuple | None = None) -> _FastDecoder:
+        signature = signature or weights_signature(self.model)
+        if self._decoder is None or self._decoder.signature != signature:
             self._decoder = _FastDecoder(self.model, self.quantize)
         return self._decoder
 
-    def _native_for_model(self, batch_size: int) -> NativeDecoder | None:
+    def _native_for_model(self, batch_size: int, signature: tuple | None = None) -> NativeDecoder | None:
         """The C decode step when it applies: float32 weights on the CPU, backend not "torch"."""
         if self.decode_backend == "torch":
             return None
         applies = self.device.type == "cpu" and self.model.embed_tokens.weight.dtype == torch.float32
         if applies and load_library() is not None:
-            if self._native is None or not self._native.fresh(self.model):
+            if self._native is None or self._native.signature != (signature or weights_signature(self.model)):
                 self._native = NativeDecoder(self.model, self.quantize)
             return self._native
         if self.decode_backend == "native":
@@ -488,8 +502,9 @@ class TextGenerator:
         if cfg.seed is not None:
             generator = torch.Generator(device=dev)
             generator.manual_seed(cfg.seed)
-        was_training = model.training
-        model.eval()
+        # Neither decode step calls model.forward, so the model's train/eval mode is left alone
+        # (toggling it walks every module: ~1 ms a call on the tiny preset).
+        signature = weights_signature(model)
         t0 = time.perf_counter()
         n_generated = 0
         backend = "torch"
@@ -501,6 +516,8 @@ class TextGenerator:
                 for r, p in enumerate(prompts):
                     ids[r, T - len(p):] = torch.tensor(p, dtype=torch.long)
                 ids = ids.to(dev)
+                # The prompt goes through the PyTorch step's fused (and, with quantize, rounded) weights.
+                prefill = self._decoder_for_model(signature)
                 dtype = next(model.parameters()).dtype
                 cache = KVCache.empty(self.cfg, B, T + budget, dev, dtype)
                 valid = None
@@ -513,13 +530,13 @@ class TextGenerator:
                     causal = torch.ones((T, T), dtype=torch.bool, device=dev).tril()
                     # The diagonal keeps pad queries from attending to nothing (a NaN softmax).
                     mask = (causal & valid[:, None, None, :T]) | torch.eye(T, dtype=torch.bool, device=dev)
-                    logits, _ = model(ids, attn_mask=mask, positions=positions, cache=cache, last_only=True)
+                    logits = prefill.forward(ids, cache, positions, mask)
                     valid[:, T:] = True
                     step_pos: torch.Tensor | int = positions[:, -1] + 1
                 else:
-                    logits, _ = model(ids, cache=cache, last_only=True)
+                    logits = prefill.forward(ids, cache)
                     step_pos = T
-                logits = logits[:, -1].float()
+                logits = logits.float()
                 seen = None
                 if cfg.repetition_penalty != 1.0:
                     seen = torch.zeros((B, logits.shape[-1]), dtype=torch.bool, device=dev)
@@ -527,8 +544,8 @@ class TextGenerator:
                         seen[r, torch.tensor(p, device=dev)] = True
             ngrams = [_NgramIndex(p, cfg.no_repeat_ngram_size) for p in prompts] if cfg.no_repeat_ngram_size else None
             alive = list(range(B))  # batch position -> row index
-            native = self._native_for_model(B)
-            decoder = None if native is not None else self._decoder_for_model()
+            native = self._native_for_model(B, signature)
+            decoder = None if native is not None else prefill
             backend = "native" if native is not None else "torch"
             # The native step takes plain per-row lists: next position, and left-padding slots to skip.
             nat_pos, nat_pad = list(lens), [T - n for n in lens]
@@ -579,7 +596,6 @@ class TextGenerator:
             for row in rows:
                 row.finish("max_new_tokens" if budget == cfg.max_new_tokens else "context_full")
         finally:
-            model.train(was_training)
             dt = time.perf_counter() - t0
             self.last_stats = {"new_tokens": n_generated, "seconds": dt,
                                "tokens_per_s": n_generated / dt if dt > 0 else 0.0, "batch_size": B,
@@ -754,9 +770,10 @@ def _time_hf(hf_model: Any, prompts: list[list[int]], new_tokens: int) -> float:
     return len(prompts) * (out.shape[1] - ids.shape[1]) / dt
 
 
-def weight_read_floor(model: GPT, repeats: int = 20) -> float:
-    """Tokens/s if a batch-1 step did nothing but read the float32 projection and head weights once
-    (the fastest of `repeats` sums over one flat copy): no float32 decoder can beat it on this machine."""
+def weight_read_floor(model: GPT, repeats: int = 50) -> float:
+    """Tokens/s if a batch-1 step did nothing but read the float32 projection and head weights once:
+    an estimate of the float32 ceiling (the fastest of `repeats` sums over one flat copy; memory speed
+    on a shared machine varies, so a decoder can land a little above it in one run)."""
     layers, head = projection_weights(model)
     flat = torch.cat([w.detach().float().flatten() for layer in layers for w in layer if w.dim() == 2]
                      + [head.detach().float().flatten()])

@@ -241,9 +241,6 @@ class NativeDecoder:
         self._scratch: torch.Tensor | None = None
         self.weight_bytes = sum(t.numel() * t.element_size() for t in self._keep)
 
-    def fresh(self, model: GPT) -> bool:
-        return weights_signature(model) == self.signature
-
     def _bind_cache(self, cache: KVCache) -> None:
         # Identity of the buffer lists (held here, so their ids cannot be reused) and the capacity:
         # checked every step, so it must cost nothing; KVCache.select() makes new lists.

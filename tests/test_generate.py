@@ -444,12 +444,25 @@ def test_stream_does_not_leak_inference_mode(gen, model):
         it = gen.stream("长江、", GREEDY.replace(max_new_tokens=5))
         first = next(it)
         assert not torch.is_inference_mode_enabled()  # the caller's code between pieces runs normally
-        assert not model.training  # generation itself runs in eval mode
         rest = list(it)
-        assert model.training  # and the model's mode is restored afterwards
+        assert model.training  # the model's mode is the caller's: generation never toggles it
+        model.eval()
         assert first + "".join(rest) == gen.generate("长江、", GREEDY.replace(max_new_tokens=5))
     finally:
         model.eval()
+
+
+def test_train_mode_dropout_never_reaches_generation(tok):
+    """The decode steps have no dropout, so a model left in train mode generates as in eval mode."""
+    from conftest import tiny_gpt
+
+    model = tiny_gpt(tok.vocab_size, dropout=0.5)
+    ids = tok.encode("今天天气")
+    expected = TextGenerator(model, tok).generate_ids(ids, GREEDY)
+    model.train()
+    for backend in ("native", "torch"):
+        assert TextGenerator(model, tok, decode_backend=backend).generate_ids(ids, GREEDY) == expected
+    assert model.training
 
 
 def test_final_text_never_ends_in_half_a_character(gen):
