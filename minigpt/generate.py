@@ -161,17 +161,23 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+def _top_p_sorted(sorted_logits: torch.Tensor, p: float) -> torch.Tensor:
+    """top_p_filter on logits already sorted in descending order along the last dim."""
+    if p >= 1.0:
+        return sorted_logits
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability mass strictly ahead of each token
+    remove = before >= p
+    remove[..., 0] = False
+    return sorted_logits.masked_fill(remove, float("-inf"))
+
+
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # probability mass strictly ahead of each token
-    remove_sorted = before >= p
-    remove_sorted[..., 0] = False
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, _top_p_sorted(sorted_logits, p))
 
 
 def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -197,6 +203,29 @@ def process_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     logits = logits / cfg.temperature if cfg.temperature not in (0, 1) else logits
     logits = top_k_filter(logits, cfg.top_k)
     return top_p_filter(logits, cfg.top_p)
+
+
+def candidate_logits(logits: torch.Tensor, cfg: GenerationConfig) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """process_logits restricted to the top-k candidates: (ids (B, k), their filtered logits (B, k)),
+    or (None, process_logits(...)) when top-k is off or a tie at the k-th value would keep more than k.
+
+    Every other token is -inf after process_logits anyway, so sampling among the k is the same draw;
+    it skips sorting and scattering the whole vocabulary (~0.4 ms of a ~0.45 ms tiny step otherwise).
+    """
+    k = cfg.top_k
+    if 0 < k < logits.shape[-1]:
+        scaled = logits / cfg.temperature if cfg.temperature not in (0, 1) else logits
+        vals, ids = torch.topk(scaled, k, dim=-1)  # sorted, descending
+        if not bool((scaled >= vals[..., -1:]).sum(dim=-1).gt(k).any()):
+            return ids, _top_p_sorted(vals, cfg.top_p)
+    return None, process_logits(logits, cfg)
+
+
+def sample_next(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One sampled token id per row under temperature, top-k and top-p."""
+    ids, vals = candidate_logits(logits, cfg)
+    choice = sample_from_logits(vals, generator)
+    return choice if ids is None else ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
 
 
 # --------------------------------------------------------------------------- fast decode step
@@ -561,7 +590,7 @@ class TextGenerator:
                     if cfg.greedy:
                         nxt = greedy_tokens(logits)
                     else:
-                        nxt = sample_from_logits(process_logits(logits, cfg), generator)
+                        nxt = sample_next(logits, cfg, generator)
                     toks = nxt.tolist()  # the one host sync per step: stop checks and streaming need the ids
                 n_generated += len(toks)
                 keep = [b for b, (r, tok) in enumerate(zip(alive, toks)) if not rows[r].push(tok)]

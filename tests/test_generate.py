@@ -168,6 +168,41 @@ def test_temperature_and_combined_filters():
     assert torch.isinf(out[0, 3])
 
 
+def test_top_k_candidates_equal_the_full_filters():
+    """sample_next's shortcut (top-p on the k candidates only) keeps exactly what process_logits keeps."""
+    from minigpt.generate import candidate_logits
+
+    torch.manual_seed(0)
+    rows = torch.randn(6, 40) * 3
+    rows[1, :5] = float("-inf")                   # banned tokens (n-gram bans, penalties)
+    for cfg in [GenerationConfig(temperature=0.7, top_k=5, top_p=0.9), GenerationConfig(temperature=1.0, top_k=12, top_p=0.5),
+                GenerationConfig(temperature=1.3, top_k=3, top_p=1.0), GenerationConfig(temperature=0.5, top_k=30, top_p=0.95)]:
+        full = process_logits(rows, cfg)
+        ids, vals = candidate_logits(rows, cfg)
+        assert ids is not None and ids.shape == (6, cfg.top_k)
+        rebuilt = torch.full_like(full, float("-inf")).scatter(-1, ids, vals)
+        assert torch.allclose(rebuilt, full) and torch.equal(torch.isinf(rebuilt), torch.isinf(full))
+    # A tie at the k-th value keeps more than k tokens: the shortcut steps aside.
+    tie = torch.tensor([[3.0, 2.0, 2.0, 1.0]])
+    ids, vals = candidate_logits(tie, GenerationConfig(top_k=2, top_p=1.0))
+    assert ids is None and torch.isinf(vals).tolist() == [[False, False, False, True]]
+    # Top-k off: the full path.
+    assert candidate_logits(tie, GenerationConfig(top_k=0, top_p=0.9))[0] is None
+
+
+def test_sample_next_frequencies():
+    from minigpt.generate import sample_next
+
+    probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05])
+    logits = probs.log().expand(20000, 5).contiguous()
+    draws = sample_next(logits, GenerationConfig(temperature=1.0, top_k=3, top_p=1.0), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    kept = probs[:3] / probs[:3].sum()              # top-3, renormalised
+    assert torch.allclose(freq[:3], kept, atol=0.015) and freq[3:].sum() == 0
+    draws = sample_next(logits, GenerationConfig(temperature=1.0, top_k=4, top_p=0.6), torch.Generator().manual_seed(1))
+    assert set(draws.tolist()) == {0, 1}            # 0.4 + 0.25 reaches 0.6: the nucleus is two tokens
+
+
 def test_repetition_penalty():
     logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
     seen = torch.tensor([[True, True, False, False]])
