@@ -330,23 +330,30 @@ def format_table(results: dict[str, Any]) -> str:
     gen = results.get("generate", {})
     if gen:
         lines.append("")
-        lines.append("generation (greedy)    batch  weights  decode step   minigpt tok/s   HF tok/s   ratio")
+        lines.append("generation             batch  weights  decode step  decoding   minigpt tok/s   HF tok/s   ratio")
         for preset, g in gen.items():
             for b, tps in g.get("minigpt", {}).items():
-                rows = [("fp32", g.get("backend", {}).get(b, ""), tps, g.get("ratio", {}).get(b))]
+                hf_b = g.get("hf", {}).get(b)
+                step = g.get("backend", {}).get(b) or ""
+                rows = [("fp32", step, "greedy", tps, hf_b, g.get("ratio", {}).get(b))]
                 if b in g.get("int8", {}):
-                    rows.append(("int8", "native", g["int8"][b], g.get("ratio_int8", {}).get(b)))
+                    rows.append(("int8", step, "greedy", g["int8"][b], hf_b, g.get("ratio_int8", {}).get(b)))
                 if b in g.get("torch_step", {}):
                     t = g["torch_step"][b]
-                    hf_b = g.get("hf", {}).get(b)
-                    rows.append(("fp32", "torch", t, t / hf_b if hf_b else None))
-                for weights, step, t, ratio in rows:
-                    lines.append(f"  {preset:<20} {b:>5}  {weights:<7}  {step or '':<11} {t:>15.0f} "
-                                 f"{g.get('hf', {}).get(b) or 0:>10.0f} {(format(ratio, '.2f') + 'x') if ratio else '':>7}")
+                    rows.append(("fp32", "torch", "greedy", t, hf_b, t / hf_b if hf_b else None))
+                if b in g.get("sample", {}):
+                    rows.append(("fp32", step, "sampled", g["sample"][b], g.get("hf_sample", {}).get(b),
+                                 g.get("ratio_sample", {}).get(b)))
+                for weights, kind, mode, t, hf, ratio in rows:
+                    lines.append(f"  {preset:<20} {b:>5}  {weights:<7}  {kind:<11}  {mode:<8} {t:>15.0f} "
+                                 f"{hf or 0:>10.0f} {(format(ratio, '.2f') + 'x') if ratio else '':>7}")
             if g.get("fp32_read_floor"):
                 hf1 = g.get("hf", {}).get(1)
                 lines.append(f"  {preset:<20} batch-1 fp32 ceiling, estimated (one read of the weights a token): "
                              f"{g['fp32_read_floor']:.0f} tok/s" + (f" = {g['fp32_read_floor'] / hf1:.2f}x HF" if hf1 else ""))
+        from .generate import BENCH_SAMPLING
+
+        lines.append("  (sampled: " + ", ".join(f"{k} {v}" for k, v in BENCH_SAMPLING.items()) + " in both libraries)")
     tools = results.get("text", {})
     if tools:
         t = tools["tokenizer"]

@@ -780,8 +780,13 @@ def read_prompts_file(path: str | Path) -> list[str]:
 # --------------------------------------------------------------------------- benchmark
 
 
-def _time_minigpt(gen: TextGenerator, prompts: list[list[int]], new_tokens: int) -> float:
-    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, ignore_eos=True)
+# The sampled rows of the benchmark: notebook 05's defaults, in both libraries.
+BENCH_SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 0.9}
+
+
+def _time_minigpt(gen: TextGenerator, prompts: list[list[int]], new_tokens: int, sample: bool = False) -> float:
+    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=sample, ignore_eos=True, seed=0 if sample else None,
+                           **(BENCH_SAMPLING if sample else {}))
     t = time.perf_counter()
     out = gen.generate_ids(prompts if len(prompts) > 1 else prompts[0], cfg)
     dt = time.perf_counter() - t
@@ -789,12 +794,12 @@ def _time_minigpt(gen: TextGenerator, prompts: list[list[int]], new_tokens: int)
     return n / dt
 
 
-def _time_hf(hf_model: Any, prompts: list[list[int]], new_tokens: int) -> float:
+def _time_hf(hf_model: Any, prompts: list[list[int]], new_tokens: int, sample: bool = False) -> float:
     ids = torch.tensor(prompts, dtype=torch.long)
     with torch.inference_mode():
         t = time.perf_counter()
-        out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
-                                min_new_tokens=new_tokens, pad_token_id=_PAD_ID)
+        out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=sample, max_new_tokens=new_tokens,
+                                min_new_tokens=new_tokens, pad_token_id=_PAD_ID, **(BENCH_SAMPLING if sample else {}))
         dt = time.perf_counter() - t
     return len(prompts) * (out.shape[1] - ids.shape[1]) / dt
 
@@ -822,11 +827,12 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
     """Greedy decode tokens/s of minigpt (and of `transformers` generate on `hf_dir`, the exported
     folder of the same model) with the same prompt in the same process; best of `repeats`.
 
-    At batch 1 two more minigpt variants run: "int8" (the native step on int8 weights) and "torch_step"
-    (float32, the PyTorch decode step instead of the native one), to show what each part buys.
+    At batch 1 more variants run: "int8" (the native step on int8 weights), "torch_step" (float32, the
+    PyTorch decode step instead of the native one), and "sample" against "hf_sample" (BENCH_SAMPLING
+    instead of greedy), to show what each part buys.
     Returns {"minigpt": {B: tok/s}, "hf": {B: tok/s}, "ratio": {B: x}, "int8": {1: tok/s},
-    "ratio_int8": {1: x}, "torch_step": {1: tok/s}, "backend": {B: name}, "fp32_read_floor": tok/s}
-    (hf/ratios only with hf_dir).
+    "ratio_int8": {1: x}, "torch_step": {1: tok/s}, "sample": {1: tok/s}, "hf_sample": {1: tok/s},
+    "ratio_sample": {1: x}, "backend": {B: name}, "fp32_read_floor": tok/s} (hf/ratios only with hf_dir).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -834,7 +840,8 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
                 "torch_step": TextGenerator(model, tokenizer, decode_backend="torch")}
     prompt_ids = variants["minigpt"].encode_prompt(prompt)
     res: dict[str, Any] = {"threads": torch.get_num_threads(), "new_tokens": new_tokens, "prompt_tokens": len(prompt_ids),
-                           "hf": {}, "ratio": {}, "ratio_int8": {}, "backend": {}, **{k: {} for k in variants}}
+                           "hf": {}, "ratio": {}, "ratio_int8": {}, "backend": {}, "sample": {}, "hf_sample": {},
+                           "ratio_sample": {}, **{k: {} for k in variants}}
     hf_model = None
     if hf_dir is not None:
         from transformers import AutoModelForCausalLM
@@ -854,6 +861,15 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
                 times[k].append(_time_minigpt(g, prompts, new_tokens))
             if hf_model is not None:
                 times["hf"].append(_time_hf(hf_model, prompts, new_tokens))
+        if b == 1:
+            _time_minigpt(variants["minigpt"], prompts, 4, sample=True)
+            times["sample"] = [_time_minigpt(variants["minigpt"], prompts, new_tokens, sample=True) for _ in range(repeats)]
+            res["sample"][b] = max(times["sample"])
+            if hf_model is not None:
+                _time_hf(hf_model, prompts, 4, sample=True)
+                times["hf_sample"] = [_time_hf(hf_model, prompts, new_tokens, sample=True) for _ in range(repeats)]
+                res["hf_sample"][b] = max(times["hf_sample"])
+                res["ratio_sample"][b] = res["sample"][b] / res["hf_sample"][b]
         for k, g in gens.items():
             res[k][b] = max(times[k])
         res["backend"][b] = variants["minigpt"].last_stats.get("backend")

@@ -118,8 +118,9 @@ print(sorted(p.name for p in hf_dir.iterdir()))
 # At batch 1 a decode step reads every weight once to make one token, so its speed is set by how
 # fast the weights can be read, plus a fixed cost per operation. minigpt's native step
 # (`minigpt/kernels/decode_step.c`, compiled on first use) runs a whole step in one call; with
-# `quantize="int8"` it reads int8 weights, a quarter of the bytes. The table times greedy decoding of
-# the same prompt each way, and `transformers` `generate` on the folder just exported, in this process.
+# `quantize="int8"` it reads int8 weights, a quarter of the bytes. The table times decoding of the same
+# prompt each way (greedy, and sampled with temperature 0.8, top-k 50, top-p 0.9), and `transformers`
+# `generate` on the folder just exported, in this process.
 
 # %%
 import pandas as pd
@@ -133,9 +134,11 @@ except ImportError:
     hf_for_bench = None
 speed = bench_generate(model, tokenizer, hf_dir=hf_for_bench, new_tokens=P.bench_new_tokens, batch_sizes=(1,), repeats=1)
 step = speed["backend"][1]  # "native" unless the C step could not be built here
-pd.DataFrame({"tokens/s": {f"fp32, {step} step": speed["minigpt"][1], f"int8, {step} step": speed["int8"][1],
-                           "fp32, PyTorch step": speed["torch_step"][1],
-                           "transformers generate": speed["hf"].get(1)}}).round(0)
+pd.DataFrame({
+    "minigpt tokens/s": {f"greedy, fp32, {step} step": speed["minigpt"][1], f"greedy, int8, {step} step": speed["int8"][1],
+                         "greedy, fp32, PyTorch step": speed["torch_step"][1], f"sampled, fp32, {step} step": speed["sample"][1]},
+    "transformers tokens/s": {f"greedy, fp32, {step} step": speed["hf"].get(1), f"sampled, fp32, {step} step": speed["hf_sample"].get(1)},
+}).round(0)
 
 # %% [markdown]
 # What int8 costs in quality: the validation loss with the weights rounded as the int8 step rounds them.
