@@ -505,8 +505,15 @@ class TextGenerator:
             return None
         applies = self.device.type == "cpu" and self.model.embed_tokens.weight.dtype == torch.float32
         if applies and load_library() is not None:
-            if self._native is None or self._native.signature != (signature or weights_signature(self.model)):
-                self._native = NativeDecoder(self.model, self.quantize)
+            signature = signature or weights_signature(self.model)
+            if self._native is None or self._native.signature != signature:
+                # Without quantize the PyTorch step's fused float32 weights are exactly what the C step
+                # reads: share them rather than hold a second copy.
+                fused = None
+                if self.quantize is None:
+                    torch_step = self._decoder_for_model(signature)
+                    fused = (torch_step.layers, torch_step.head)
+                self._native = NativeDecoder(self.model, self.quantize, fused=fused)
             return self._native
         if self.decode_backend == "native":
             raise RuntimeError(

@@ -196,7 +196,10 @@ class NativeDecoder:
     shape (B, vocab). Row b's first pads[b] cache slots are left padding, never attended to.
     """
 
-    def __init__(self, model: GPT, quantize: str | None = None, n_threads: int | None = None) -> None:
+    def __init__(self, model: GPT, quantize: str | None = None, n_threads: int | None = None,
+                 fused: tuple[list[tuple[torch.Tensor, ...]], torch.Tensor] | None = None) -> None:
+        """fused: projection_weights(model) already made (float32, unrounded), e.g. the PyTorch step's, to
+        share instead of concatenating a second copy of the weights."""
         lib = load_library()
         if lib is None:
             raise RuntimeError("the native decode step could not be built; see the warning above")
@@ -206,7 +209,7 @@ class NativeDecoder:
         cfg: ModelConfig = model.config
         self.cfg = cfg
         q8 = self.quantize == "int8"
-        layers, head = projection_weights(model)
+        layers, head = fused if fused is not None else projection_weights(model)
 
         def pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             w = w.detach().float().contiguous()

@@ -238,3 +238,16 @@ def test_int8_costs_little_on_a_trained_model(tok, odd_model):
     untrained = evaluate_texts(tiny_gpt(tok.vocab_size, **{**ODD_SHAPE, "max_seq_len": 64}), tok, texts, seq_len=64)["loss"]
     assert untrained - fp32 > 1.0  # it learned something
     assert abs(int8 - fp32) < 0.01
+
+
+def test_float32_native_step_shares_the_torch_steps_fused_weights(tok):
+    model = tiny_gpt(tok.vocab_size)
+    gen = TextGenerator(model, tok, decode_backend="native")
+    gen.generate_ids(tok.encode("你好"), GREEDY)
+    torch_ptrs = {w.data_ptr() for layer in gen._decoder.layers for w in layer} | {gen._decoder.head.data_ptr()}
+    native_ptrs = {t.data_ptr() for t in gen._native._keep}
+    fused = {layer[1].data_ptr() for layer in gen._decoder.layers} | {layer[4].data_ptr() for layer in gen._decoder.layers}
+    assert fused <= native_ptrs and fused <= torch_ptrs  # one copy of the concatenated q/k/v and gate/up weights
+    int8 = TextGenerator(model, tok, quantize="int8")
+    int8.generate_ids(tok.encode("你好"), GREEDY)
+    assert any(t.dtype == torch.int8 for t in int8._native._keep)
