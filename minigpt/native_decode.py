@@ -170,6 +170,14 @@ def weights_signature(model: GPT) -> tuple:
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
+def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
+    """The weight a linear layer applies: its own, plus a LoRA adapter's low-rank update if it has one
+    (lora.LoRALinear), so generation during or after adapter training uses what the forward uses."""
+    delta = getattr(linear, "delta_weight", None)
+    w = linear.weight
+    return w if delta is None else (w.float() + delta()).to(w.dtype)
+
+
 def projection_weights(model: GPT) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
     """Per layer (input norm, qkv, o, post norm, gate_up, down) with q/k/v and gate/up concatenated
     in the order the decode steps expect, and the output head weight."""
@@ -177,15 +185,17 @@ def projection_weights(model: GPT) -> tuple[list[tuple[torch.Tensor, ...]], torc
         layers = [
             (
                 blk.input_layernorm.weight,
-                torch.cat([blk.self_attn.q_proj.weight, blk.self_attn.k_proj.weight, blk.self_attn.v_proj.weight]),
-                blk.self_attn.o_proj.weight,
+                torch.cat([effective_weight(blk.self_attn.q_proj), effective_weight(blk.self_attn.k_proj),
+                           effective_weight(blk.self_attn.v_proj)]),
+                effective_weight(blk.self_attn.o_proj),
                 blk.post_attention_layernorm.weight,
-                torch.cat([blk.mlp.gate_proj.weight, blk.mlp.up_proj.weight]),
-                blk.mlp.down_proj.weight,
+                torch.cat([effective_weight(blk.mlp.gate_proj), effective_weight(blk.mlp.up_proj)]),
+                effective_weight(blk.mlp.down_proj),
             )
             for blk in model.layers
         ]
-    return layers, model.lm_head.weight
+        head = effective_weight(model.lm_head)
+    return layers, head
 
 
 class NativeDecoder:

@@ -251,3 +251,26 @@ def test_float32_native_step_shares_the_torch_steps_fused_weights(tok):
     int8 = TextGenerator(model, tok, quantize="int8")
     int8.generate_ids(tok.encode("你好"), GREEDY)
     assert any(t.dtype == torch.int8 for t in int8._native._keep)
+
+
+def test_generation_includes_lora_adapters(tok, odd_model):
+    """Samples taken while an adapter trains (sample_interval in 04) must use the adapter's update."""
+    import copy
+
+    from minigpt.lora import inject_lora, merge_lora
+
+    model = copy.deepcopy(odd_model)
+    inject_lora(model, rank=4, alpha=8.0)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0.0, 0.3)  # a trained-looking adapter (fresh ones are zero, a no-op)
+    ids = tok.encode("今天天气很好")
+    with_adapter = [TextGenerator(model, tok, decode_backend=b).generate_ids(ids, GREEDY) for b in ("native", "torch")]
+    merged = merge_lora(copy.deepcopy(model))
+    expected = TextGenerator(merged, tok, decode_backend="torch").generate_ids(ids, GREEDY)
+    assert with_adapter == [expected, expected]
+    assert expected != TextGenerator(odd_model, tok).generate_ids(ids, GREEDY)  # the adapter matters
+    nd = NativeDecoder(model)
+    assert step_logits_vs_forward(model, nd.step, ids, prefill=2) < 1e-4
