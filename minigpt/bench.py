@@ -312,8 +312,9 @@ def _ratios(same: float | None, eager: float | None) -> str:
 
 def format_table(results: dict[str, Any]) -> str:
     lines = []
-    p = results.get("peak", {})
-    lines.append(f"peak matmul: {p.get('gflops', 0):.1f} GFLOP/s ({p.get('dtype')}, {p.get('threads')} threads, {p.get('device')})")
+    p = results.get("peak")
+    if p:
+        lines.append(f"peak matmul: {p.get('gflops', 0):.1f} GFLOP/s ({p.get('dtype')}, {p.get('threads')} threads, {p.get('device')})")
     if results.get("train"):
         lines.append("")
         lines.append("training step          impl     compile  batch x seq   tokens/s   GFLOP/s    MFU  MFU(local)  peak RSS MB  vs HF (same mode)  vs HF eager"

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import GPT, KVCache
-from .native_decode import (NativeDecoder, check_quantize, dequantize, load_library, projection_weights,
-                            quantize_int8, weights_signature)
+from .native_decode import NativeDecoder, check_quantize, dequantize, load_library, projection_weights, quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -231,11 +230,18 @@ def sample_next(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Ge
 # --------------------------------------------------------------------------- fast decode step
 
 
+def weights_signature(model: GPT) -> tuple:
+    """Changes when any parameter is replaced or changed in place (its version counter moves), e.g. by
+    more training: a decoder holding fused or rounded copies compares it to know it is stale."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
 class _FastDecoder:
     """One decode step (one new token per row) on a GPT's weights, with fewer tensor ops than forward().
 
-    Holds fused copies of q/k/v and gate/up weights; `fresh()` says whether they still match the model
-    (a parameter changed in place bumps its version counter, e.g. after more training).
+    Holds fused copies of q/k/v and gate/up weights (rounded with quantize="int8"); `signature` says
+    whether they still match the model (a parameter changed in place bumps its version counter, e.g.
+    after more training). Also the prompt's prefill, and the weights the native step reads.
     """
 
     def __init__(self, model: GPT, quantize: str | None = None) -> None:
@@ -446,6 +452,7 @@ class TextGenerator:
         self.special_ids = set(getattr(tokenizer, "special_ids", {_EOS_ID, _IM_START_ID, _IM_END_ID, _PAD_ID}))
         self._decoder: _FastDecoder | None = None
         self._native: NativeDecoder | None = None
+        self._native_source: _FastDecoder | None = None  # the PyTorch step whose weights _native reads
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
@@ -493,27 +500,24 @@ class TextGenerator:
 
     # ---- the loop
 
-    def _decoder_for_model(self, signature: tuple | None = None) -> _FastDecoder:
-        signature = signature or weights_signature(self.model)
+    def _decoder_for_model(self) -> _FastDecoder:
+        signature = weights_signature(self.model)
         if self._decoder is None or self._decoder.signature != signature:
             self._decoder = _FastDecoder(self.model, self.quantize)
         return self._decoder
 
-    def _native_for_model(self, batch_size: int, signature: tuple | None = None) -> NativeDecoder | None:
-        """The C decode step when it applies: float32 weights on the CPU, backend not "torch"."""
+    def _native_for_model(self, batch_size: int, torch_step: _FastDecoder) -> NativeDecoder | None:
+        """The C decode step when it applies: float32 weights on the CPU, backend not "torch".
+
+        It reads the PyTorch step's fused weights (re-quantising rounded int8 weights gives the same
+        int8 values), so it is rebuilt exactly when that step is, and holds no second float32 copy."""
         if self.decode_backend == "torch":
             return None
         applies = self.device.type == "cpu" and self.model.embed_tokens.weight.dtype == torch.float32
         if applies and load_library() is not None:
-            signature = signature or weights_signature(self.model)
-            if self._native is None or self._native.signature != signature:
-                # Without quantize the PyTorch step's fused float32 weights are exactly what the C step
-                # reads: share them rather than hold a second copy.
-                fused = None
-                if self.quantize is None:
-                    torch_step = self._decoder_for_model(signature)
-                    fused = (torch_step.layers, torch_step.head)
-                self._native = NativeDecoder(self.model, self.quantize, fused=fused)
+            if self._native is None or self._native_source is not torch_step:
+                self._native = NativeDecoder(self.model, self.quantize, fused=(torch_step.layers, torch_step.head))
+                self._native_source = torch_step
             return self._native
         if self.decode_backend == "native":
             raise RuntimeError(
@@ -540,7 +544,6 @@ class TextGenerator:
             generator.manual_seed(cfg.seed)
         # Neither decode step calls model.forward, so the model's train/eval mode is left alone
         # (toggling it walks every module: ~1 ms a call on the tiny preset).
-        signature = weights_signature(model)
         t0 = time.perf_counter()
         n_generated = 0
         backend = "torch"
@@ -553,7 +556,7 @@ class TextGenerator:
                     ids[r, T - len(p):] = torch.tensor(p, dtype=torch.long)
                 ids = ids.to(dev)
                 # The prompt goes through the PyTorch step's fused (and, with quantize, rounded) weights.
-                prefill = self._decoder_for_model(signature)
+                prefill = self._decoder_for_model()
                 dtype = next(model.parameters()).dtype
                 cache = KVCache.empty(self.cfg, B, T + budget, dev, dtype)
                 valid = None
@@ -580,7 +583,7 @@ class TextGenerator:
                         seen[r, torch.tensor(p, device=dev)] = True
             ngrams = [_NgramIndex(p, cfg.no_repeat_ngram_size) for p in prompts] if cfg.no_repeat_ngram_size else None
             alive = list(range(B))  # batch position -> row index
-            native = self._native_for_model(B, signature)
+            native = self._native_for_model(B, prefill)
             decoder = None if native is not None else prefill
             backend = "native" if native is not None else "torch"
             # The native step takes plain per-row lists: next position, and left-padding slots to skip.
@@ -832,7 +835,8 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
                    new_tokens: int = 64, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3,
                    threads: int | None = None) -> dict:
     """Greedy decode tokens/s of minigpt (and of `transformers` generate on `hf_dir`, the exported
-    folder of the same model) with the same prompt in the same process; best of `repeats`.
+    folder of the same model, when transformers is installed) with the same prompt in the same process;
+    best of `repeats`, interleaved.
 
     At batch 1 more variants run: "int8" (the native step on int8 weights), "torch_step" (float32, the
     PyTorch decode step instead of the native one), and "sample" against "hf_sample" (BENCH_SAMPLING
@@ -841,50 +845,50 @@ def bench_generate(model: GPT, tokenizer: Any, hf_dir: str | Path | None = None,
     "ratio_int8": {1: x}, "torch_step": {1: tok/s}, "sample": {1: tok/s}, "hf_sample": {1: tok/s},
     "ratio_sample": {1: x}, "backend": {B: name}, "fp32_read_floor": tok/s} (hf/ratios only with hf_dir).
     """
+    import importlib.util
+
     if threads:
         torch.set_num_threads(threads)
-    variants = {"minigpt": TextGenerator(model, tokenizer), "int8": TextGenerator(model, tokenizer, quantize="int8"),
-                "torch_step": TextGenerator(model, tokenizer, decode_backend="torch")}
-    prompt_ids = variants["minigpt"].encode_prompt(prompt)
-    res: dict[str, Any] = {"threads": torch.get_num_threads(), "new_tokens": new_tokens, "prompt_tokens": len(prompt_ids),
-                           "hf": {}, "ratio": {}, "ratio_int8": {}, "backend": {}, "sample": {}, "hf_sample": {},
-                           "ratio_sample": {}, **{k: {} for k in variants}}
+    fp32 = TextGenerator(model, tokenizer)
+    # name -> (generator or None for transformers, sampled?); names after the first two run at batch 1 only
+    variants: dict[str, tuple[TextGenerator | None, bool]] = {
+        "minigpt": (fp32, False), "hf": (None, False), "int8": (TextGenerator(model, tokenizer, quantize="int8"), False),
+        "torch_step": (TextGenerator(model, tokenizer, decode_backend="torch"), False), "sample": (fp32, True),
+        "hf_sample": (None, True)}
+    # The ratios the table shows: variant -> the transformers run it is compared with.
+    ratios = {"ratio": ("minigpt", "hf"), "ratio_int8": ("int8", "hf"), "ratio_sample": ("sample", "hf_sample")}
     hf_model = None
-    if hf_dir is not None:
+    if hf_dir is not None and importlib.util.find_spec("transformers") is None:
+        logger.warning("transformers is not installed (pip install -e '.[hf]'): timing minigpt alone")
+    elif hf_dir is not None:
         from transformers import AutoModelForCausalLM
 
         hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    prompt_ids = fp32.encode_prompt(prompt)
+    res: dict[str, Any] = {"threads": torch.get_num_threads(), "new_tokens": new_tokens, "prompt_tokens": len(prompt_ids),
+                           "backend": {}, **{k: {} for k in [*variants, *ratios]}}
+
+    def timed(name: str, prompts: list[list[int]], n: int) -> float:
+        gen, sample = variants[name]
+        return _time_hf(hf_model, prompts, n, sample) if gen is None else _time_minigpt(gen, prompts, n, sample)
+
     for b in batch_sizes:
         prompts = [list(prompt_ids) for _ in range(b)]
-        gens = {k: g for k, g in variants.items() if b == 1 or k == "minigpt"}
-        for g in gens.values():
-            _time_minigpt(g, prompts, 4)  # warm-up (allocator, first-call dispatch, building the C step)
-        if hf_model is not None:
-            _time_hf(hf_model, prompts, 4)
-        times: dict[str, list[float]] = {k: [] for k in [*gens, "hf"]}
+        names = [k for i, (k, (gen, _)) in enumerate(variants.items())
+                 if (b == 1 or i < 2) and (gen is not None or hf_model is not None)]
+        for k in names:
+            timed(k, prompts, 4)  # warm-up (allocator, first-call dispatch, building the C step)
+        times: dict[str, list[float]] = {k: [] for k in names}
         # Interleaved, best of `repeats`: on a shared machine all see the same background load.
         for _ in range(repeats):
-            for k, g in gens.items():
-                times[k].append(_time_minigpt(g, prompts, new_tokens))
-            if hf_model is not None:
-                times["hf"].append(_time_hf(hf_model, prompts, new_tokens))
-        if b == 1:
-            _time_minigpt(variants["minigpt"], prompts, 4, sample=True)
-            times["sample"] = [_time_minigpt(variants["minigpt"], prompts, new_tokens, sample=True) for _ in range(repeats)]
-            res["sample"][b] = max(times["sample"])
-            if hf_model is not None:
-                _time_hf(hf_model, prompts, 4, sample=True)
-                times["hf_sample"] = [_time_hf(hf_model, prompts, new_tokens, sample=True) for _ in range(repeats)]
-                res["hf_sample"][b] = max(times["hf_sample"])
-                res["ratio_sample"][b] = res["sample"][b] / res["hf_sample"][b]
-        for k, g in gens.items():
+            for k in names:
+                times[k].append(timed(k, prompts, new_tokens))
+        for k in names:
             res[k][b] = max(times[k])
-        res["backend"][b] = variants["minigpt"].last_stats.get("backend")
-        if hf_model is not None:
-            res["hf"][b] = max(times["hf"])
-            res["ratio"][b] = res["minigpt"][b] / res["hf"][b]
-            if b in res["int8"]:
-                res["ratio_int8"][b] = res["int8"][b] / res["hf"][b]
-        logger.info("batch %d: %s", b, ", ".join(f"{k} {max(v):.0f} tok/s" for k, v in times.items() if v))
+        for r, (mine, theirs) in ratios.items():
+            if b in res[mine] and b in res[theirs]:
+                res[r][b] = res[mine][b] / res[theirs][b]
+        res["backend"][b] = fp32.last_stats.get("backend")
+        logger.info("batch %d: %s", b, ", ".join(f"{k} {max(v):.0f} tok/s" for k, v in times.items()))
     res["fp32_read_floor"] = weight_read_floor(model)
     return res

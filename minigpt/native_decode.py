@@ -149,8 +149,7 @@ def quantized_copy(model: GPT, quantize: str | None = "int8") -> GPT:
         return out
     with torch.no_grad():
         for blk in out.layers:
-            for lin in (blk.self_attn.q_proj, blk.self_attn.k_proj, blk.self_attn.v_proj, blk.self_attn.o_proj,
-                        blk.mlp.gate_proj, blk.mlp.up_proj, blk.mlp.down_proj):
+            for lin in block_projections(blk):
                 lin.weight.copy_(dequantize(*quantize_int8(lin.weight)))
         out.lm_head.weight = torch.nn.Parameter(dequantize(*quantize_int8(out.lm_head.weight)))
     return out
@@ -164,12 +163,6 @@ def check_quantize(quantize: str | None) -> str | None:
     return quantize
 
 
-def weights_signature(model: GPT) -> tuple:
-    """Changes when any parameter is replaced or changed in place (its version counter moves), e.g. by
-    more training: decoders holding fused or quantised copies compare it to know they are stale."""
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
-
-
 def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
     """The weight a linear layer applies: its own, plus a LoRA adapter's low-rank update if it has one
     (lora.LoRALinear), so generation during or after adapter training uses what the forward uses."""
@@ -178,22 +171,21 @@ def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
     return w if delta is None else (w.float() + delta()).to(w.dtype)
 
 
+def block_projections(blk: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """A block's linear layers in the decode steps' order: q, k, v, o, gate, up, down."""
+    a, m = blk.self_attn, blk.mlp
+    return a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj
+
+
 def projection_weights(model: GPT) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
     """Per layer (input norm, qkv, o, post norm, gate_up, down) with q/k/v and gate/up concatenated
     in the order the decode steps expect, and the output head weight."""
+    layers = []
     with torch.no_grad():
-        layers = [
-            (
-                blk.input_layernorm.weight,
-                torch.cat([effective_weight(blk.self_attn.q_proj), effective_weight(blk.self_attn.k_proj),
-                           effective_weight(blk.self_attn.v_proj)]),
-                effective_weight(blk.self_attn.o_proj),
-                blk.post_attention_layernorm.weight,
-                torch.cat([effective_weight(blk.mlp.gate_proj), effective_weight(blk.mlp.up_proj)]),
-                effective_weight(blk.mlp.down_proj),
-            )
-            for blk in model.layers
-        ]
+        for blk in model.layers:
+            q, k, v, o, gate, up, down = (effective_weight(lin) for lin in block_projections(blk))
+            layers.append((blk.input_layernorm.weight, torch.cat([q, k, v]), o, blk.post_attention_layernorm.weight,
+                           torch.cat([gate, up]), down))
         head = effective_weight(model.lm_head)
     return layers, head
 
@@ -208,13 +200,13 @@ class NativeDecoder:
 
     def __init__(self, model: GPT, quantize: str | None = None, n_threads: int | None = None,
                  fused: tuple[list[tuple[torch.Tensor, ...]], torch.Tensor] | None = None) -> None:
-        """fused: projection_weights(model) already made (float32, unrounded), e.g. the PyTorch step's, to
-        share instead of concatenating a second copy of the weights."""
+        """fused: projection_weights(model) already made, e.g. the PyTorch step's, to share instead of
+        concatenating a second copy (float32 ones are read in place; already-rounded ones quantise back
+        to the same int8 values)."""
         lib = load_library()
         if lib is None:
             raise RuntimeError("the native decode step could not be built; see the warning above")
         self.lib = lib
-        self.signature = weights_signature(model)
         self.quantize = check_quantize(quantize)
         cfg: ModelConfig = model.config
         self.cfg = cfg

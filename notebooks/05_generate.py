@@ -123,22 +123,11 @@ print(sorted(p.name for p in hf_dir.iterdir()))
 # `generate` on the folder just exported, in this process.
 
 # %%
-import pandas as pd
-
+from minigpt.bench import format_table
 from minigpt.generate import bench_generate
 
-try:
-    import transformers  # noqa: F401  (the optional `hf` extra)
-    hf_for_bench = hf_dir
-except ImportError:
-    hf_for_bench = None
-speed = bench_generate(model, tokenizer, hf_dir=hf_for_bench, new_tokens=P.bench_new_tokens, batch_sizes=(1,), repeats=1)
-step = speed["backend"][1]  # "native" unless the C step could not be built here
-pd.DataFrame({
-    "minigpt tokens/s": {f"greedy, fp32, {step} step": speed["minigpt"][1], f"greedy, int8, {step} step": speed["int8"][1],
-                         "greedy, fp32, PyTorch step": speed["torch_step"][1], f"sampled, fp32, {step} step": speed["sample"][1]},
-    "transformers tokens/s": {f"greedy, fp32, {step} step": speed["hf"].get(1), f"sampled, fp32, {step} step": speed["hf_sample"].get(1)},
-}).round(0)
+speed = bench_generate(model, tokenizer, hf_dir=hf_dir, new_tokens=P.bench_new_tokens, batch_sizes=(1,), repeats=1)
+print(format_table({"generate": {ckpt_dir.name: speed}}))
 
 # %% [markdown]
 # What int8 costs in quality: the validation loss with the weights rounded as the int8 step rounds them.

@@ -42,6 +42,18 @@ def tiny_gpt(vocab_size: int, seed: int = 0, **shape):
     return GPT(ModelConfig(**cfg)).eval()
 
 
+def train_briefly(model, batches, lr: float = 3e-3):
+    """AdamW steps over `batches` ((B, T+1) token tensors, inputs and shifted targets); returns the model in eval mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for xy in batches:
+        _, loss = model(xy[:, :-1], xy[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 RUN_LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。",
              "经济发展需要改革开放。", "Hello, how are you today?", "新华社记者报道了这条消息。"]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import train_briefly
 from minigpt import GPT, ModelConfig
 from minigpt.checkpoint import save_checkpoint
 from minigpt.generate import (
@@ -68,16 +69,14 @@ def _train(tok, steps: int, seed: int) -> GPT:
     for t in corpus(200, seed=1):
         ids += tok.encode(t) + [tok.eos_id]
     data = torch.tensor(ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - 33, (16,), generator=g)
-        xy = torch.stack([data[s:s + 33] for s in starts])
-        _, loss = model(xy[:, :-1], xy[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+
+    def batches():
+        for _ in range(steps):
+            starts = torch.randint(0, len(data) - 33, (16,), generator=g)
+            yield torch.stack([data[s:s + 33] for s in starts])
+
+    return train_briefly(model, batches())
 
 
 @pytest.fixture(scope="module")

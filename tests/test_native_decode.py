@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import tiny_gpt, tiny_tokenizer
+from conftest import tiny_gpt, tiny_tokenizer, train_briefly
 from minigpt import native_decode
 from minigpt.generate import GenerationConfig, TextGenerator, _FastDecoder
 from minigpt.model import KVCache
@@ -34,14 +34,7 @@ def trained(tok, steps: int = 40, **shape):
     model = tiny_gpt(tok.vocab_size, **{**shape, "max_seq_len": 64})
     ids = sum((tok.encode(t) + [tok.eos_id] for t in mixed_corpus(n=60)), [])
     data = torch.tensor(ids[: 8 * 65]).view(8, 65)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        _, loss = model(data[:, :-1], data[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_briefly(model, [data] * steps)
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +267,19 @@ def test_generation_includes_lora_adapters(tok, odd_model):
     assert expected != TextGenerator(odd_model, tok).generate_ids(ids, GREEDY)  # the adapter matters
     nd = NativeDecoder(model)
     assert step_logits_vs_forward(model, nd.step, ids, prefill=2) < 1e-4
+
+
+def test_bench_generate_without_transformers_times_minigpt_alone(tok, monkeypatch, caplog, tmp_path):
+    import importlib.util
+
+    from minigpt.generate import bench_generate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    with caplog.at_level(logging.WARNING, logger="minigpt.generate"):
+        res = bench_generate(tiny_gpt(tok.vocab_size), tok, hf_dir=tmp_path, prompt="你好", new_tokens=3,
+                             batch_sizes=(1, 2), repeats=1)
+    assert "transformers is not installed" in caplog.text
+    assert res["hf"] == res["hf_sample"] == res["ratio"] == {}
+    assert set(res["minigpt"]) == {1, 2} and set(res["int8"]) == set(res["sample"]) == set(res["torch_step"]) == {1}
+    assert res["backend"] == {1: "native", 2: "native"} and all(v > 0 for v in res["minigpt"].values())
