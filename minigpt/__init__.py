@@ -12,12 +12,12 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "ModelConfig": "config",
     "TrainConfig": "config",
-    "GPT": "model",
-    "Trainer": "trainer",
-    "GenerationConfig": "generate",
-    "TextGenerator": "generate",
-    "load_checkpoint": "checkpoint",
-    "export_hf": "export",
+    "GPT": "model.gpt",
+    "Trainer": "train.trainer",
+    "GenerationConfig": "infer.generate",
+    "TextGenerator": "infer.generate",
+    "load_checkpoint": "train.checkpoint",
+    "export_hf": "infer.export",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -69,8 +69,8 @@ def _train_setup(preset: str, impl: str, compile_: bool):
 
     from .config import ModelConfig, TrainConfig
     from .devices import set_threads
-    from .model import GPT
-    from .trainer import build_optimizer
+    from .model.gpt import GPT
+    from .train.trainer import build_optimizer
 
     set_threads(0)
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def train_step_case(preset: str, impl: str, compile_: bool, steps: int, warmup: 
     import torch
 
     from .devices import measure_peak_flops, peak_rss_mb
-    from .trainer import flops_per_token
+    from .train.trainer import flops_per_token
 
     model, step, cfg, batch, seq = _train_setup(preset, impl, compile_)
     t_compile = time.perf_counter()
@@ -214,12 +214,12 @@ def bench_generation(presets: list[str], new_tokens: int, repeats: int) -> dict[
     """minigpt vs HF generate on the same randomly initialised model, exported once per preset."""
     import torch
 
-    from .checkpoint import save_checkpoint
+    from .train.checkpoint import save_checkpoint
     from .config import ModelConfig
-    from .export import export_hf
-    from .generate import bench_generate
-    from .model import GPT
-    from .tokenizer import TokenizerConfig, train_tokenizer
+    from .infer.export import export_hf
+    from .infer.generate import bench_generate
+    from .model.gpt import GPT
+    from .data.tokenizer import TokenizerConfig, train_tokenizer
 
     out: dict[str, Any] = {}
     texts = _builtin_texts(2000)
@@ -239,7 +239,7 @@ def bench_generation(presets: list[str], new_tokens: int, repeats: int) -> dict[
 
 def _builtin_texts(limit: int) -> list[str]:
     """Raw built-in Chinese text (People's Daily with tags stripped, then reviews), one document a line."""
-    from .sources import peoples_daily_path, review_paths, strip_pos_tags
+    from .data.sources import peoples_daily_path, review_paths, strip_pos_tags
 
     texts: list[str] = []
     for path, tagged in [(peoples_daily_path(), True)] + [(p, False) for p in review_paths()]:
@@ -254,8 +254,8 @@ def _builtin_texts(limit: int) -> list[str]:
 
 
 def bench_text_tools(quick: bool) -> dict[str, Any]:
-    from .clean import bench_clean
-    from .packing import bench_tokenizer
+    from .data.clean import bench_clean
+    from .data.packing import bench_tokenizer
 
     texts = _builtin_texts(5000 if quick else 10 ** 9)
     return {"tokenizer": bench_tokenizer(texts, vocab_size=6400),
@@ -270,7 +270,7 @@ def time_to_quality(minutes: float, out_dir: Path) -> dict[str, Any]:
     run_dir = out_dir / "ttq"
     run_notebooks("tiny", run_dir, notebooks=("01_data_clean", "02_tokenizer"))
     from .params import load_params
-    from .pretrain import build_pretrain_trainer
+    from .train.pretrain import build_pretrain_trainer
 
     P = load_params("pretrain", {"config": "tiny", "run_dir": str(run_dir), "max_steps": 100000, "eval_interval": 25,
                                  "save_steps": 100000, "warmup_steps": 30, "plot_loss": False})
@@ -286,7 +286,7 @@ def time_to_quality(minutes: float, out_dir: Path) -> dict[str, Any]:
 
     trainer.callbacks.append(Deadline())
     trainer.fit()
-    from .plots import read_metrics
+    from .ui.plots import read_metrics
 
     evals = [r for r in read_metrics(trainer.metrics_path) if "val_bpc" in r]
     import matplotlib.pyplot as plt
@@ -352,7 +352,7 @@ def format_table(results: dict[str, Any]) -> str:
                 hf1 = g.get("hf", {}).get(1)
                 lines.append(f"  {preset:<20} batch-1 fp32 ceiling, estimated (one read of the weights a token): "
                              f"{g['fp32_read_floor']:.0f} tok/s" + (f" = {g['fp32_read_floor'] / hf1:.2f}x HF" if hf1 else ""))
-        from .generate import BENCH_SAMPLING
+        from .infer.generate import BENCH_SAMPLING
 
         lines.append("  (sampled: " + ", ".join(f"{k} {v}" for k, v in BENCH_SAMPLING.items()) + " in both libraries)")
     tools = results.get("text", {})

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from .plots import read_metrics
+from .ui.plots import read_metrics
 
 
 def find_training_dir(path: str | Path) -> Path:

@@ -28,11 +28,11 @@ logger = logging.getLogger(__name__)
 
 # section -> (notebook, [dataclass paths]); a section is also the name of a YAML block for that notebook.
 SECTIONS: dict[str, tuple[str, list[str]]] = {
-    "clean": ("01_data_clean", ["minigpt.clean:CleanConfig"]),
-    "tokenizer": ("02_tokenizer", ["minigpt.tokenizer:TokenizerConfig"]),
+    "clean": ("01_data_clean", ["minigpt.data.clean:CleanConfig"]),
+    "tokenizer": ("02_tokenizer", ["minigpt.data.tokenizer:TokenizerConfig"]),
     "pretrain": ("03_pretrain", ["minigpt.config:ModelConfig", "minigpt.config:TrainConfig"]),
-    "sft": ("04_sft", ["minigpt.config:TrainConfig", "minigpt.sft:SFTConfig"]),
-    "generate": ("05_generate", ["minigpt.generate:GenerationConfig"]),
+    "sft": ("04_sft", ["minigpt.config:TrainConfig", "minigpt.train.sft:SFTConfig"]),
+    "generate": ("05_generate", ["minigpt.infer.generate:GenerationConfig"]),
 }
 
 # Parameters every notebook takes.

@@ -43,7 +43,7 @@ val_fraction = None
 # %%
 # NBVAL_CHECK_OUTPUT
 from minigpt.params import load_params, validate_dataclass
-from minigpt.clean import CleanConfig, run_cleaning, stats_table, example_rejects, plot_clean_stats
+from minigpt.data.clean import CleanConfig, run_cleaning, stats_table, example_rejects, plot_clean_stats
 
 P = load_params("clean", globals())
 clean_cfg = P.build(CleanConfig)

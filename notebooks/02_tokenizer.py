@@ -35,7 +35,7 @@ retrain_tokenizer = None      # False reuses an existing tokenizer
 
 # %%
 from minigpt.params import load_params, validate_dataclass
-from minigpt.tokenizer import TokenizerConfig, build_tokenizer, quality_report, quality_tables, iter_texts, render_tokens_html
+from minigpt.data.tokenizer import TokenizerConfig, build_tokenizer, quality_report, quality_tables, iter_texts, render_tokens_html
 
 P = load_params("tokenizer", globals())
 tok_cfg = P.build(TokenizerConfig)
@@ -80,7 +80,7 @@ HTML("".join(render_tokens_html(tok, t) for t in val_texts[:3]))
 # identical files.
 
 # %%
-from minigpt.packing import pack_corpus
+from minigpt.data.packing import pack_corpus
 
 meta = pack_corpus(P.paths["data"], tok, P.paths["tokens"])
 

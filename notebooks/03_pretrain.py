@@ -56,8 +56,8 @@ print(system_report(preset=P.preset, device=P.device, dtype=P.dtype, batch_size=
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from minigpt.pretrain import build_pretrain_trainer
-from minigpt.plots import LivePlot
+from minigpt.train.pretrain import build_pretrain_trainer
+from minigpt.ui.plots import LivePlot
 
 live = LivePlot(every=P.live_plot_interval, title="pretrain loss")
 trainer = build_pretrain_trainer(P, callbacks=[live])
@@ -74,14 +74,14 @@ print(f"steps: {trainer.max_steps}, batch {P.batch_size} x {trainer.seq_len} tok
 # the trainer saves a checkpoint at the current step and returns.
 #
 # With `nproc_per_node` > 1 the same parameters go to `launch()`, which runs `torchrun` on
-# `minigpt.train_worker` in a subprocess (gloo on CPU, nccl on CUDA) and streams its log here;
+# `minigpt.train.worker` in a subprocess (gloo on CPU, nccl on CUDA) and streams its log here;
 # interrupting the cell stops every worker, after they save.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 import logging
 
-from minigpt.launch import launch
+from minigpt.train.launch import launch
 
 logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
 if P.nproc_per_node > 1:
@@ -98,7 +98,7 @@ print(result)
 # %%
 import math
 
-from minigpt.plots import read_metrics
+from minigpt.ui.plots import read_metrics
 
 evals = [r for r in read_metrics(trainer.metrics_path) if "val_loss" in r]
 first, last = evals[0], evals[-1]
@@ -108,8 +108,8 @@ if "val_bpc" in last:
 assert math.isfinite(last["val_loss"])
 
 # %%
-from minigpt.checkpoint import load_checkpoint
-from minigpt.generate import GenerationConfig, TextGenerator
+from minigpt.train.checkpoint import load_checkpoint
+from minigpt.infer.generate import GenerationConfig, TextGenerator
 
 model, tokenizer, _ = load_checkpoint(trainer.output_dir / "final_model")  # also what a DDP run saved
 gen = TextGenerator(model, tokenizer)
@@ -118,7 +118,7 @@ for prompt in ("你好，", "中国", "经济"):
 
 # %% [markdown]
 # The loss curve saved with the final checkpoint (`plots/loss_curve_final_step_N.png`), two
-# panels: the whole run and the last 1000 steps. `python -m minigpt.plots RUN_DIR` redraws it.
+# panels: the whole run and the last 1000 steps. `python -m minigpt.ui.plots RUN_DIR` redraws it.
 
 # %%
 from IPython.display import Image
@@ -132,7 +132,7 @@ Image(filename=str(trainer.output_dir / "plots" / "loss_curve_latest.png"))
 # Under papermill the panel is only shown; nothing waits for a click.
 
 # %%
-from minigpt.train_panel import TrainingPanel
+from minigpt.ui.train_panel import TrainingPanel
 
 if P.show_widgets:
     panel = TrainingPanel(P, lambda p: build_pretrain_trainer(p, callbacks=[LivePlot(every=5, target=panel.output)]))

@@ -49,8 +49,8 @@ lora_rank = None
 # %%
 # NBVAL_CHECK_OUTPUT
 from minigpt.params import load_params
-from minigpt.sft import build_sft_trainer
-from minigpt.plots import LivePlot
+from minigpt.train.sft import build_sft_trainer
+from minigpt.ui.plots import LivePlot
 
 P = load_params("sft", globals())
 live = LivePlot(every=P.live_plot_interval, title="SFT loss")
@@ -62,7 +62,7 @@ print(info)
 # The same prompts are asked before and after, through the chat template.
 
 # %%
-from minigpt.generate import GenerationConfig, TextGenerator
+from minigpt.infer.generate import GenerationConfig, TextGenerator
 
 prompts = ["你好", "你叫什么名字？", "你喜欢什么？"]
 greedy = GenerationConfig(max_new_tokens=30, do_sample=False, repetition_penalty=1.2)

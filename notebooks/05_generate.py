@@ -42,8 +42,8 @@ decode_backend = None    # "auto" (C step at batch 1 on a CPU), "native" or "tor
 from pathlib import Path
 
 from minigpt.params import load_params, validate_dataclass
-from minigpt.generate import GenerationConfig, TextGenerator, read_prompts_file
-from minigpt.checkpoint import load_checkpoint
+from minigpt.infer.generate import GenerationConfig, TextGenerator, read_prompts_file
+from minigpt.train.checkpoint import load_checkpoint
 
 P = load_params("generate", globals())
 gen_cfg = P.build(GenerationConfig)
@@ -89,7 +89,7 @@ print("assistant:", reply)
 # the tokenizer, so runs with different vocabularies can be compared.
 
 # %%
-from minigpt.evaluate import evaluate_split, write_samples
+from minigpt.infer.evaluate import evaluate_split, write_samples
 
 metrics = evaluate_split(model, P.paths["tokens"], "val", num_batches=20)
 print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
@@ -108,7 +108,7 @@ print(samples_md)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from minigpt.export import export_hf
+from minigpt.infer.export import export_hf
 
 hf_dir = export_hf(ckpt_dir, Path(P.export_dir) if P.export_dir else P.run_dir / "hf")
 print(sorted(p.name for p in hf_dir.iterdir()))
@@ -124,7 +124,7 @@ print(sorted(p.name for p in hf_dir.iterdir()))
 
 # %%
 from minigpt.bench import format_table
-from minigpt.generate import bench_generate
+from minigpt.infer.generate import bench_generate
 
 speed = bench_generate(model, tokenizer, hf_dir=hf_dir, new_tokens=P.bench_new_tokens, batch_sizes=(1,), repeats=1)
 print(format_table({"generate": {ckpt_dir.name: speed}}))
@@ -133,7 +133,7 @@ print(format_table({"generate": {ckpt_dir.name: speed}}))
 # What int8 costs in quality: the validation loss with the weights rounded as the int8 step rounds them.
 
 # %%
-from minigpt.native_decode import quantized_copy
+from minigpt.infer.native_decode import quantized_copy
 
 int8_metrics = evaluate_split(quantized_copy(model, "int8"), P.paths["tokens"], "val", num_batches=20)
 print(f"val loss fp32 {metrics['loss']:.4f}, int8 {int8_metrics['loss']:.4f} "
@@ -145,7 +145,7 @@ print(f"val loss fp32 {metrics['loss']:.4f}, int8 {int8_metrics['loss']:.4f} "
 # with history (**Clear** starts over). Under papermill the panel is only shown.
 
 # %%
-from minigpt.widgets import GenerationPanel
+from minigpt.ui.widgets import GenerationPanel
 
 if P.show_widgets:
     panel = GenerationPanel(gen, gen_cfg, prompt=P.prompt, prompts_file=P.prompts_file)

@@ -28,7 +28,7 @@ def mixed_corpus(lines=MIXED_LINES, n: int = 100, k: int = 3, seed: int = 0) -> 
 
 
 def tiny_tokenizer(lines=MIXED_LINES, n: int = 100, vocab_size: int = 300):
-    from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+    from minigpt.data.tokenizer import TokenizerConfig, train_tokenizer
 
     return train_tokenizer(mixed_corpus(lines, n), TokenizerConfig(tokenizer_vocab_size=vocab_size, min_frequency=2))
 
@@ -62,8 +62,8 @@ def make_tiny_run(run):
     """A run directory holding what notebooks 01 and 02 would write: data, a tokenizer and token files."""
     import json
 
-    from minigpt.packing import pack_corpus
-    from minigpt.tokenizer import TokenizerConfig, build_tokenizer
+    from minigpt.data.packing import pack_corpus
+    from minigpt.data.tokenizer import TokenizerConfig, build_tokenizer
 
     data = run / "data"
     data.mkdir(parents=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minigpt.clean import STEPS, CleanConfig, Cleaner
+from minigpt.data.clean import STEPS, CleanConfig, Cleaner
 
 # Distinct, ordinary sentences: each passes every filter and none is a near duplicate of another.
 GOOD = [

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from minigpt import checkpoint as ckpt
+from minigpt.train import checkpoint as ckpt
 from test_trainer import make_trainer
 
 
@@ -82,7 +82,7 @@ def test_damaged_newest_checkpoint_is_skipped(trained, tmp_path, caplog, damage)
         (newest / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ckpt.CheckpointError):
         ckpt.verify_checkpoint(newest)
-    with caplog.at_level(logging.WARNING, logger="minigpt.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.train.checkpoint"):
         assert ckpt.latest_valid_checkpoint(out) == out / "checkpoint_step_4"
     assert "checkpoint_step_6" in caplog.text  # the warning names the skipped checkpoint
     # auto-resume uses the previous good one
@@ -141,7 +141,7 @@ def test_resume_refuses_other_model_shape_and_tokenizer(trained, tmp_path):
 def test_resume_with_changed_lr_batch_and_steps_warns(trained, tmp_path, caplog):
     out = copy_run(trained, tmp_path)
     t = make_trainer(tmp_path, max_steps=9, learning_rate=1e-3, auto_resume=True)
-    with caplog.at_level(logging.WARNING, logger="minigpt.trainer"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.train.trainer"):
         t._maybe_resume()
     assert t.step == 6
     assert "learning_rate changed" in caplog.text and "max_steps changed" in caplog.text

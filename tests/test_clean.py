@@ -1,4 +1,4 @@
-"""Tests for minigpt.clean: every reject reason, cleaning steps, dedup, split, resume, memory."""
+"""Tests for minigpt.data.clean: every reject reason, cleaning steps, dedup, split, resume, memory."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt import clean as C
-from minigpt.clean import CleanConfig, run_cleaning
+from minigpt.data import clean as C
+from minigpt.data.clean import CleanConfig, run_cleaning
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_clean import (  # noqa: E402
@@ -493,7 +493,7 @@ def test_memory_stays_bounded_on_a_large_file(tmp_path):
     # ru_maxrss across fork+exec, so a child of a large pytest process would report the parent's size.
     script = textwrap.dedent("""
         import sys
-        from minigpt.clean import CleanConfig, run_cleaning
+        from minigpt.data.clean import CleanConfig, run_cleaning
         from minigpt.devices import peak_rss_mb
         base = peak_rss_mb()
         stats = run_cleaning(CleanConfig(data_files=[sys.argv[1]], near_dedup=False, progress=False), sys.argv[2])
@@ -518,7 +518,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     cfg = config(f, checkpoint_every=1000)
     full = run_cleaning(cfg, tmp_path / "full")
     script = textwrap.dedent(f"""
-        from minigpt.clean import CleanConfig, run_cleaning
+        from minigpt.data.clean import CleanConfig, run_cleaning
         run_cleaning(CleanConfig(data_files=[{str(f)!r}], checkpoint_every=1000, progress=False), {str(tmp_path / 'killed')!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt.chat_data import ChatBatches, build_chat_example
-from minigpt.datasets import IGNORE_INDEX, WindowSampler, sequential_windows
-from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+from minigpt.data.chat_data import ChatBatches, build_chat_example
+from minigpt.data.datasets import IGNORE_INDEX, WindowSampler, sequential_windows
+from minigpt.data.tokenizer import TokenizerConfig, train_tokenizer
 
 TEXTS = ["你好，很高兴认识你。", "今天天气很好，我们去公园散步吧。", "Hello there, how are you today?",
          "我叫小明，我喜欢读书和跑步。", "人工智能正在改变世界。"] * 20

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt.evaluate import bits_per_char, evaluate_split, evaluate_texts, split_meta, write_samples
-from minigpt.generate import GenerationConfig, TextGenerator
+from minigpt.infer.evaluate import bits_per_char, evaluate_split, evaluate_texts, split_meta, write_samples
+from minigpt.infer.generate import GenerationConfig, TextGenerator
 from conftest import mixed_corpus, tiny_gpt, tiny_tokenizer
 
 LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "中国的首都是北京。"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from minigpt import GPT, ModelConfig
-from minigpt.checkpoint import save_checkpoint
-from minigpt.export import export_hf, main
-from minigpt.generate import GenerationConfig, TextGenerator
+from minigpt.train.checkpoint import save_checkpoint
+from minigpt.infer.export import export_hf, main
+from minigpt.infer.generate import GenerationConfig, TextGenerator
 from conftest import tiny_gpt, tiny_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -101,7 +101,7 @@ def test_cli_and_bad_checkpoint(exported, tmp_path, capsys):
 
 
 def test_untied_head_is_exported(exported, tmp_path):
-    from minigpt.export import export_model
+    from minigpt.infer.export import export_model
 
     _, tok, out = exported
     torch.manual_seed(1)

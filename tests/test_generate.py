@@ -14,8 +14,8 @@ import torch
 
 from conftest import train_briefly
 from minigpt import GPT, ModelConfig
-from minigpt.checkpoint import save_checkpoint
-from minigpt.generate import (
+from minigpt.train.checkpoint import save_checkpoint
+from minigpt.infer.generate import (
     ChatSession,
     GenerationConfig,
     TextGenerator,
@@ -28,7 +28,7 @@ from minigpt.generate import (
     top_k_filter,
     top_p_filter,
 )
-from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+from minigpt.data.tokenizer import TokenizerConfig, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = [
@@ -112,8 +112,8 @@ def test_kv_cache_equals_no_cache_greedy(gen, model, tok):
 
 
 def test_fast_decode_logits_match_full_forward(gen, model, tok):
-    from minigpt.generate import _FastDecoder
-    from minigpt.model import KVCache
+    from minigpt.infer.generate import _FastDecoder
+    from minigpt.model.gpt import KVCache
 
     ids = torch.tensor([tok.encode("中国的首都是北京。我喜欢读书")])
     cache = KVCache.empty(model.config, 1, 40, "cpu", torch.float32)
@@ -169,7 +169,7 @@ def test_temperature_and_combined_filters():
 
 def test_top_k_candidates_equal_the_full_filters():
     """sample_next's shortcut (top-p on the k candidates only) keeps exactly what process_logits keeps."""
-    from minigpt.generate import candidate_logits
+    from minigpt.infer.generate import candidate_logits
 
     torch.manual_seed(0)
     rows = torch.randn(6, 40) * 3
@@ -190,7 +190,7 @@ def test_top_k_candidates_equal_the_full_filters():
 
 
 def test_sample_next_frequencies():
-    from minigpt.generate import sample_next
+    from minigpt.infer.generate import sample_next
 
     probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05])
     logits = probs.log().expand(20000, 5).contiguous()
@@ -382,7 +382,7 @@ def test_chat_drops_oldest_turns_when_too_long(gen, caplog):
     for i in range(20):
         long += [{"role": "user", "content": "今天天气很好，我们去公园散步。"}, {"role": "assistant", "content": "好的。"}]
     long.append({"role": "user", "content": "你好"})
-    with caplog.at_level(logging.WARNING, logger="minigpt.generate"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.infer.generate"):
         ids = gen.chat_prompt_ids(long, GREEDY)
     assert len(ids) <= gen.cfg.max_seq_len - 1
     assert "dropped" in caplog.text
@@ -405,7 +405,7 @@ def test_bad_config_names_field(gen, field, value):
 
 
 def test_empty_prompt_starts_from_eos(gen, tok, model, caplog):
-    with caplog.at_level(logging.WARNING, logger="minigpt.generate"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.infer.generate"):
         out = gen.generate_ids(gen.encode_prompt(""), GREEDY.replace(max_new_tokens=8))
     assert "<|endoftext|>" in caplog.text
     assert out == no_cache_greedy(model, [tok.eos_id], 8)
@@ -416,7 +416,7 @@ def test_long_prompt_is_cut_from_left(gen, tok, model, caplog):
     ids = tok.encode(text)
     assert len(ids) > model.config.max_seq_len
     cfg = GREEDY.replace(max_new_tokens=10)
-    with caplog.at_level(logging.WARNING, logger="minigpt.generate"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.infer.generate"):
         out = gen.generate(text, cfg)
     assert "longer than the context" in caplog.text
     keep = model.config.max_seq_len - 10
@@ -454,7 +454,7 @@ def test_chat_cli(tmp_path, model, tok):
                            tokenizer_dir=tmp_path / "tok")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "minigpt.chat", str(ckpt), "--max_new_tokens", "8", "--seed", "0"],
+        [sys.executable, "-m", "minigpt.infer.chat", str(ckpt), "--max_new_tokens", "8", "--seed", "0"],
         input="你好\nclear\n介绍一下中国\nq\n", capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
@@ -463,7 +463,7 @@ def test_chat_cli(tmp_path, model, tok):
 
 
 def test_chat_run_loop_in_process(gen):
-    from minigpt.chat import run
+    from minigpt.infer.chat import run
 
     inputs = iter(["你好", "clear", "exit", "never read"])
     out = []
@@ -506,7 +506,7 @@ def test_final_text_never_ends_in_half_a_character(gen):
 
 
 def test_greedy_tokens_match_torch_argmax_with_ties():
-    from minigpt.generate import greedy_tokens
+    from minigpt.infer.generate import greedy_tokens
 
     logits = torch.tensor([[0.5, 2.0, 2.0, -1.0], [3.0, 3.0, 3.0, 3.0], [-5.0, -4.0, -6.0, -4.5]])
     assert greedy_tokens(logits).tolist() == logits.argmax(-1).tolist() == [1, 0, 1]

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from minigpt import TrainConfig
-from minigpt.guard import Limits, ResourceGuard, read_usage
+from minigpt.train.guard import Limits, ResourceGuard, read_usage
 from minigpt.params import load_params
 from test_trainer import make_trainer
 
@@ -48,7 +48,7 @@ def test_pause_until_below_limit_minus_margin(caplog):
     clock = FakeClock()
     read = feed([{"cpu": 95, "memory": 40}, {"cpu": 88, "memory": 40}, {"cpu": 86, "memory": 40}, {"cpu": 80, "memory": 40}])
     g = ResourceGuard(max_cpu=90, max_memory=90, interval=2.0, margin=5.0, poll=1.0, read=read, clock=clock, sleep=clock.sleep)
-    with caplog.at_level("WARNING", logger="minigpt.guard"):
+    with caplog.at_level("WARNING", logger="minigpt.train.guard"):
         paused = g.wait_if_needed()
     assert len(read.calls) == 4  # 95 pauses; 88 and 86 are above 90-5; 80 resumes
     assert paused == pytest.approx(3.0) and g.pauses == 1

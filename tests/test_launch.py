@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minigpt import checkpoint as ckpt
-from minigpt.launch import launch, torchrun_command
+from minigpt.train import checkpoint as ckpt
+from minigpt.train.launch import launch, torchrun_command
 from minigpt.params import load_params
 
 from conftest import make_tiny_run
@@ -35,7 +35,7 @@ def metrics(out):
 def test_command_line():
     cmd = torchrun_command("p.json", 2)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc_per_node=2" in cmd
-    assert cmd[-6:] == ["-m", "minigpt.train_worker", "--params", "p.json", "--section", "pretrain"]
+    assert cmd[-6:] == ["-m", "minigpt.train.worker", "--params", "p.json", "--section", "pretrain"]
     multi = torchrun_command("p.json", 4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29501)
     assert "--standalone" not in multi
     assert {"--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", "--master_port=29501"} <= set(multi)
@@ -50,7 +50,7 @@ def test_two_gloo_processes_match_one_process(run_dir, monkeypatch):
     assert any(l.startswith("step ") or " step " in l for l in lines)  # metrics lines streamed back
     assert not no_children()
     # the same worker in this process, world size 1, batch 4 = the global batch of 2 ranks x 2
-    from minigpt import train_worker
+    from minigpt.train import worker as train_worker
 
     P = dict(load_params("pretrain", run_dir=str(run_dir), output_dir=str(out1), batch_size=4, **TINY))
     pfile = run_dir / "p1.json"
@@ -92,8 +92,8 @@ def test_interrupt_ends_the_process_group(run_dir):
 
 
 def test_samples_from_fixed_prompts_and_guard_from_params(run_dir):
-    from minigpt.guard import ResourceGuard
-    from minigpt.pretrain import build_pretrain_trainer
+    from minigpt.train.guard import ResourceGuard
+    from minigpt.train.pretrain import build_pretrain_trainer
 
     samples = []
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from minigpt import GPT, ModelConfig
-from minigpt.lora import (LoRALinear, adapter_state, count_trainable, inject_lora, load_adapter_state, merge_lora,
+from minigpt.model.lora import (LoRALinear, adapter_state, count_trainable, inject_lora, load_adapter_state, merge_lora,
                           merged_state)
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from minigpt import GPT, ModelConfig
-from minigpt.model import KVCache
+from minigpt.model.gpt import KVCache
 
 
 def tiny_cfg(**kw):

@@ -9,8 +9,8 @@ import pytest
 TRAIN = textwrap.dedent("""
     import sys, numpy as np, torch
     from minigpt import GPT, ModelConfig, TrainConfig
-    from minigpt.datasets import WindowSampler, sequential_windows
-    from minigpt.trainer import Trainer
+    from minigpt.data.datasets import WindowSampler, sequential_windows
+    from minigpt.train.trainer import Trainer
     out = sys.argv[1]
     data = (np.arange(20000) % 50).astype(np.uint16)
     torch.manual_seed(0)

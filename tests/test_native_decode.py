@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import tiny_gpt, tiny_tokenizer, train_briefly
-from minigpt import native_decode
-from minigpt.generate import GenerationConfig, TextGenerator, _FastDecoder
-from minigpt.model import KVCache
-from minigpt.native_decode import NativeDecoder, dequantize, quantize_int8, quantized_copy
+from minigpt.infer import native_decode
+from minigpt.infer.generate import GenerationConfig, TextGenerator, _FastDecoder
+from minigpt.model.gpt import KVCache
+from minigpt.infer.native_decode import NativeDecoder, dequantize, quantize_int8, quantized_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -211,7 +211,7 @@ def test_without_a_compiler_generation_falls_back(fresh_build_state, monkeypatch
     monkeypatch.setattr(native_decode, "_compiler", lambda: None)
     model = tiny_gpt(tok.vocab_size)
     gen = TextGenerator(model, tok)
-    with caplog.at_level(logging.WARNING, logger="minigpt.native_decode"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.infer.native_decode"):
         out = gen.generate_ids(tok.encode("你好"), GREEDY)
     assert gen.last_stats["backend"] == "torch"
     assert "native decode step unavailable" in caplog.text and "no C compiler" in caplog.text
@@ -223,7 +223,7 @@ def test_without_a_compiler_generation_falls_back(fresh_build_state, monkeypatch
 def test_int8_costs_little_on_a_trained_model(tok, odd_model):
     """On a model trained a little, int8 rounding changes the loss by far less than training does."""
     from conftest import mixed_corpus
-    from minigpt.evaluate import evaluate_texts
+    from minigpt.infer.evaluate import evaluate_texts
 
     texts = mixed_corpus(n=40, seed=1)
     fp32 = evaluate_texts(odd_model, tok, texts, seq_len=64)["loss"]
@@ -250,7 +250,7 @@ def test_generation_includes_lora_adapters(tok, odd_model):
     """Samples taken while an adapter trains (sample_interval in 04) must use the adapter's update."""
     import copy
 
-    from minigpt.lora import inject_lora, merge_lora
+    from minigpt.model.lora import inject_lora, merge_lora
 
     model = copy.deepcopy(odd_model)
     inject_lora(model, rank=4, alpha=8.0)
@@ -272,11 +272,11 @@ def test_generation_includes_lora_adapters(tok, odd_model):
 def test_bench_generate_without_transformers_times_minigpt_alone(tok, monkeypatch, caplog, tmp_path):
     import importlib.util
 
-    from minigpt.generate import bench_generate
+    from minigpt.infer.generate import bench_generate
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
-    with caplog.at_level(logging.WARNING, logger="minigpt.generate"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.infer.generate"):
         res = bench_generate(tiny_gpt(tok.vocab_size), tok, hf_dir=tmp_path, prompt="你好", new_tokens=3,
                              batch_sizes=(1, 2), repeats=1)
     assert "transformers is not installed" in caplog.text

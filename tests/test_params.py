@@ -137,8 +137,8 @@ def test_token_files_as_input_seed_004(tmp_path):
     import numpy as np
     import torch
 
-    from minigpt.pretrain import build_pretrain_trainer
-    from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+    from minigpt.train.pretrain import build_pretrain_trainer
+    from minigpt.data.tokenizer import TokenizerConfig, train_tokenizer
 
     run = tmp_path / "run"
     tok = train_tokenizer(["你好，世界。今天天气很好。"] * 50, TokenizerConfig(tokenizer_vocab_size=300, min_frequency=1))

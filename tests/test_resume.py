@@ -11,15 +11,15 @@ import time
 import pytest
 import torch
 
-from minigpt import checkpoint as ckpt
+from minigpt.train import checkpoint as ckpt
 from test_trainer import StopAt, losses, make_trainer
 
 SCRIPT = textwrap.dedent("""
     import json, logging, sys, time
     import numpy as np, torch
     from minigpt import GPT, ModelConfig, TrainConfig
-    from minigpt.datasets import WindowSampler, sequential_windows
-    from minigpt.trainer import Trainer
+    from minigpt.data.datasets import WindowSampler, sequential_windows
+    from minigpt.train.trainer import Trainer
 
     out, max_steps, sleep, auto = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from minigpt import GPT, ModelConfig
-from minigpt.chat_data import ChatBatches, build_chat_example, pack_examples, pad_examples
-from minigpt.datasets import IGNORE_INDEX
-from minigpt.tokenizer import TokenizerConfig, train_tokenizer
+from minigpt.data.chat_data import ChatBatches, build_chat_example, pack_examples, pad_examples
+from minigpt.data.datasets import IGNORE_INDEX
+from minigpt.data.tokenizer import TokenizerConfig, train_tokenizer
 
 TEXTS = ["你好，很高兴认识你。", "今天天气很好，我们去公园散步吧。", "Hello there, how are you today?",
          "我叫小明，我喜欢读书和跑步。", "人工智能正在改变世界。", "你是助手。你叫什么？我叫小明。"] * 20
@@ -115,7 +115,7 @@ def test_truncation_at_turn_boundary(tok):
 
 
 def test_build_examples_counts(tok):
-    from minigpt.sft import build_examples
+    from minigpt.train.sft import build_examples
 
     long = CONV + [{"role": "user", "content": "你好" * 40}, {"role": "assistant", "content": "你好" * 40}]
     exs, counts = build_examples(tok, [CONV, long, [{"role": "user", "content": "你好" * 200}, {"role": "assistant", "content": "好"}],
@@ -162,7 +162,7 @@ def test_packed_batches_deterministic_and_fill_rows(tok):
 # ---------------------------------------------------------------------------------------------- end to end
 
 def _make_run(tmp_path, tok):
-    from minigpt.checkpoint import save_checkpoint
+    from minigpt.train.checkpoint import save_checkpoint
 
     tok.save(tmp_path / "tok")
     torch.manual_seed(0)
@@ -187,8 +187,8 @@ def _params(run, **kw):
 
 
 def test_lora_run_saves_adapter_merged_final_and_resumes(tok, tmp_path):
-    from minigpt.checkpoint import load_checkpoint
-    from minigpt.sft import build_sft_trainer
+    from minigpt.train.checkpoint import load_checkpoint
+    from minigpt.train.sft import build_sft_trainer
 
     run, base = _make_run(tmp_path, tok)
     tr, info = build_sft_trainer(_params(run, use_lora=True, lora_rank=2, lora_targets=["q_proj", "v_proj"], pack_conversations=True))
@@ -212,7 +212,7 @@ def test_lora_run_saves_adapter_merged_final_and_resumes(tok, tmp_path):
     tr2, _ = build_sft_trainer(_params(run, use_lora=True, lora_rank=2, lora_targets=["q_proj", "v_proj"], pack_conversations=True,
                                        resume_from=str(step), output_dir=str(tmp_path / "resumed")))
     tr2.fit()
-    from minigpt.lora import adapter_state
+    from minigpt.model.lora import adapter_state
 
     a, b = adapter_state(tr.model), adapter_state(tr2.model)
     for k in a:
@@ -221,7 +221,7 @@ def test_lora_run_saves_adapter_merged_final_and_resumes(tok, tmp_path):
 
 def test_full_sft_run_and_lora_ema_refused(tok, tmp_path):
     from minigpt.params import ParameterError
-    from minigpt.sft import build_sft_trainer
+    from minigpt.train.sft import build_sft_trainer
 
     run, _ = _make_run(tmp_path, tok)
     tr, info = build_sft_trainer(_params(run, max_steps=2))

@@ -1,4 +1,4 @@
-"""Tests for minigpt.sources: built-in corpora and the file readers."""
+"""Tests for minigpt.data.sources: built-in corpora and the file readers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from minigpt import sources as S
-from minigpt.clean import run_cleaning
+from minigpt.data import sources as S
+from minigpt.data.clean import run_cleaning
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_clean import GOOD, cleaned, config, jline, kept_texts, rejects, text_line, write_lines  # noqa: E402

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from minigpt import tokenizer as T
-from minigpt.tokenizer import (
+from minigpt.data import tokenizer as T
+from minigpt.data.tokenizer import (
     EOS_ID,
     IM_END_ID,
     IM_START_ID,

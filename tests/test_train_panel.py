@@ -7,9 +7,9 @@ import time
 import pytest
 
 from minigpt.params import load_params
-from minigpt.plots import LivePlot
-from minigpt.pretrain import build_pretrain_trainer
-from minigpt.train_panel import TrainingPanel
+from minigpt.ui.plots import LivePlot
+from minigpt.train.pretrain import build_pretrain_trainer
+from minigpt.ui.train_panel import TrainingPanel
 
 from conftest import make_tiny_run
 

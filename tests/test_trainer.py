@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from minigpt import GPT, ModelConfig, TrainConfig
-from minigpt.datasets import WindowSampler, sequential_windows
+from minigpt.data.datasets import WindowSampler, sequential_windows
 from minigpt.devices import pick_dtype
-from minigpt.schedules import lr_at
-from minigpt.trainer import EMA, Trainer
+from minigpt.train.schedules import lr_at
+from minigpt.train.trainer import EMA, Trainer
 
 CFG = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=32)
 
@@ -192,7 +192,7 @@ def test_bad_parameters_stop_before_compute(key, value):
 
 
 def test_no_weight_decay_on_norms():
-    from minigpt.trainer import param_groups
+    from minigpt.train.trainer import param_groups
     model = GPT(ModelConfig(**CFG))
     decay, no_decay = param_groups(model, 0.1)
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
@@ -276,7 +276,7 @@ def test_num_threads_sets_torch_and_env(monkeypatch):
                                        ("warmup_steps", 500), ("max_cpu", 120.0), ("max_faults", 0)])
 def test_bad_parameters_via_load_params_and_build(key, value):
     from minigpt.params import ParameterError, load_params
-    from minigpt.pretrain import train_config_from_params
+    from minigpt.train.pretrain import train_config_from_params
 
     P = load_params("pretrain", config="ci", max_steps=30, **{key: value})
     with pytest.raises(ParameterError, match=key):
@@ -284,7 +284,7 @@ def test_bad_parameters_via_load_params_and_build(key, value):
 
 
 def test_dynamic_seq_length_grows_in_doubling_stages(tmp_path):
-    from minigpt.datasets import dynamic_seq_len
+    from minigpt.data.datasets import dynamic_seq_len
 
     assert [dynamic_seq_len(s, 12, 4, 16) for s in (0, 3, 4, 7, 8, 11, 20)] == [4, 4, 8, 8, 16, 16, 16]
     assert [dynamic_seq_len(s, 9, 8, 20) for s in (0, 2, 3, 5, 6, 8)] == [8, 8, 16, 16, 20, 20]
@@ -325,7 +325,7 @@ def test_save_config_and_log_gradients(tmp_path):
     ("cpu", "max-autotune", "max-autotune"), ("cuda", "default", None),
 ])
 def test_compile_mode_per_device(monkeypatch, device, requested, expected):
-    from minigpt.trainer import compile_model
+    from minigpt.train.trainer import compile_model
 
     seen = {}
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.setdefault("mode", mode) or model)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minigpt.generate import GenerationConfig, TextGenerator
+from minigpt.infer.generate import GenerationConfig, TextGenerator
 from conftest import tiny_gpt, tiny_tokenizer
-from minigpt.widgets import generation_panel
+from minigpt.ui.widgets import generation_panel
 
 LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "Hello, how are you?"]
 
@@ -88,7 +88,7 @@ def test_batch_from_prompts_file(gen, tmp_path):
 
 
 def test_none_parameters_are_accepted(gen):
-    from minigpt.widgets import GenerationPanel
+    from minigpt.ui.widgets import GenerationPanel
 
     panel = GenerationPanel(gen, GenerationConfig(max_new_tokens=3), prompt=None, prompts_file=None)
     assert panel.prompt.value == "" and panel.prompts_file.value == ""

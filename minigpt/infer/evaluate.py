@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .model import GPT
+from ..model.gpt import GPT
 
 logger = logging.getLogger(__name__)
 

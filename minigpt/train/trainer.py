@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .config import ModelConfig, TrainConfig
-from .devices import measure_peak_flops, memory_mb, pick_device, pick_dtype, set_threads
+from ..config import ModelConfig, TrainConfig
+from ..devices import measure_peak_flops, memory_mb, pick_device, pick_dtype, set_threads
 from .schedules import lr_at
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Trainer:
         self.chars_per_token = chars_per_token
         self.callbacks = list(callbacks)
         if cfg.plot_loss:
-            from .plots import PlotOnSave
+            from ..ui.plots import PlotOnSave
 
             self.callbacks.append(PlotOnSave())
         self.extra_config = extra_config or {}
@@ -140,7 +140,7 @@ class Trainer:
             else:
                 logger.warning("dynamic_seq_length applies to pretraining windows; chat batches keep whole conversations")
         if cfg.dataloader_workers > 0 and hasattr(train_batches, "batch_at") and not cfg.disable_optimizations:
-            from .datasets import PrefetchBatches
+            from ..data.datasets import PrefetchBatches
 
             self.train_batches = PrefetchBatches(train_batches, cfg.dataloader_workers)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
@@ -166,7 +166,7 @@ class Trainer:
     # ----- configuration helpers -------------------------------------------------------------
     def _grow_context(self, sampler) -> None:
         """dynamic_seq_length: the sampler's window length becomes a function of the optimizer step."""
-        from .datasets import dynamic_seq_len
+        from ..data.datasets import dynamic_seq_len
 
         cfg = self.cfg
         top = cfg.max_seq_length or sampler.seq_len
@@ -488,7 +488,7 @@ class Trainer:
     def _sample(self) -> None:
         if self.tokenizer is None or not self.cfg.sample_prompts or not self.is_main:
             return
-        from .generate import GenerationConfig, TextGenerator
+        from ..infer.generate import GenerationConfig, TextGenerator
 
         gen = TextGenerator(ckpt.unwrap(self.model), self.tokenizer, device=self.device)
         for prompt in self.cfg.sample_prompts:

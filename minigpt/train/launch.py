@@ -1,6 +1,6 @@
 """DDP from a notebook cell: `launch(nproc_per_node=2, max_steps=100, ...)` runs
 
-    python -m torch.distributed.run --standalone --nproc_per_node=N -m minigpt.train_worker --params P.json
+    python -m torch.distributed.run --standalone --nproc_per_node=N -m minigpt.train.worker --params P.json
 
 with the notebook's resolved parameters (written as JSON), streams the workers' log back line by line,
 and on interrupt (Ctrl+C / the kernel's stop button) ends the whole process group: SIGTERM first, so
@@ -33,7 +33,7 @@ def torchrun_command(params_file: str | Path, nproc_per_node: int | str = 2, sec
         cmd.append("--standalone")
     else:
         cmd += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}"]
-    cmd += [f"--nproc_per_node={nproc_per_node}", "-m", "minigpt.train_worker", "--params", str(params_file), "--section", section]
+    cmd += [f"--nproc_per_node={nproc_per_node}", "-m", "minigpt.train.worker", "--params", str(params_file), "--section", section]
     return cmd
 
 
@@ -66,7 +66,7 @@ def launch(nproc_per_node: int | str = 2, *, params: dict | None = None, section
     `params`: resolved parameters (a notebook's `P`); keyword `overrides` go on top. Without `params`,
     they are resolved here with `load_params(section, **overrides)` (config file, defaults, validation).
     """
-    from .params import jsonable, load_params
+    from ..params import jsonable, load_params
 
     if params is None:
         P = dict(load_params(section, **overrides))

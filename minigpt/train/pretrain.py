@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import ModelConfig, TrainConfig
-from .datasets import WindowSampler, sequential_windows
-from .model import GPT
-from .params import Params, ParameterError, jsonable, validate_dataclass
+from ..config import ModelConfig, TrainConfig
+from ..data.datasets import WindowSampler, sequential_windows
+from ..model.gpt import GPT
+from ..params import Params, ParameterError, jsonable, validate_dataclass
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def chars_per_token(meta: dict, split: str) -> float | None:
 
 def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, world_size: int = 1) -> Trainer:
     """Everything notebook 03 needs, checked before any compute."""
-    from .tokenizer import MiniTokenizer
+    from ..data.tokenizer import MiniTokenizer
 
     paths = P.paths
     tok_dir = paths["tokenizer"]
@@ -79,7 +79,7 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
 
 def _token_arrays(P: Params, tokenizer):
     """The run's token files, or user files given as train_data / val_data (seed 004: .npy or raw .bin)."""
-    from .packing import load_tokens, read_meta
+    from ..data.packing import load_tokens, read_meta
 
     if not P.get("train_data"):
         tokens_dir = P.paths["tokens"]

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from .tokenizer import (
     DATA_NOTEBOOK,
     EOS_ID,

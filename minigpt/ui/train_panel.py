@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import ipywidgets as w
 
-from .params import Params
+from ..params import Params
 
 logger = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from typing import Any, Iterable
 
 from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
-from .chat_data import ChatBatches, build_chat_example, pad_examples
-from .lora import ADAPTER_FILE, LORA_TARGETS, adapter_state, count_trainable, has_lora, inject_lora, load_adapter_state, merged_state
-from .params import ParameterError, Params, jsonable, validate_dataclass
+from ..data.chat_data import ChatBatches, build_chat_example, pad_examples
+from ..model.lora import ADAPTER_FILE, LORA_TARGETS, adapter_state, count_trainable, has_lora, inject_lora, load_adapter_state, merged_state
+from ..params import ParameterError, Params, jsonable, validate_dataclass
 from .pretrain import train_config_from_params
 from .trainer import Trainer
 
@@ -114,7 +114,7 @@ class SFTTrainer(Trainer):
 
 def split_conversations(convs: Iterable[list[dict]]) -> tuple[list[list[dict]], list[list[dict]]]:
     """Validate (as 01 does), drop exact duplicates, and hold out ~5% by a hash of each conversation: (train, val)."""
-    from .sources import validate_conversation
+    from ..data.sources import validate_conversation
 
     train, val, seen = [], [], set()
     for conv in convs:
@@ -132,7 +132,7 @@ def split_conversations(convs: Iterable[list[dict]]) -> tuple[list[list[dict]], 
 
 def builtin_conversations(language: str) -> tuple[list[list[dict]], list[list[dict]]]:
     """(train, val) from the built-in chatterbot dialogues of `language` (chinese | english | both)."""
-    from .sources import chatterbot_paths, iter_chatterbot
+    from ..data.sources import chatterbot_paths, iter_chatterbot
 
     langs = ["chinese", "english"] if language == "both" else [language]
     return split_conversations(item.value for lang in langs for path in chatterbot_paths(lang)

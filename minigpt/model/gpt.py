@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .model import GPT, KVCache
+from ..model.gpt import GPT, KVCache
 from .native_decode import NativeDecoder, check_quantize, dequantize, load_library, projection_weights, quantize_int8
 
 logger = logging.getLogger(__name__)
@@ -459,7 +459,7 @@ class TextGenerator:
     def from_checkpoint(cls, path: str | Path, tokenizer: Any | None = None, device: str | None = None,
                         **options: Any) -> "TextGenerator":
         """Load a checkpoint folder. A separately given tokenizer must be the one the model was trained with."""
-        from .checkpoint import load_checkpoint, read_config
+        from ..train.checkpoint import load_checkpoint, read_config
 
         model, ckpt_tok, _ = load_checkpoint(path, device=device or "cpu")
         if tokenizer is not None:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from json.encoder import encode_basestring as _encode_str  # C, ensure_ascii=False flavour
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from . import sources as S
 
 if TYPE_CHECKING:  # pandas is imported only where tables are built

@@ -13,7 +13,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from .generate import ChatSession, GenerationConfig, TextGenerator, read_prompts_file
+from ..infer.generate import ChatSession, GenerationConfig, TextGenerator, read_prompts_file
 
 logger = logging.getLogger(__name__)
 

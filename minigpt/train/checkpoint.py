@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
-from .config import ModelConfig
-from .model import GPT
+from ..atomic import atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
+from ..config import ModelConfig
+from ..model.gpt import GPT
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def load_optimizer_state(folder: str | Path) -> dict[str, Any] | None:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True, use_ema: bool = False):
     """Load (model, tokenizer, model_config) from a checkpoint folder. Nothing is unpickled."""
-    from .tokenizer import MiniTokenizer
+    from ..data.tokenizer import MiniTokenizer
 
     folder = Path(path)
     if not folder.is_dir():

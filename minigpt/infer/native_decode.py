@@ -25,8 +25,8 @@ from typing import Sequence
 
 import torch
 
-from .config import ModelConfig
-from .model import GPT, KVCache
+from ..config import ModelConfig
+from ..model.gpt import GPT, KVCache
 
 logger = logging.getLogger(__name__)
 

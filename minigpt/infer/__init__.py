@@ -1,0 +1,1 @@
+"""Inference: sampling, decoding (PyTorch step, native C step, int8), `TextGenerator` and chat, evaluation, export."""

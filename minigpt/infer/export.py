@@ -1,0 +1,144 @@
+"""Export a minigpt checkpoint as a Hugging Face `transformers` Llama folder.
+
+minigpt's parameter names already mirror `modeling_llama.py`, so the export is a rename
+(`layers.0...` -> `model.layers.0...`), a config.json in Llama's vocabulary, and the tokenizer files
+(with the ChatML chat template) copied beside them. The tied head is not stored: with
+`tie_word_embeddings: true` transformers ties `lm_head.weight` to `model.embed_tokens.weight` on load.
+
+    python -m minigpt.infer.export runs/demo/sft/final_model runs/demo/hf
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..train.checkpoint import TOKENIZER_FILES, atomic_folder
+from ..model.gpt import GPT
+
+logger = logging.getLogger(__name__)
+
+_EOS_ID, _IM_END_ID, _PAD_ID = 0, 2, 3
+
+
+def hf_state_dict(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """minigpt weights under HF Llama names (`model.` prefix; lm_head only when untied)."""
+    model = getattr(model, "_orig_mod", model)
+    out = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            if model.config.tie_word_embeddings:
+                continue  # tied: transformers rebuilds it from embed_tokens
+            out[name] = t
+        elif name.startswith("rope_"):
+            continue
+        else:
+            out["model." + name] = t
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in out.items()}
+
+
+def hf_config(model: GPT, dtype: str = "float32") -> dict[str, Any]:
+    c = model.config
+    try:
+        import transformers
+        version = transformers.__version__
+    except ImportError:  # export itself does not need transformers
+        version = None
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.d_model,
+        "intermediate_size": c.d_ff,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": c.max_seq_len,
+        # transformers >= 5 reads rope_parameters; 4.x reads rope_theta. Both are written.
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(c.rope_theta)},
+        "rope_theta": float(c.rope_theta),
+        "rms_norm_eps": c.rms_norm_eps,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": bool(c.tie_word_embeddings),
+        "bos_token_id": _EOS_ID,
+        "eos_token_id": _EOS_ID,
+        "pad_token_id": _PAD_ID,
+        "use_cache": True,
+        "dtype": dtype,
+        "torch_dtype": dtype,
+    }
+    if version:
+        cfg["transformers_version"] = version
+    return cfg
+
+
+def _generation_config(eos_ids: list[int]) -> dict[str, Any]:
+    # Same stops as minigpt's generator: end of document and end of an assistant turn.
+    return {"bos_token_id": _EOS_ID, "eos_token_id": eos_ids, "pad_token_id": _PAD_ID, "do_sample": False}
+
+
+def export_model(model: GPT, tokenizer_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Write `model` plus the tokenizer files of `tokenizer_dir` as a transformers Llama folder, atomically."""
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype: expected float32 / float16 / bfloat16, got {dtype!r}")
+    tokenizer_dir = Path(tokenizer_dir)
+    missing = [n for n in TOKENIZER_FILES if not (tokenizer_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{tokenizer_dir}: missing tokenizer files {missing}; expected {list(TOKENIZER_FILES)}")
+    out = Path(out_dir)
+    with atomic_folder(out) as tmp:
+        save_file(hf_state_dict(model, getattr(torch, dtype)), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config(model, dtype), indent=2), encoding="utf-8")
+        (tmp / "generation_config.json").write_text(
+            json.dumps(_generation_config([_EOS_ID, _IM_END_ID]), indent=2), encoding="utf-8")
+        for name in TOKENIZER_FILES:
+            shutil.copy2(tokenizer_dir / name, tmp / name)
+        # The model cannot read past its context: tell the tokenizer so, keep its chat template.
+        tc_path = tmp / "tokenizer_config.json"
+        tc = json.loads(tc_path.read_text(encoding="utf-8"))
+        tc["model_max_length"] = model.config.max_seq_len
+        if "chat_template" not in tc:
+            raise ValueError(f"{tokenizer_dir / 'tokenizer_config.json'}: no chat_template; expected minigpt's ChatML template")
+        tc_path.write_text(json.dumps(tc, ensure_ascii=False, indent=2), encoding="utf-8")
+    logger.info("exported %s parameters to %s", f"{model.num_params():,}", out)
+    return out
+
+
+def export_hf(checkpoint_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Export a minigpt checkpoint folder to `out_dir` (config.json, model.safetensors, tokenizer files)."""
+    from ..train.checkpoint import load_checkpoint
+
+    model, _tok, _cfg = load_checkpoint(checkpoint_dir)  # verifies the manifest and the tokenizer hash
+    return export_model(model, checkpoint_dir, out_dir, dtype=dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m minigpt.infer.export", description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", help="minigpt checkpoint folder, e.g. runs/demo/sft/final_model")
+    ap.add_argument("out_dir", help="folder to write the transformers model to")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out = export_hf(args.checkpoint, args.out_dir, dtype=args.dtype)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

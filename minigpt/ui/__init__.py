@@ -1,0 +1,1 @@
+"""Notebook UI: loss-curve figures and the live plot, widget panels."""

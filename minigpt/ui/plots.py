@@ -1,0 +1,185 @@
+"""Loss curves: PNGs at each save (seed 000's plot_loss), regenerated from metrics.jsonl, and a live inline plot.
+
+`python -m minigpt.ui.plots RUN_DIR` redraws the curves of every training folder under RUN_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")  # headless outside a kernel; a kernel keeps its inline backend
+import matplotlib.pyplot as plt  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+RECENT_STEPS = 1000
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of metrics.jsonl; a torn last line (a killed run) is skipped, not fatal."""
+    out = []
+    p = Path(path)
+    if not p.is_file():
+        return out
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            logger.warning("%s:%d: unreadable metrics line skipped", p, i)
+            continue
+        if not rec.get("skipped"):
+            out.append(rec)
+    return out
+
+
+def loss_figure(records: list[dict[str, Any]], title: str = "training loss"):
+    """Two panels: the whole history and the last 1000 steps, with current/min/max/mean and val points."""
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None and "step" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, recent in zip(axes, (False, True)):
+        t = [p for p in train if not recent or p[0] > (train[-1][0] - RECENT_STEPS if train else 0)]
+        v = [p for p in val if not recent or (t and p[0] >= t[0][0])]
+        if t:
+            ax.plot([s for s, _ in t], [l for _, l in t], lw=1, label="train")
+        if v:
+            ax.plot([s for s, _ in v], [l for _, l in v], "o-", ms=4, label="val")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title("whole run" if not recent else f"last {RECENT_STEPS} steps")
+        ax.grid(alpha=0.3)
+        if t or v:
+            ax.legend(loc="upper right")
+    if train:
+        losses = [l for _, l in train]
+        stats = (f"current {losses[-1]:.4f}   min {min(losses):.4f}   max {max(losses):.4f}   "
+                 f"mean {sum(losses) / len(losses):.4f}")
+        if val:
+            stats += f"   val {val[-1][1]:.4f}"
+        fig.suptitle(f"{title}\n{stats}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_loss_plots(output_dir: str | Path, step: int, final: bool = False) -> list[Path]:
+    """Write plots/loss_curve_step_N.png (or loss_curve_final_step_N.png) and loss_curve_latest.png."""
+    output_dir = Path(output_dir)
+    records = read_metrics(output_dir / "metrics.jsonl")
+    if not records:
+        return []
+    plots = output_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    fig = loss_figure(records, title=output_dir.name)
+    name = f"loss_curve_final_step_{step}.png" if final else f"loss_curve_step_{step}.png"
+    paths = [plots / name, plots / "loss_curve_latest.png"]
+    for p in paths:
+        tmp = p.with_name(f".{p.stem}.tmp.png")
+        fig.savefig(tmp, dpi=80)
+        tmp.replace(p)
+    plt.close(fig)
+    return paths
+
+
+def regenerate(run_dir: str | Path) -> list[Path]:
+    """Redraw the latest/final plots of every folder under run_dir that holds a metrics.jsonl."""
+    out = []
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    for metrics in sorted(run_dir.rglob("metrics.jsonl")):
+        records = read_metrics(metrics)
+        if records:
+            out += save_loss_plots(metrics.parent, records[-1]["step"], final=True)
+    return out
+
+
+class PlotOnSave:
+    """Trainer callback: loss-curve PNGs at each checkpoint and at the end (plot_loss)."""
+
+    def on_save(self, trainer, folder: Path) -> None:
+        if trainer.is_main and trainer.cfg.plot_loss:
+            save_loss_plots(trainer.output_dir, trainer.step, final=folder.name == "final_model")
+
+
+class LivePlot:
+    """One inline figure updated in place during training, not a new figure per update.
+
+    In a notebook cell it uses a display handle (under papermill the saved notebook holds the final
+    state: exactly one image output). Given an ipywidgets Output as `target`, it replaces that
+    widget's outputs instead, which also works from the panel's background training thread.
+    """
+
+    def __init__(self, every: int = 10, title: str = "training loss", target=None) -> None:
+        self.every = max(1, every)
+        self.title = title
+        self.target = target
+        self.records: list[dict] = []
+        self.handle = None
+        self.updates = 0
+
+    def _show(self) -> None:
+        fig = loss_figure(self.records, self.title)
+        try:
+            if self.target is not None:
+                self.target.outputs = ({"output_type": "display_data", "metadata": {},
+                                        "data": {"image/png": figure_png_base64(fig), "text/plain": f"<loss curve, {len(self.records)} records>"}},)
+            else:
+                from IPython.display import display
+
+                if self.handle is None:
+                    self.handle = display(fig, display_id=True)  # None outside IPython
+                else:
+                    self.handle.update(fig)
+        finally:
+            plt.close(fig)
+        self.updates += 1
+
+    def on_log(self, trainer, rec: dict) -> None:
+        self.records.append(rec)
+        if rec.get("step", 0) % self.every == 0 or "val_loss" in rec:
+            self._show()
+
+    def on_train_begin(self, trainer) -> None:
+        self.records = []
+
+    def on_train_end(self, trainer, result: dict) -> None:
+        if self.records:
+            self._show()
+
+
+def figure_png_base64(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m minigpt.ui.plots", description="Redraw loss curves from metrics.jsonl")
+    ap.add_argument("run_dir", help="a run directory (runs/NAME) or a training folder (runs/NAME/pretrain)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        paths = regenerate(args.run_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    if not paths:
+        print(f"no metrics.jsonl under {args.run_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
