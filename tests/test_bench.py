@@ -31,7 +31,7 @@ def _row(**kw):
 
 
 def test_merge_rounds_averages_step_times():
-    from minigpt.bench import _merge_rounds
+    from minigpt.bench.train import _merge_rounds
 
     merged = _merge_rounds([_row(), _row(step_s=1.0, step_s_min=0.8, tokens_per_s=2048.0, gflops=50.0, mfu_local=0.25,
                                           peak_rss_mb=600.0)])

@@ -1,0 +1,109 @@
+"""`make bench` / `python -m minigpt.bench [--quick]`: one table, every comparison measured in the same run.
+
+- peak: the machine's achieved fp32 (bf16 on CUDA) matmul FLOP/s from large square matmuls — the MFU denominator.
+- train: tokens/s of a full training step (forward, backward, AdamW) for minigpt and for
+  `transformers.LlamaForCausalLM` with identical dims, batch, sequence length and optimizer; eager and compiled.
+  FLOPs per token = 6*N + 12*L*d*T (N = non-embedding parameters plus the LM head, PaLM appendix B), so
+  achieved FLOP/s = tokens/s * FLOPs per token and MFU = achieved / peak. Each case runs in its own
+  subprocess so its peak RSS is its own. The optimizer is the trainer's own (`trainer.build_optimizer`)
+  for both. On a shared machine the load changes from minute to minute, so each case also measures the
+  matmul peak right after its steps (`mfu_local` = achieved / that peak, taken under the same load), and
+  full mode runs the eager pairs twice in the order minigpt, HF, HF, minigpt and reports the mean of the
+  two medians (a load that drifts during the pair then weighs on both sides alike).
+- `--profile PRESET` prints a torch.profiler table (CPU, top ops by self time) of one minigpt training step.
+- generate: greedy decode tokens/s at batch 1 and 8 against HF `generate` on the exported model.
+- tokenizer: encode MB/s and training time; clean: cleaning MB/s.
+- time to quality (full mode): val bits per character after 10 minutes of `tiny` training, with a PNG curve.
+
+Results go to runs/bench/results.json; `--quick` (< 3 minutes) only checks that everything runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+from .table import format_table
+from .train import TRAIN_SHAPES, bench_train, profile_step, time_to_quality, train_step_case
+from .generate import bench_generation
+from .text import bench_text_tools
+
+
+def peak_flops(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
+    import torch
+
+    from ..devices import measure_peak_flops, pick_device
+
+    dev = pick_device("auto")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    flops = measure_peak_flops(dev, dtype, n=n, repeats=repeats)
+    return {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "n": n, "threads": torch.get_num_threads(),
+            "gflops": flops / 1e9}
+
+
+def run(quick: bool, out_dir: Path, skip: set[str]) -> dict[str, Any]:
+    from ..devices import set_threads
+
+    set_threads(0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"quick": quick, "machine": _machine()}
+    results["peak"] = peak_flops(n=1024 if quick else 2048, repeats=3 if quick else 7)
+    if "train" not in skip:
+        presets = ["tiny"] if quick else ["tiny", "small"]
+        results["train"] = bench_train(presets, [False] if quick else [False, True], steps=3 if quick else 8,
+                                       warmup=1 if quick else 3, peak_gflops=results["peak"]["gflops"],
+                                       eager_rounds=1 if quick else 2)
+    if "generate" not in skip:
+        results["generate"] = bench_generation(["tiny"] if quick else ["tiny", "small"], new_tokens=16 if quick else 64,
+                                               repeats=1 if quick else 3)
+    if "text" not in skip:
+        results["text"] = bench_text_tools(quick)
+    if not quick and "ttq" not in skip:
+        results["time_to_quality"] = time_to_quality(10, out_dir)
+    results["total_s"] = time.perf_counter() - t0
+    tmp = out_dir / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, out_dir / "results.json")
+    return results
+
+
+def _machine() -> dict[str, Any]:
+    from ..report import system_info
+
+    return system_info()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--case"]:
+        kind, *rest = argv[1:]
+        if kind == "train":
+            preset, impl, comp, steps, warmup = rest
+            print(json.dumps(train_step_case(preset, impl, comp == "1", int(steps), int(warmup))))
+            return 0
+        raise SystemExit(f"unknown case {kind}")
+    ap = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a < 3 minute run that checks the bench works")
+    ap.add_argument("--out", default="runs/bench", help="folder for results.json and PNGs")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,text,ttq")
+    ap.add_argument("--profile", metavar="PRESET", choices=sorted(TRAIN_SHAPES),
+                    help="print a torch.profiler table of one minigpt training step of PRESET and exit")
+    ap.add_argument("--profile-impl", default="minigpt", choices=["minigpt", "hf"], help="model for --profile")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.profile:
+        print(profile_step(args.profile, args.profile_impl))
+        return 0
+    results = run(args.quick, Path(args.out), set(filter(None, args.skip.split(","))))
+    print(format_table(results))
+    print(f"\nresults: {Path(args.out) / 'results.json'} ({results['total_s']:.0f}s)")
+    return 0

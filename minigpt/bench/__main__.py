@@ -1,0 +1,4 @@
+"""`python -m minigpt.bench`."""
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""Training-step speed: minigpt against `transformers.LlamaForCausalLM` with the same shapes and optimizer, each case
+in its own subprocess; and time to quality (val bits per character after N minutes of `tiny`)."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+TRAIN_SHAPES = {  # batch x seq for the training-step comparison (issue 11's reference measurements)
+    "tiny": (8, 256),
+    "small": (4, 512),
+}
+
+
+def _hf_llama(cfg):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+        max_position_embeddings=cfg.max_seq_len, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+    )
+    hf_cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(hf_cfg)
+
+
+def _train_setup(preset: str, impl: str, compile_: bool):
+    """(model, step function, config, batch, seq) for one training-step case."""
+    import torch
+
+    from ..config import ModelConfig, TrainConfig
+    from ..devices import set_threads
+    from ..model.gpt import GPT
+    from ..train.trainer import build_optimizer
+
+    set_threads(0)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(preset)
+    batch, seq = TRAIN_SHAPES[preset]
+    model = GPT(cfg) if impl == "minigpt" else _hf_llama(cfg)
+    model.train()
+    # The trainer's optimizer (AdamW, decay on matrices only; fused where the trainer fuses), for both impls.
+    opt = build_optimizer(model, TrainConfig(learning_rate=1e-4), torch.device("cpu"))
+    fwd = model
+    if compile_:
+        fwd = torch.compile(model)
+    x = torch.randint(0, cfg.vocab_size, (batch, seq))
+    y = torch.randint(0, cfg.vocab_size, (batch, seq))
+
+    def step():
+        if impl == "minigpt":
+            _, loss = fwd(x, y)
+        else:
+            loss = fwd(input_ids=x, labels=y).loss  # HF shifts labels itself; the work is the same
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return model, step, cfg, batch, seq
+
+
+def train_step_case(preset: str, impl: str, compile_: bool, steps: int, warmup: int) -> dict[str, Any]:
+    """Time `steps` full training steps in this process (called in a subprocess by `bench_train`)."""
+    import torch
+
+    from ..devices import measure_peak_flops, peak_rss_mb
+    from ..train.trainer import flops_per_token
+
+    model, step, cfg, batch, seq = _train_setup(preset, impl, compile_)
+    t_compile = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm_s = time.perf_counter() - t_compile
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    median = times[len(times) // 2]
+    tps = batch * seq / median
+    fpt = flops_per_token(cfg, seq)
+    rss = peak_rss_mb()  # VmHWM: ru_maxrss would include the parent bench process (kept across fork+exec)
+    # The matmul peak under this moment's load (the machine may be shared): MFU's denominator, measured alike.
+    local_peak = measure_peak_flops(torch.device("cpu"), torch.float32, n=2048, repeats=3) / 1e9
+    return {"preset": preset, "impl": impl, "compile": compile_, "batch": batch, "seq": seq,
+            "step_s": median, "step_s_min": times[0], "step_s_max": times[-1], "tokens_per_s": tps,
+            "tokens_per_s_best": batch * seq / times[0],
+            "gflops": tps * fpt / 1e9, "warmup_s": warm_s, "local_peak_gflops": local_peak,
+            "mfu_local": tps * fpt / 1e9 / local_peak, "params": cfg.num_params(), "peak_rss_mb": rss}
+
+
+def profile_step(preset: str, impl: str = "minigpt", rows: int = 20) -> str:
+    """A torch.profiler table (CPU activities, sorted by self time) of one training step after two warm-ups."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, step, _, _, _ = _train_setup(preset, impl, False)
+    step()
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def _subprocess_json(args: list[str], timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "minigpt.bench", "--case", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    if r.returncode != 0 or not lines:
+        return {"error": (r.stderr or r.stdout)[-500:]}
+    return json.loads(lines[-1])
+
+
+def _merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from repeated runs of a case: mean of the medians; the per-round tokens/s are kept."""
+    ok = [r for r in runs if "tokens_per_s" in r]
+    if not ok:
+        return runs[-1]
+    out = dict(ok[0])
+    if len(ok) > 1:
+        n = len(ok)
+        out["step_s"] = sum(r["step_s"] for r in ok) / n
+        out["tokens_per_s"] = out["batch"] * out["seq"] / out["step_s"]
+        out["gflops"] = sum(r["gflops"] for r in ok) / n
+        out["mfu_local"] = sum(r["mfu_local"] for r in ok) / n
+        out["local_peak_gflops"] = sum(r["local_peak_gflops"] for r in ok) / n
+        out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+        out["rounds_tokens_per_s"] = [r["tokens_per_s"] for r in ok]
+        if all("step_s_min" in r for r in ok):
+            out["step_s_min"] = min(r["step_s_min"] for r in ok)
+            out["tokens_per_s_best"] = out["batch"] * out["seq"] / out["step_s_min"]
+    return out
+
+
+def bench_train(presets: list[str], compile_modes: list[bool], steps: int, warmup: int, peak_gflops: float,
+                timeout: float = 900, eager_rounds: int = 1) -> list[dict[str, Any]]:
+    rows = []
+    for preset in presets:
+        for comp in compile_modes:
+            # minigpt, HF, HF, minigpt, ...: a load that drifts over the pair weighs on both alike.
+            order = ["minigpt", "hf"]
+            for i in range(1, 1 if comp else eager_rounds):
+                order += ["hf", "minigpt"] if i % 2 else ["minigpt", "hf"]
+            runs: dict[str, list[dict[str, Any]]] = {"minigpt": [], "hf": []}
+            for impl in order:
+                runs[impl].append(_subprocess_json(["train", preset, impl, str(int(comp)), str(steps), str(warmup)], timeout))
+            pair = {}
+            for impl in ("minigpt", "hf"):
+                res = _merge_rounds(runs[impl])
+                res.setdefault("preset", preset)
+                res.setdefault("impl", impl)
+                res.setdefault("compile", comp)
+                if "gflops" in res:
+                    res["mfu"] = res["gflops"] / peak_gflops
+                pair[impl] = res
+                rows.append(res)
+            if "tokens_per_s" in pair["minigpt"] and "tokens_per_s" in pair["hf"]:
+                pair["minigpt"]["vs_hf"] = pair["minigpt"]["tokens_per_s"] / pair["hf"]["tokens_per_s"]
+                if "tokens_per_s_best" in pair["minigpt"] and "tokens_per_s_best" in pair["hf"]:
+                    pair["minigpt"]["vs_hf_best"] = pair["minigpt"]["tokens_per_s_best"] / pair["hf"]["tokens_per_s_best"]
+    # the compile goal compares minigpt compiled against HF *eager*
+    for preset in presets:
+        hf_eager = next((r for r in rows if r["preset"] == preset and r["impl"] == "hf" and not r["compile"]
+                         and "tokens_per_s" in r), None)
+        for r in rows:
+            if r["preset"] == preset and r["impl"] == "minigpt" and "tokens_per_s" in r and hf_eager:
+                r["vs_hf_eager"] = r["tokens_per_s"] / hf_eager["tokens_per_s"]
+                if "tokens_per_s_best" in r and "tokens_per_s_best" in hf_eager:
+                    r["vs_hf_eager_best"] = r["tokens_per_s_best"] / hf_eager["tokens_per_s_best"]
+    return rows
+
+
+def time_to_quality(minutes: float, out_dir: Path) -> dict[str, Any]:
+    """Train `tiny` on the built-in corpus for `minutes` of wall clock; BPC against time, as a PNG."""
+    from ..demo import run_notebooks
+
+    run_dir = out_dir / "ttq"
+    run_notebooks("tiny", run_dir, notebooks=("01_data_clean", "02_tokenizer"))
+    from ..params import load_params
+    from ..train.pretrain import build_pretrain_trainer
+
+    P = load_params("pretrain", {"config": "tiny", "run_dir": str(run_dir), "max_steps": 100000, "eval_interval": 25,
+                                 "save_steps": 100000, "warmup_steps": 30, "plot_loss": False})
+    trainer = build_pretrain_trainer(P)
+
+    class Deadline:
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_log(self, tr, rec):
+            if time.perf_counter() - self.t0 > minutes * 60:
+                tr.request_stop()
+
+    trainer.callbacks.append(Deadline())
+    trainer.fit()
+    from ..ui.plots import read_metrics
+
+    evals = [r for r in read_metrics(trainer.metrics_path) if "val_bpc" in r]
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["elapsed_s"] / 60 for r in evals], [r["val_bpc"] for r in evals], "o-")
+    ax.set_xlabel("wall-clock minutes")
+    ax.set_ylabel("val bits per character")
+    ax.set_title(f"tiny on the built-in corpus ({minutes:g} min)")
+    ax.grid(alpha=0.3)
+    png = out_dir / "time_to_quality.png"
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    last = evals[-1] if evals else {}
+    return {"minutes": minutes, "steps": trainer.step, "val_bpc": last.get("val_bpc"), "val_loss": last.get("val_loss"),
+            "png": str(png)}
