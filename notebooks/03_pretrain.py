@@ -118,7 +118,7 @@ for prompt in ("你好，", "中国", "经济"):
 
 # %% [markdown]
 # The loss curve saved with the final checkpoint (`plots/loss_curve_final_step_N.png`), two
-# panels: the whole run and the last 1000 steps. `python -m minigpt.ui.plots RUN_DIR` redraws it.
+# panels: the whole run and the last 1000 steps. `python -m minigpt.plots RUN_DIR` redraws it.
 
 # %%
 from IPython.display import Image

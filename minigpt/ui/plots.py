@@ -1,6 +1,6 @@
 """Loss curves: PNGs at each save (seed 000's plot_loss), regenerated from metrics.jsonl, and a live inline plot.
 
-`python -m minigpt.ui.plots RUN_DIR` redraws the curves of every training folder under RUN_DIR.
+`python -m minigpt.plots RUN_DIR` redraws the curves of every training folder under RUN_DIR.
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def figure_png_base64(fig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m minigpt.ui.plots", description="Redraw loss curves from metrics.jsonl")
+    ap = argparse.ArgumentParser(prog="python -m minigpt.plots", description="Redraw loss curves from metrics.jsonl")
     ap.add_argument("run_dir", help="a run directory (runs/NAME) or a training folder (runs/NAME/pretrain)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
