@@ -1,4 +1,4 @@
-"""A system report, like seed 001's configuration test: the machine, torch, the device and dtype
+"""A system report: the machine, torch, the device and dtype
 chosen (with the reason), and for a preset its parameter count and estimated training memory."""
 from __future__ import annotations
 

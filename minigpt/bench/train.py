@@ -13,7 +13,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-TRAIN_SHAPES = {  # batch x seq for the training-step comparison (issue 11's reference measurements)
+TRAIN_SHAPES = {  # batch x seq for the training-step comparison
     "tiny": (8, 256),
     "small": (4, 512),
 }

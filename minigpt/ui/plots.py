@@ -1,4 +1,4 @@
-"""Loss curves: PNGs at each save (seed 000's plot_loss), regenerated from metrics.jsonl, and a live inline plot.
+"""Loss curves: PNGs at each save, regenerated from metrics.jsonl, and a live inline plot.
 
 `python -m minigpt.plots RUN_DIR` redraws the curves of every training folder under RUN_DIR.
 """
