@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minigpt.bench.text import bench_clean, write_synthetic_jsonl
 from minigpt.data import clean as C
-from minigpt.data.clean import CleanConfig, run_cleaning
+from minigpt.data.clean import CleanConfig, pipeline, run_cleaning
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_clean import (  # noqa: E402
@@ -360,14 +361,14 @@ def _comparable(stats: dict) -> dict:
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
     f = tmp_path / "in.jsonl"
-    C.write_synthetic_jsonl(f, 1.5, seed=3)
+    write_synthetic_jsonl(f, 1.5, seed=3)
     with open(f, "ab") as fh:  # a few malformed lines so rejects are part of the comparison
         fh.write(b'{"text": "a\x00b"}\n\xff\xfe\n{"text": 5}\n')
     cfg = config(f, checkpoint_every=1000)
     full = run_cleaning(cfg, tmp_path / "full")
 
     calls = {"n": 0}
-    real = C._Run.process
+    real = pipeline._Run.process
 
     def crashing(self, batch):
         calls["n"] += 1
@@ -375,10 +376,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(self, batch)
 
-    monkeypatch.setattr(C._Run, "process", crashing)
+    monkeypatch.setattr(pipeline._Run, "process", crashing)
     with pytest.raises(KeyboardInterrupt):
         run_cleaning(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(C._Run, "process", real)
+    monkeypatch.setattr(pipeline._Run, "process", real)
     state = json.loads((tmp_path / "resumed" / C.STATE_FILE).read_text())
     assert state["phase"] == "running" and state["line"] == 2048
     assert not (tmp_path / "resumed" / "train.jsonl").exists()
@@ -474,10 +475,10 @@ def test_outputs_are_utf8_not_escaped(tmp_path):
 
 
 def test_bench_clean_reports_throughput():
-    r = C.bench_clean(n_mb=0.3)
+    r = bench_clean(n_mb=0.3)
     assert r["mb"] >= 0.3 and r["mb_per_s"] > 0 and r["mb_per_cpu_s"] > 0
     assert r["exact_duplicates"] > 0 and r["near_duplicates"] == 0
-    r2 = C.bench_clean(n_mb=0.3, near_dedup=True)
+    r2 = bench_clean(n_mb=0.3, near_dedup=True)
     assert r2["near_duplicates"] > 0
 
 
@@ -487,7 +488,7 @@ def test_bench_clean_reports_throughput():
 @pytest.mark.slow
 def test_memory_stays_bounded_on_a_large_file(tmp_path):
     big = tmp_path / "big.jsonl"
-    C.write_synthetic_jsonl(big, 200, seed=7)
+    write_synthetic_jsonl(big, 200, seed=7)
     assert big.stat().st_size >= 200e6
     # Peak RSS of a fresh process, before and after cleaning 200 MB. VmHWM, not ru_maxrss: Linux carries
     # ru_maxrss across fork+exec, so a child of a large pytest process would report the parent's size.
@@ -514,7 +515,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     import time
 
     f = tmp_path / "in.jsonl"
-    C.write_synthetic_jsonl(f, 8, seed=5)
+    write_synthetic_jsonl(f, 8, seed=5)
     cfg = config(f, checkpoint_every=1000)
     full = run_cleaning(cfg, tmp_path / "full")
     script = textwrap.dedent(f"""

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from minigpt.data import packing as P
-from minigpt.data.packing import TokenizerMismatchError, bench_tokenizer, load_tokens, pack_corpus, read_meta, token_dtype
+from minigpt.bench.text import bench_tokenizer
+from minigpt.data.packing import TokenizerMismatchError, load_tokens, pack_corpus, read_meta, token_dtype
 from minigpt.data.tokenizer import EOS_ID, MiniTokenizer, TokenizerConfig, train_tokenizer
 
 WORDS = ["北京", "上海", "经济", "发展", "人民", "模型", "hello", "world", "data", "😀", "，", "。", " ", "\n"]

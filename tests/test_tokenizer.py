@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from minigpt.data import tokenizer as T
+from minigpt.data.tokenizer import training as T_training
 from minigpt.data.tokenizer import (
     EOS_ID,
     IM_END_ID,
@@ -215,7 +216,7 @@ def test_retrain_false_reuses_existing(tok, run_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("must not retrain")
 
-    monkeypatch.setattr(T, "train_tokenizer", boom)
+    monkeypatch.setattr(T_training, "train_tokenizer", boom)
     again = build_tokenizer(run_dir / "data", run_dir / "tokenizer", TokenizerConfig(tokenizer_vocab_size=500))
     assert again.sha256 == tok.sha256
 

@@ -10,11 +10,15 @@ every conversation). A packed conversation therefore gets exactly the logits it 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .datasets import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from .tokenizer import MiniTokenizer
 
 
 @dataclass
@@ -24,7 +28,7 @@ class ChatExample:
     truncated: bool = False
 
 
-def build_chat_example(tokenizer, messages: list[dict], max_len: int) -> ChatExample | None:
+def build_chat_example(tokenizer: MiniTokenizer, messages: list[dict], max_len: int) -> ChatExample | None:
     """Render one conversation with the tokenizer's ChatML template; labels only on assistant replies.
 
     Labels are shifted later by the model's next-token loss: here label[i] is the target for input[i],
@@ -99,7 +103,8 @@ class ChatBatches:
         self._rows_cache[epoch] = rows
         return rows
 
-    def batch_at(self, index: int):
+    def batch_at(self, index: int) -> tuple:
+        """Batch number ``index``: (x, y), or (x, y, extras) when packing; a pure function of the index."""
         per_epoch = max(1, len(self._rows(0)) // (self.batch_size * self.world_size))
         epoch, k = divmod(index, per_epoch)
         rows = self._rows(epoch)

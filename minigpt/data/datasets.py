@@ -7,7 +7,7 @@ resume continues the exact stream of batches an uninterrupted run would have see
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ IGNORE_INDEX = -100
 
 
 class WindowSampler:
-    """Random (x, y) windows of `seq_len` tokens from a flat token array (seed 004's get_batch).
+    """Random (x, y) windows of `seq_len` tokens from a flat token array.
 
     Batch i is drawn from a generator seeded with (seed, i): it picks the global batch's
     batch_size * world_size window starts and rank r takes the r-th share. Any batch can be recomputed from
@@ -27,7 +27,7 @@ class WindowSampler:
     """
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 seq_len_at=None):
+                 seq_len_at: Callable[[int], int] | None = None):
         """seq_len_at: optional function batch index -> window length (dynamic_seq_length); a pure function of
         the index, so prefetching and resume stay exact."""
         if len(tokens) <= seq_len + 1:
@@ -75,7 +75,7 @@ class PrefetchBatches:
     also keep the memmap shared and work under Jupyter, where functions can't be pickled to processes.)
     """
 
-    def __init__(self, source, workers: int = 1, depth: int | None = None) -> None:
+    def __init__(self, source: Any, workers: int = 1, depth: int | None = None) -> None:
         self.source = source
         self.workers = max(1, int(workers))
         self.depth = depth or 2 * self.workers
@@ -146,7 +146,7 @@ def sequential_windows(tokens: np.ndarray, batch_size: int, seq_len: int, num_ba
 
 
 def dynamic_seq_len(step: int, max_steps: int, min_len: int, max_len: int) -> int:
-    """Context length for optimizer step `step` when it grows during training (seed 003's dynamic_seq_length).
+    """Context length for optimizer step `step` when it grows during training.
 
     Doubling stages from min_len up to max_len, each an equal share of max_steps: short windows are cheap
     while the model learns local statistics, and each stage's fixed length keeps compiled graphs reusable.

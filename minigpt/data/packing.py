@@ -38,16 +38,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..atomic import atomic_write_text
-from .tokenizer import (
-    DATA_NOTEBOOK,
-    EOS_ID,
-    MiniTokenizer,
-    TokenizerConfig,
-    _count_lines,
-    _require_file,
-    iter_texts,
-    train_tokenizer,
-)
+from .tokenizer import EOS_ID, MiniTokenizer
+from .tokenizer.corpus import DATA_NOTEBOOK, count_lines, iter_texts, require_file
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +129,7 @@ def _pack_split(
         else:
             logger.info("%s: progress file is for another tokenizer/source; starting over", split)
 
-    n_docs_total = _count_lines(src)
+    n_docs_total = count_lines(src)
     with open(partial, "ab" if done["num_docs"] else "wb") as f:
         # Drop a chunk that was half written when the previous run stopped.
         f.truncate(done["num_tokens"] * dtype.itemsize)
@@ -180,7 +172,7 @@ def pack_corpus(
     if chunk_docs < 1:
         raise ValueError(f"chunk_docs: expected an int >= 1, got {chunk_docs!r}")
     data_dir, tokens_dir = Path(data_dir), Path(tokens_dir)
-    srcs = {s: _require_file(data_dir / f"{s}.jsonl") for s in splits}
+    srcs = {s: require_file(data_dir / f"{s}.jsonl") for s in splits}
     tokens_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tok.vocab_size)
     header = {
@@ -192,14 +184,7 @@ def pack_corpus(
         "tokenizer_sha256": tok.sha256,
         "tokenizer_path": tok.source,
     }
-    old: dict = {}
-    if (tokens_dir / "meta.json").is_file():
-        try:
-            old = read_meta(tokens_dir)
-        except ValueError:
-            old = {}
-    same_tok = old.get("tokenizer_sha256") == tok.sha256 and old.get("dtype") == dtype.name
-    meta = {**header, "splits": dict(old.get("splits", {})) if same_tok else {}}
+    meta = {**header, "splits": _reusable_splits(tokens_dir, tok, dtype)}
 
     t0 = time.perf_counter()
     for split, src in srcs.items():
@@ -221,6 +206,18 @@ def pack_corpus(
         ", ".join(f"{s}={m['num_tokens']:,} tokens" for s, m in meta["splits"].items()),
     )
     return meta
+
+
+def _reusable_splits(tokens_dir: Path, tok: MiniTokenizer, dtype: np.dtype) -> dict:
+    """The splits of an existing meta.json written with this tokenizer and dtype (else none)."""
+    old: dict = {}
+    if (tokens_dir / "meta.json").is_file():
+        try:
+            old = read_meta(tokens_dir)
+        except ValueError:
+            old = {}
+    same_tok = old.get("tokenizer_sha256") == tok.sha256 and old.get("dtype") == dtype.name
+    return dict(old.get("splits", {})) if same_tok else {}
 
 
 def read_meta(tokens_dir: str | os.PathLike) -> dict:
@@ -261,29 +258,37 @@ def load_tokens(
     """
     p = Path(tokens_dir)
     if p.is_dir() and (p / "meta.json").is_file():
-        meta = read_meta(p)
-        if split not in meta["splits"]:
-            raise KeyError(f"{p / 'meta.json'}: no split {split!r} (have {sorted(meta['splits'])})")
-        entry = meta["splits"][split]
-        path = p / entry["file"]
-        if tokenizer is not None and meta["tokenizer_sha256"] != tokenizer.sha256:
-            raise TokenizerMismatchError(
-                f"{path} was made by tokenizer sha256 {meta['tokenizer_sha256'][:16]}… "
-                f"(from {meta.get('tokenizer_path')}, vocab {meta['vocab_size']}), but the tokenizer in use "
-                f"is sha256 {tokenizer.sha256[:16]}… (from {tokenizer.source}, vocab {tokenizer.vocab_size}); "
-                f"re-run notebooks/02_tokenizer to re-pack the tokens with this tokenizer"
-            )
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (listed in {p / 'meta.json'}): re-run notebooks/02_tokenizer")
-        dt = np.dtype(meta["dtype"])
-        if dtype is not None and np.dtype(dtype) != dt:
-            raise ValueError(f"{path}: dtype={dtype} given but meta.json says {dt.name}")
-        arr = _memmap(path, dt)
-        if arr.size != entry["num_tokens"]:
-            raise ValueError(f"{path}: {arr.size} tokens on disk but meta.json says {entry['num_tokens']} (truncated?)")
-        return arr
+        return _load_packed(p, split, tokenizer, dtype)
+    return _load_foreign(p, split, tokenizer, dtype)
 
-    # Foreign files: .npy or raw .bin.
+
+def _load_packed(p: Path, split: str, tokenizer: MiniTokenizer | None, dtype: str | None) -> np.ndarray:
+    """A split of minigpt's own token files, checked against meta.json (and the tokenizer's hash)."""
+    meta = read_meta(p)
+    if split not in meta["splits"]:
+        raise KeyError(f"{p / 'meta.json'}: no split {split!r} (have {sorted(meta['splits'])})")
+    entry = meta["splits"][split]
+    path = p / entry["file"]
+    if tokenizer is not None and meta["tokenizer_sha256"] != tokenizer.sha256:
+        raise TokenizerMismatchError(
+            f"{path} was made by tokenizer sha256 {meta['tokenizer_sha256'][:16]}… "
+            f"(from {meta.get('tokenizer_path')}, vocab {meta['vocab_size']}), but the tokenizer in use "
+            f"is sha256 {tokenizer.sha256[:16]}… (from {tokenizer.source}, vocab {tokenizer.vocab_size}); "
+            f"re-run notebooks/02_tokenizer to re-pack the tokens with this tokenizer"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (listed in {p / 'meta.json'}): re-run notebooks/02_tokenizer")
+    dt = np.dtype(meta["dtype"])
+    if dtype is not None and np.dtype(dtype) != dt:
+        raise ValueError(f"{path}: dtype={dtype} given but meta.json says {dt.name}")
+    arr = _memmap(path, dt)
+    if arr.size != entry["num_tokens"]:
+        raise ValueError(f"{path}: {arr.size} tokens on disk but meta.json says {entry['num_tokens']} (truncated?)")
+    return arr
+
+
+def _load_foreign(p: Path, split: str, tokenizer: MiniTokenizer | None, dtype: str | None) -> np.ndarray:
+    """Token files without meta.json: a ``.npy`` array or a raw ``.bin`` of ``dtype``."""
     if p.is_dir():
         cands = [p / f"{split}.npy", p / f"{split}.bin"]
         found = [c for c in cands if c.is_file()]
@@ -314,39 +319,3 @@ def load_tokens(
             )
         logger.warning("%s has no meta.json: can't verify which tokenizer made it", path)
     return arr
-
-
-def bench_tokenizer(
-    texts: Sequence[str],
-    vocab_size: int = 6400,
-    min_frequency: int = 2,
-    tok: MiniTokenizer | None = None,
-    repeat: int = 1,
-) -> dict:
-    """Tokenizer training time (unless ``tok`` is given) and batch-encode throughput in MB/s of UTF-8."""
-    texts = [t for t in texts if t]
-    out: dict[str, Any] = {"n_docs": len(texts)}
-    if tok is None:
-        t0 = time.perf_counter()
-        tok = train_tokenizer(texts, TokenizerConfig(tokenizer_vocab_size=vocab_size, min_frequency=min_frequency))
-        out["train_seconds"] = time.perf_counter() - t0
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    best = float("inf")
-    n_tokens = 0
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        n_tokens = sum(len(ids) for ids in tok.encode_batch(texts))
-        best = min(best, time.perf_counter() - t0)
-    n_chars = sum(len(t) for t in texts)
-    out.update(
-        vocab_size=tok.vocab_size,
-        n_bytes=n_bytes,
-        n_chars=n_chars,
-        n_tokens=n_tokens,
-        encode_seconds=best,
-        encode_mb_per_s=n_bytes / best / 1e6 if best > 0 else float("inf"),
-        chars_per_token=n_chars / n_tokens if n_tokens else None,
-        cpu_count=os.cpu_count(),
-    )
-    logger.info("tokenizer bench: %s", out)
-    return out

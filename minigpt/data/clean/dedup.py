@@ -1,0 +1,167 @@
+"""Duplicate detection: dedup keys and hashes, a compact hash set, MinHash with banded LSH.
+
+Exact dedup compares a 64-bit hash of the document's dedup key; near dedup declares a duplicate
+when one LSH band of the MinHash signature collides with a kept document's band. The same hash
+also picks the train/val side of a document.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+
+from .chars import U64, codepoints, mix64, ngram_hashes
+
+
+def dedup_key(text: str) -> str:
+    """The normalised form that exact dedup and the split hash: case-folded, whitespace removed."""
+    return "".join(text.lower().split())
+
+
+def chat_dedup_key(turns: list[dict]) -> str:
+    """Dedup key of a dialogue: roles and the dedup keys of the turns, with separators no text has."""
+    return "\x01chat\x02" + "\x02".join(t["role"] + "\x03" + dedup_key(t["content"]) for t in turns)
+
+
+def text_hash(key: str) -> int:
+    """Stable 64-bit hash (never 0: 0 marks an empty slot in the hash table)."""
+    h = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return h or 1
+
+
+def is_val(h: int, val_fraction: float) -> bool:
+    """Train/val by hash: a document's side depends only on its own text, so adding data never moves it."""
+    return (h >> 11) / float(1 << 53) < val_fraction
+
+
+class HashSet64:
+    """A set of non-zero uint64 keys in one numpy array (open addressing, linear probing).
+
+    ~12-23 bytes per key instead of ~70 for a Python set of ints, which is what keeps memory
+    flat on large inputs; all operations are vectorised over arrays of keys.
+    """
+
+    MAX_LOAD = 0.7  # linear probing stays short below this; above it the table doubles
+
+    def __init__(self, capacity: int = 1 << 16):
+        cap = 1 << max(4, (capacity - 1).bit_length())
+        self.table = np.zeros(cap, dtype=np.uint64)
+        self.mask = U64(cap - 1)
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """A bool per key: is it in the set."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        found = np.zeros(keys.shape[0], dtype=bool)
+        idx = keys & self.mask
+        active = np.arange(keys.shape[0])
+        while active.size:
+            cur = self.table[idx[active]]
+            hit = cur == keys[active]
+            found[active[hit]] = True
+            active = active[~hit & (cur != 0)]
+            idx[active] = (idx[active] + U64(1)) & self.mask
+        return found
+
+    def add(self, keys: np.ndarray) -> np.ndarray:
+        """Insert keys; returns the ones that were new (sorted)."""
+        keys = np.unique(np.asarray(keys, dtype=np.uint64))
+        keys = keys[~self.contains(keys)]
+        if keys.size == 0:
+            return keys
+        if self.size + keys.size > self.MAX_LOAD * self.table.size:
+            old = self.table
+            cap = old.size
+            while self.size + keys.size > self.MAX_LOAD * cap:
+                cap *= 2
+            self.table = np.zeros(cap, dtype=np.uint64)
+            self.mask = U64(cap - 1)
+            self.size = 0
+            for i in range(0, old.size, 1 << 20):  # rehash in slices: no full copy of the old keys
+                part = old[i:i + (1 << 20)]
+                self._insert_new(part[part != 0])
+            del old
+        self._insert_new(keys)
+        return keys
+
+    def _insert_new(self, keys: np.ndarray) -> None:
+        idx = keys & self.mask
+        pending = np.arange(keys.size)
+        while pending.size:
+            slot = idx[pending]
+            empty = np.nonzero(self.table[slot] == 0)[0]
+            won = np.zeros(pending.size, dtype=bool)
+            if empty.size:
+                _, first = np.unique(slot[empty], return_index=True)  # one winner per free slot
+                w = empty[first]
+                self.table[slot[w]] = keys[pending[w]]
+                won[w] = True
+            pending = pending[~won]
+            idx[pending] = (idx[pending] + U64(1)) & self.mask
+        self.size += keys.size
+
+
+@functools.lru_cache(maxsize=32)
+def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
+    """(bands, rows) with bands*rows <= num_perm minimising false positives + false negatives
+    around ``threshold`` (the area under the S-curve on the wrong side of the threshold)."""
+    def area(ys: np.ndarray, width: float) -> float:
+        return float(ys.mean()) * width
+
+    xs_lo = np.linspace(0.0, threshold, 200)
+    xs_hi = np.linspace(threshold, 1.0, 200)
+    best, best_err = (1, num_perm), float("inf")
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = area(1 - (1 - xs_lo ** r) ** b, threshold)
+            fn = area((1 - xs_hi ** r) ** b, 1.0 - threshold)
+            if fp + fn < best_err:
+                best, best_err = (b, r), fp + fn
+    return best
+
+
+class MinHashLSH:
+    """MinHash over character n-gram shingles, banded LSH; a document is a near duplicate when one
+    of its band keys was produced by an earlier kept document."""
+
+    def __init__(self, num_perm: int, threshold: float, ngram: int, seed: int = 1234):
+        self.num_perm, self.ngram = num_perm, ngram
+        self.bands, self.rows = lsh_params(num_perm, threshold)
+        rng = np.random.default_rng(seed)
+        self.a32 = rng.integers(1, 2**32, size=num_perm, dtype=np.uint32) | np.uint32(1)  # odd: a bijection
+        self.b32 = rng.integers(0, 2**32, size=num_perm, dtype=np.uint32)
+        self.row_coef = rng.integers(1, 2**63, size=self.rows, dtype=np.uint64) | U64(1)
+        self.band_salt = rng.integers(0, 2**63, size=self.bands, dtype=np.uint64)
+
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), num_perm) uint32 MinHash signatures, computed for the whole batch at once."""
+        n = self.ngram
+        # a text shorter than the shingle is one shingle, padded with NUL (never in cleaned text)
+        padded = [t if len(t) >= n else t + "\x00" * (n - len(t)) for t in texts]
+        cp, lens, starts = codepoints(padded)
+        hv, counts = ngram_hashes(cp, lens, starts, n, np.arange(len(padded)))
+        seg = np.cumsum(counts) - counts
+        # one affine permutation a*x+b mod 2**32 per hash function over the mixed 32-bit shingle
+        # hashes: uint32 arithmetic is faster than uint64 and the inputs are already random
+        h32 = (hv >> U64(32)).astype(np.uint32)
+        sig = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        chunk = max(1, min(self.num_perm, 8_000_000 // max(1, h32.size)))  # bound the temporary matrix
+        for j in range(0, self.num_perm, chunk):
+            mat = h32[None, :] * self.a32[j:j + chunk, None]
+            mat += self.b32[j:j + chunk, None]
+            sig[:, j:j + chunk] = np.minimum.reduceat(mat, seg, axis=1).T
+        return sig
+
+    def band_keys(self, sig: np.ndarray) -> np.ndarray:
+        """(n, bands) uint64 keys, one per band of ``rows`` signature values."""
+        x = sig[:, : self.bands * self.rows].reshape(sig.shape[0], self.bands, self.rows).astype(np.uint64)
+        keys = (x * self.row_coef).sum(axis=2, dtype=np.uint64) + self.band_salt
+        keys = mix64(keys)
+        keys[keys == 0] = 1
+        return keys
+

@@ -1,0 +1,459 @@
+"""run_cleaning: read every source in batches, clean, filter, dedup and write; checkpoint to resume.
+
+Outputs are written under temporary names (``*.partial``) and renamed when the run completes. A
+checkpoint (``.clean_state.json``) records how far each output file and each input has got; an
+interrupted run started again truncates the outputs back to the checkpoint and carries on, so the
+result equals an uninterrupted run byte for byte. The dedup tables are rebuilt from append-only
+key logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from json.encoder import encode_basestring as _encode_str  # C, ensure_ascii=False flavour
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...atomic import atomic_write_text
+from .. import sources as S
+from .cleaner import Cleaner
+from .config import CleanConfig
+from .dedup import HashSet64, MinHashLSH, chat_dedup_key, dedup_key, is_val, text_hash
+from .filters import check_chat_length, check_text_length
+from .reasons import EXACT_DUPLICATE, NEAR_DUPLICATE, REASONS, STEPS
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = {"train": "train.jsonl", "val": "val.jsonl", "sft": "sft.jsonl", "sft_val": "sft_val.jsonl",
+           "rejects": "rejects.jsonl"}
+KEYLOGS = {"exact": ".exact_keys.bin", "lsh": ".lsh_keys.bin"}
+STATE_FILE = ".clean_state.json"
+BATCH = 512
+HIST_BINS = 24  # length histogram bins: [0], [1], [2,4), [4,8), ... by bit length
+
+# a verdict on one record: ("reject", reason, detail), ("cap",) or (kind, value, nchars) to keep
+Verdict = tuple
+# a record that passed the filters: (source, item, kind, value, dedup hash, nchars)
+Candidate = tuple[S.Source, S.Item, str, Any, int, int]
+
+
+def run_cleaning(cfg: CleanConfig, out_dir: str | Path, resume: bool = True) -> dict:
+    """Clean every source into ``out_dir``; returns the stats dict (also written to stats.json).
+
+    With ``resume`` (the default) a run interrupted earlier with the same config and inputs
+    continues from its last checkpoint, and a run already complete is not redone.
+    """
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    srcs = _sources(cfg)
+    fp = _fingerprint(cfg, srcs)
+    state = _load_state(out, fp) if resume else None
+    phase = state.get("phase") if state is not None else None
+    if phase == "done" and (out / "stats.json").exists() and all((out / v).exists() for v in OUTPUTS.values()):
+        logger.info("%s is already complete; returning its stats (resume=False to redo)", out)
+        return json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    if phase == "finalizing":
+        return _finalize(out, state["stats"], state)
+    if phase != "running":
+        state = None
+    if state is None:
+        stats = _new_stats(cfg, srcs)
+        state = {"version": 1, "fingerprint": fp, "phase": "running", "source": 0, "pos": 0, "line": 0}
+        sizes = None
+    else:
+        stats, sizes = state["stats"], state["sizes"]
+        logger.info("resuming %s at source %d, line %d", out, state["source"], state["line"])
+    result = _run_sources(_Run(cfg, out, stats, state), srcs, sizes)
+    logger.info("cleaning done: %s kept, %s rejected, %.1f s", result["kept"], result["rejected_total"],
+                result["elapsed_s"])
+    return result
+
+
+def _load_state(out: Path, fingerprint: str) -> dict | None:
+    """The checkpoint of an earlier run with the same config and inputs, or None."""
+    state_path = out / STATE_FILE
+    if not state_path.exists():
+        return None
+    state = None
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except ValueError:
+        logger.warning("%s is unreadable; starting the cleaning run afresh", state_path)
+    if state is not None and state.get("fingerprint") != fingerprint:
+        logger.info("config or inputs changed since the last run in %s; starting afresh", out)
+        state = None
+    return state
+
+
+def _sources(cfg: CleanConfig) -> list[S.Source]:
+    srcs = []
+    if cfg.use_full_data or not cfg.data_files:
+        srcs += S.builtin_sources(cfg.use_full_data, cfg.sft_language)
+    srcs += [S.file_source(p) for p in cfg.data_files]  # raises on missing / empty / unsupported
+    return srcs
+
+
+def _fingerprint(cfg: CleanConfig, srcs: list[S.Source]) -> str:
+    """What a checkpoint must match to be resumed: the config (display options aside) and the input files."""
+    d = asdict(cfg)
+    d.pop("progress", None)
+    d.pop("checkpoint_every", None)
+    files = [(s.path, s.fmt, os.path.getsize(s.path)) for s in srcs]
+    return hashlib.sha256(json.dumps([d, files], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _new_stats(cfg: CleanConfig, srcs: list[S.Source]) -> dict:
+    return {
+        "records": 0,
+        "kept": {"train": 0, "val": 0, "sft": 0, "sft_val": 0},
+        "chars": {"train": 0, "val": 0, "sft": 0, "sft_val": 0},
+        "rejected": {},
+        "rejected_total": 0,
+        "over_cap": 0,
+        "exact_duplicates": 0,
+        "near_duplicates": 0,
+        "steps": {k: 0 for k in STEPS},
+        "sources": {},
+        "files": {},
+        "length_hist": {"text": [0] * HIST_BINS, "chat": [0] * HIST_BINS},
+        "input_bytes": sum(os.path.getsize(s.path) for s in srcs),
+        "elapsed_s": 0.0,
+        "config": asdict(cfg),
+    }
+
+
+def _source_stats(stats: dict, src: S.Source) -> dict:
+    st = stats["sources"].get(src.name)
+    if st is None:
+        st = stats["sources"][src.name] = {"records": 0, "docs": 0, "chars": 0, "train": 0, "val": 0, "sft": 0,
+                                           "sft_val": 0, "rejected": {}, "over_cap": 0}
+    return st
+
+
+def _run_sources(run: "_Run", srcs: list[S.Source], sizes: dict[str, int] | None) -> dict:
+    """Read the sources from the checkpointed one on, then finalize; returns the final stats."""
+    from tqdm.auto import tqdm
+
+    stats, state = run.stats, run.state
+    run.open(sizes)
+    bar = tqdm(total=stats["input_bytes"], unit="B", unit_scale=True, desc="cleaning", disable=not run.cfg.progress)
+    try:
+        for si in range(state["source"], len(srcs)):
+            start = (state["pos"], state["line"]) if si == state["source"] else (0, 0)
+            _run_source(run, si, srcs[si], start, bar)
+        run.stop_clock()
+        run.close()
+        state["stats"] = stats
+        return _finalize(run.out, stats, state)
+    finally:
+        bar.close()
+        run.close()
+
+
+def _run_source(run: "_Run", si: int, src: S.Source, start: tuple[int, int], bar: Any) -> None:
+    """Source number ``si`` from ``start`` = (pos, line), in batches; checkpoints as it goes and at its end."""
+    cfg, stats = run.cfg, run.stats
+    kinds = [src.kind] if src.kind else ["text", "chat"]
+    if all(run.full(k) for k in kinds):
+        logger.info("max_data_size reached; skipping %s", src.path)
+        return
+    logger.info("reading %s (%s)", src.path, src.name)
+    batch: list[tuple[S.Source, S.Item]] = []
+    since = 0
+    by_bytes = src.fmt in ("jsonl", "lines", "txt")  # there ``pos`` is a byte offset
+    done = start[0] if by_bytes else 0
+    for item in S.iter_source(src, text_column=cfg.text_column, max_line_bytes=cfg.max_line_bytes,
+                              start_pos=start[0], start_line=start[1], counters=stats["steps"]):
+        batch.append((src, item))
+        if len(batch) < BATCH:
+            continue
+        run.process(batch)
+        since += len(batch)
+        last = batch[-1][1]
+        batch = []
+        if by_bytes:
+            bar.update(last.pos - done)
+            done = last.pos
+        if since >= cfg.checkpoint_every:
+            run.checkpoint(si, last.pos, last.line)
+            since = 0
+        # a file of unknown kind stops once every kind it has produced so far is full
+        seen = kinds if src.kind else [k for k in kinds if stats["files"][src.path].get(k)]
+        if seen and all(run.full(k) for k in seen):
+            logger.info("max_data_size reached; stopping %s at line %d", src.path, last.line)
+            break
+    if batch:
+        run.process(batch)
+    if src.name == src.path:  # a user file: must have given something usable
+        _check_file(stats, src)
+    bar.update(max(0, os.path.getsize(src.path) - done))
+    run.checkpoint(si + 1, 0, 0)
+
+
+def _check_file(stats: dict, src: S.Source) -> None:
+    """Stop the run on a user file that gave nothing usable."""
+    fst = stats["files"].get(src.path, {"records": 0, "parsed": 0})
+    if fst["records"] == 0:
+        raise ValueError(f"{src.path}: no records found; expected {src.fmt} records (is the file blank?)")
+    if fst["parsed"] == 0:
+        reasons = stats["sources"].get(src.name, {}).get("rejected", {})
+        raise ValueError(
+            f"{src.path}: none of its {fst['records']} records is valid (reasons: {reasons}); expected "
+            + ("JSON objects with a 'text' string or a 'conversations' list, one per line" if src.fmt == "jsonl"
+               else f"valid UTF-8 {src.fmt} records")
+            + f"; see {OUTPUTS['rejects']} for line numbers"
+        )
+
+
+def _finalize(out: Path, stats: dict, state: dict) -> dict:
+    """Rename the outputs into place, write stats.json, mark the run done and drop the key logs."""
+    state["phase"] = "finalizing"
+    atomic_write_text(out / STATE_FILE, json.dumps(state))
+    for v in OUTPUTS.values():
+        part = out / (v + ".partial")
+        if part.exists():
+            os.replace(part, out / v)
+    st = stats
+    st["kept_total"] = sum(st["kept"].values())
+    st["mb_per_s"] = round(st["input_bytes"] / 1e6 / max(st["elapsed_s"], 1e-9), 2)
+    st["reasons"] = [r for r in REASONS if r in st["rejected"]] + sorted(set(st["rejected"]) - set(REASONS))
+    atomic_write_text(out / "stats.json", json.dumps(st, ensure_ascii=False, indent=1))
+    state["phase"] = "done"
+    state["stats"] = None
+    atomic_write_text(out / STATE_FILE, json.dumps(state))
+    for v in KEYLOGS.values():
+        if (out / v).exists():
+            os.unlink(out / v)
+    return st
+
+
+class _Run:
+    """State of one cleaning run: open outputs, dedup tables, counters, the checkpoint."""
+
+    def __init__(self, cfg: CleanConfig, out: Path, stats: dict, state: dict):
+        self.cfg, self.out, self.stats, self.state = cfg, out, stats, state
+        self.cleaner = Cleaner(cfg, stats["steps"])
+        self.exact = HashSet64()
+        self.lsh = MinHashLSH(cfg.near_dedup_num_perm, cfg.near_dedup_threshold, cfg.near_dedup_ngram) \
+            if cfg.near_dedup else None
+        self.lsh_table = HashSet64()
+        self.files: dict[str, Any] = {}
+        self.cap = cfg.max_data_size or None
+        self.t0, self.elapsed0 = time.perf_counter(), stats["elapsed_s"]
+
+    # ---- files and checkpoints
+    def open(self, sizes: dict[str, int] | None) -> None:
+        """Open the temp outputs; on resume cut each back to its checkpointed size first."""
+        names = {**{k: self.out / (v + ".partial") for k, v in OUTPUTS.items()},
+                 **{k: self.out / v for k, v in KEYLOGS.items()}}
+        for key, path in names.items():
+            if sizes is None:
+                path.write_bytes(b"")
+            else:
+                with open(path, "r+b" if path.exists() else "w+b") as f:
+                    f.truncate(sizes.get(key, 0))
+            self.files[key] = open(path, "ab", buffering=1 << 20)
+        if sizes is not None:  # rebuild the dedup tables from their logs
+            self.exact.add(np.fromfile(names["exact"], dtype=np.uint64))
+            if self.lsh is not None:
+                self.lsh_table.add(np.fromfile(names["lsh"], dtype=np.uint64))
+        self.t0 = time.perf_counter()
+
+    def sizes(self) -> dict[str, int]:
+        for f in self.files.values():
+            f.flush()
+        return {k: f.tell() for k, f in self.files.items()}
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files = {}
+
+    def stop_clock(self) -> None:
+        self.stats["elapsed_s"] = self.elapsed0 + time.perf_counter() - self.t0
+
+    def checkpoint(self, source: int, pos: int, line: int) -> None:
+        """Record that everything before (source, pos, line) is in the outputs at their current sizes."""
+        self.stop_clock()
+        self.state.update(source=source, pos=pos, line=line, sizes=self.sizes(), stats=self.stats)
+        atomic_write_text(self.out / STATE_FILE, json.dumps(self.state, ensure_ascii=False))
+
+    # ---- accounting
+    def reject(self, src: S.Source, line: int, reason: str, excerpt: str, detail: str = "") -> None:
+        st = self.stats
+        st["rejected"][reason] = st["rejected"].get(reason, 0) + 1
+        st["rejected_total"] += 1
+        ss = _source_stats(st, src)
+        ss["rejected"][reason] = ss["rejected"].get(reason, 0) + 1
+        rec = {"file": src.path, "line": line, "reason": reason, "excerpt": excerpt, "source": src.name}
+        if detail:
+            rec["detail"] = detail
+        self.files["rejects"].write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8", "replace"))
+
+    def over_cap(self, src: S.Source) -> None:
+        self.stats["over_cap"] += 1
+        _source_stats(self.stats, src)["over_cap"] += 1
+
+    def full(self, kind: str) -> bool:
+        """Has ``kind`` ("text" or "chat") reached max_data_size kept records?"""
+        if self.cap is None:
+            return False
+        k = self.stats["kept"]
+        return (k["train"] + k["val"] if kind == "text" else k["sft"] + k["sft_val"]) >= self.cap
+
+    def keep(self, src: S.Source, kind: str, value: Any, h: int, nchars: int) -> None:
+        st = self.stats
+        if kind == "text":
+            split = "val" if is_val(h, self.cfg.val_fraction) else "train"
+            # the C string encoder directly: json.dumps of a dict goes through slower Python layers
+            line = '{"text": ' + _encode_str(value) + "}"
+        else:
+            split = "sft_val" if is_val(h, self.cfg.val_fraction) else "sft"
+            line = json.dumps({"conversations": value}, ensure_ascii=False)
+        self.files[split].write((line + "\n").encode("utf-8"))
+        st["kept"][split] += 1
+        st["chars"][split] += nchars
+        st["length_hist"][kind][min(nchars.bit_length(), HIST_BINS - 1)] += 1
+        ss = _source_stats(st, src)
+        ss["docs"] += 1
+        ss["chars"] += nchars
+        ss[split] += 1
+
+    # ---- one batch of records
+    def process(self, batch: list[tuple[S.Source, S.Item]]) -> None:
+        """One batch (all from one source): normalise, judge, then dedup and write in record order."""
+        normed = iter(self.cleaner.normalize_batch(*_texts_to_normalize(batch)))
+        verdicts = self._judge(batch, normed)
+        if self.cfg.quality_filter:
+            self._apply_quality(verdicts)
+        cands = self._account(batch, verdicts)
+        if cands:
+            self._dedup_and_keep(cands)
+
+    def _judge(self, batch: list[tuple[S.Source, S.Item]], normed: Any) -> list[Verdict]:
+        """Count the batch's records and give each a verdict from its cleaned text, the cap and the lengths."""
+        st = self.stats
+        src = batch[0][0]  # a batch never spans two sources
+        st["records"] += len(batch)
+        _source_stats(st, src)["records"] += len(batch)
+        fst = st["files"].setdefault(src.path, {"records": 0, "parsed": 0})
+        fst["records"] += len(batch)
+        verdicts: list[Verdict] = []
+        for _, item in batch:
+            if item.kind == "reject":
+                verdicts.append(("reject", item.value, ""))
+                continue
+            fst["parsed"] += 1
+            fst[item.kind] = fst.get(item.kind, 0) + 1  # which kinds this file holds (for the cap)
+            if item.kind == "text":
+                verdicts.append(self._judge_text(next(normed)))
+            else:
+                verdicts.append(self._judge_chat([{"role": t["role"], "content": next(normed)} for t in item.value]))
+        return verdicts
+
+    def _judge_text(self, text: str) -> Verdict:
+        if self.full("text"):
+            return ("cap",)
+        reason, detail = check_text_length(text, self.cfg)
+        return ("reject", reason, detail) if reason else ("text", text, len(text))
+
+    def _judge_chat(self, turns: list[dict]) -> Verdict:
+        nchars = sum(len(t["content"]) for t in turns)
+        if self.full("chat"):
+            return ("cap",)
+        reason, detail = check_chat_length(turns, nchars, self.cfg)
+        return ("reject", reason, detail) if reason else ("chat", turns, nchars)
+
+    def _apply_quality(self, verdicts: list[Verdict]) -> None:
+        """Quality filters, vectorised over the batch's surviving documents, applied in record order."""
+        idx = [i for i, r in enumerate(verdicts) if r[0] == "text"]
+        for i, (reason, detail) in zip(idx, self.cleaner.quality_batch([verdicts[i][1] for i in idx])):
+            if reason:
+                verdicts[i] = ("reject", reason, detail)
+
+    def _account(self, batch: list[tuple[S.Source, S.Item]], verdicts: list[Verdict]) -> list[Candidate]:
+        """Write rejects and count over-cap records in record order; the rest become dedup candidates."""
+        cands: list[Candidate] = []
+        for (src, item), r in zip(batch, verdicts):
+            if r[0] == "reject":
+                self.reject(src, item.line, r[1], item.excerpt, r[2])
+            elif r[0] == "cap":
+                self.over_cap(src)
+            elif r[0] == "text":
+                cands.append((src, item, "text", r[1], text_hash(dedup_key(r[1])), r[2]))
+            else:
+                cands.append((src, item, "chat", r[1], text_hash(chat_dedup_key(r[1])), r[2]))
+        return cands
+
+    def _dedup_and_keep(self, cands: list[Candidate]) -> None:
+        """Drop exact and near duplicates (of earlier records, this batch's included); keep the rest."""
+        dup = self._exact_duplicates(cands)
+        band, near_prev = self._band_lookup(cands, dup)
+        seen_in_batch: set[int] = set()
+        kept_bands = []
+        for i, (src, item, kind, value, h, nchars) in enumerate(cands):
+            if dup[i]:
+                self.stats["exact_duplicates"] += 1
+                self.reject(src, item.line, EXACT_DUPLICATE, item.excerpt)
+                continue
+            if self.full(kind):
+                self.over_cap(src)
+                continue
+            if band is not None and kind == "text":
+                keys = band[i].tolist()
+                if near_prev[i] or not seen_in_batch.isdisjoint(keys):
+                    self.stats["near_duplicates"] += 1
+                    self.reject(src, item.line, NEAR_DUPLICATE, item.excerpt)
+                    continue
+                seen_in_batch.update(keys)
+                kept_bands.append(band[i])
+            self.keep(src, kind, value, h, nchars)
+        if kept_bands:
+            self.lsh_table.add(np.concatenate(kept_bands)).tofile(self.files["lsh"])
+
+    def _exact_duplicates(self, cands: list[Candidate]) -> np.ndarray:
+        """A bool per candidate; the new hashes go into the table and its key log."""
+        dup = np.zeros(len(cands), dtype=bool)
+        if not self.cfg.exact_dedup:
+            return dup
+        hashes = np.fromiter((c[4] for c in cands), dtype=np.uint64, count=len(cands))
+        # first occurrence within the batch and not seen before == the sequential rule
+        _, first = np.unique(hashes, return_index=True)
+        dup[:] = True
+        dup[first] = False
+        dup |= self.exact.contains(hashes)
+        self.exact.add(hashes[~dup]).tofile(self.files["exact"])
+        return dup
+
+    def _band_lookup(self, cands: list[Candidate], dup: np.ndarray) -> tuple[dict | None, dict | None]:
+        """LSH band keys of the non-duplicate texts, and whether one of them was kept before this batch."""
+        text_rows = [i for i, c in enumerate(cands) if c[2] == "text" and not dup[i]]
+        if self.lsh is None or not text_rows:
+            return None, None
+        sig = self.lsh.signatures([dedup_key(cands[i][3]) for i in text_rows])
+        band = dict(zip(text_rows, self.lsh.band_keys(sig)))
+        hit = self.lsh_table.contains(np.concatenate([band[i] for i in text_rows]))
+        hit = hit.reshape(len(text_rows), self.lsh.bands).any(axis=1)
+        return band, dict(zip(text_rows, hit.tolist()))
+
+
+def _texts_to_normalize(batch: list[tuple[S.Source, S.Item]]) -> tuple[list[str], list[bool]]:
+    """Every text and dialogue turn of a batch, and whether each is POS tagged, for one normalize call."""
+    raw: list[str] = []
+    tagged: list[bool] = []
+    for src, item in batch:
+        if item.kind == "text":
+            raw.append(item.value)
+            tagged.append(src.pos_tagged)
+        elif item.kind == "chat":
+            raw += [t["content"] for t in item.value]
+            tagged += [False] * len(item.value)
+    return raw, tagged

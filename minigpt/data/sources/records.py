@@ -1,0 +1,112 @@
+"""What every reader yields: the Item and Source records, reject reasons, and record validation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+# Reject reasons produced by readers (the cleaning pipeline adds its own).
+INVALID_UTF8 = "invalid_utf8"
+NUL_BYTE = "nul_byte"
+LINE_TOO_LONG = "line_too_long"
+BLANK_LINE = "blank_line"
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_TEXT = "missing_text"
+TEXT_NOT_STRING = "text_not_string"
+BAD_CONVERSATION = "bad_conversation"
+BAD_ROLE = "bad_role"
+BAD_ROLE_ORDER = "bad_role_order"
+NO_ASSISTANT_TURN = "no_assistant_turn"
+INVALID_CSV = "invalid_csv"
+
+ROLES = ("system", "user", "assistant")
+EXCERPT_CHARS = 200
+# Lone surrogates can sneak in through JSON escapes ("\ud800"); they cannot be written as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class Item(NamedTuple):
+    """One record of a source (see the ``sources`` package docstring)."""
+
+    line: int
+    pos: int
+    kind: str
+    value: object
+    excerpt: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file. ``name`` groups files in the stats (e.g. both review files are "reviews")."""
+
+    name: str
+    path: str
+    fmt: str  # jsonl | txt | lines | csv | parquet | chatterbot
+    kind: str | None = None  # "text" / "chat" when known up front, None when detected per record
+    pos_tagged: bool = False  # People's Daily: word/TAG tokens that the cleaner strips
+
+
+def make_excerpt(raw: bytes | str) -> str:
+    """The first EXCERPT_CHARS characters of a record, for rejects.jsonl (bad bytes shown escaped)."""
+    if isinstance(raw, bytes):
+        raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="backslashreplace")
+    return raw[:EXCERPT_CHARS]
+
+
+def check_text(text: str) -> str:
+    """Reason why a decoded string cannot be used, or ''."""
+    if text.isprintable():  # fast C scan; NUL and surrogates are both non-printable
+        return ""
+    if "\x00" in text:
+        return NUL_BYTE
+    if _SURROGATE.search(text):
+        return INVALID_UTF8
+    return ""
+
+
+def validate_conversation(conv: object) -> tuple[list[dict] | None, str]:
+    """Check a minimind ``conversations`` list. Returns (turns, '') or (None, reason).
+
+    Allowed: an optional leading system turn, then user/assistant alternating from user, with at
+    least one assistant turn. A trailing user turn (nothing answers it) is dropped, not rejected.
+    """
+    if not isinstance(conv, list) or not conv:
+        return None, BAD_CONVERSATION
+    turns = []
+    for turn in conv:
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+            return None, BAD_CONVERSATION
+        role = turn.get("role")
+        if role not in ROLES:
+            return None, BAD_ROLE
+        if check_text(turn["content"]):
+            return None, check_text(turn["content"])
+        turns.append({"role": role, "content": turn["content"]})
+    body = turns[1:] if turns[0]["role"] == "system" else turns
+    for i, turn in enumerate(body):
+        if turn["role"] != ("user" if i % 2 == 0 else "assistant"):
+            return None, BAD_ROLE_ORDER
+    if len(body) < 2:
+        return None, NO_ASSISTANT_TURN
+    if body[-1]["role"] == "user":
+        turns = turns[:-1]
+    return turns, ""
+
+
+def parse_record(obj: object, text_key: str = "text") -> tuple[str, object]:
+    """A decoded JSON value -> ("text", str) | ("chat", turns) | ("reject", reason)."""
+    if not isinstance(obj, dict):
+        return "reject", NOT_AN_OBJECT
+    if text_key in obj:
+        text = obj[text_key]
+        if not isinstance(text, str):
+            return "reject", TEXT_NOT_STRING
+        bad = check_text(text)
+        return ("reject", bad) if bad else ("text", text)
+    if "conversations" in obj:
+        turns, reason = validate_conversation(obj["conversations"])
+        return ("reject", reason) if reason else ("chat", turns)
+    return "reject", MISSING_TEXT
+

@@ -1,0 +1,59 @@
+"""Reading the cleaned corpus (``runs/R/data/*.jsonl``) for tokenizer training and token packing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+DATA_NOTEBOOK = "notebooks/01_data_clean"
+
+
+def require_file(path: Path, what: str = "") -> Path:
+    path = Path(path)
+    if not path.is_file():
+        folder = path.parent
+        hint = f"run {DATA_NOTEBOOK} first"
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder} not found (no data folder): {hint} to create {path}")
+        raise FileNotFoundError(f"{path} not found{what}: {hint}")
+    return path
+
+
+def iter_jsonl(path: str | os.PathLike, key: str) -> Iterator[Any]:
+    """Yield ``obj[key]`` for each non-blank line; errors name the file and line."""
+    path = Path(path)
+    with open(path, "r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); expected one JSON object a line") from None
+            if not isinstance(obj, dict) or key not in obj:
+                raise ValueError(f"{path}:{lineno}: expected an object with a {key!r} key")
+            yield obj[key]
+
+
+def iter_texts(path: str | os.PathLike) -> Iterator[str]:
+    """Texts of a pretrain JSONL file (``{"text": ...}`` a line)."""
+    for lineno, t in enumerate(iter_jsonl(path, "text"), 1):
+        if not isinstance(t, str):
+            raise ValueError(f"{path}: record {lineno}: 'text' must be a string, got {type(t).__name__}")
+        yield t
+
+
+def conversation_text(conv: Sequence[dict]) -> str:
+    """Plain text of a conversation (contents joined by newlines) for tokenizer training."""
+    return "\n".join(str(m.get("content", "")) for m in conv if isinstance(m, dict))
+
+
+def count_lines(path: Path) -> int:
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                n += 1
+    return n

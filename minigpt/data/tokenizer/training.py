@@ -1,0 +1,101 @@
+"""Training the tokenizer: a byte-level BPE on the cleaned corpus, saved as a Hugging Face folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .config import TokenizerConfig
+from .corpus import DATA_NOTEBOOK, conversation_text, count_lines, iter_jsonl, require_file
+from .minitokenizer import MiniTokenizer
+from .special import SPECIAL_TOKENS, TOKENIZER_FILES
+
+logger = logging.getLogger(__name__)
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> MiniTokenizer:
+    """Train a byte-level BPE on ``texts`` (consumed once, streamed)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    cfg.validate()
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = None  # no normalisation: decode(encode(x)) must be exactly x
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.tokenizer_vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),  # first, so they get ids 0..3
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, even unseen ones
+        show_progress=False,
+    )
+    t0 = time.perf_counter()
+    tok.train_from_iterator((t for t in texts if t), trainer=trainer)
+    mt = MiniTokenizer(tok)
+    mt.train_seconds = time.perf_counter() - t0
+    logger.info("trained tokenizer: vocab %d in %.1fs", mt.vocab_size, mt.train_seconds)
+    return mt
+
+
+def training_texts(data_dir: str | os.PathLike, cfg: TokenizerConfig) -> Iterator[str]:
+    """Train documents (+ SFT dialogue text when sft.jsonl exists), sampled per ``tokenizer_samples``.
+
+    SFT text is included so chat words are in the vocabulary.
+    """
+    data_dir = Path(data_dir)
+    train = require_file(data_dir / "train.jsonl")
+    sft = data_dir / "sft.jsonl"
+    sources: list[tuple[Path, int, str]] = [(train, count_lines(train), "text")]
+    if sft.is_file():
+        sources.append((sft, count_lines(sft), "conversations"))
+    total = sum(n for _, n, _ in sources)
+    keep: set[int] | None = None
+    if cfg.tokenizer_samples and cfg.tokenizer_samples < total:
+        keep = set(random.Random(0).sample(range(total), cfg.tokenizer_samples))
+    offset = 0
+    for path, n, key in sources:
+        for k, item in enumerate(iter_jsonl(path, key)):
+            if keep is None or offset + k in keep:
+                if key == "conversations":
+                    item = conversation_text(item) if isinstance(item, list) else ""
+                if isinstance(item, str):
+                    try:
+                        item.encode("utf-8")
+                    except UnicodeEncodeError as e:  # a lone surrogate from a "\ud800" JSON escape
+                        raise ValueError(
+                            f"{path}: record {k + 1}: not valid Unicode ({e.reason}); re-run {DATA_NOTEBOOK} to clean the data"
+                        ) from None
+                    yield item
+        offset += n
+
+
+def build_tokenizer(data_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, cfg: TokenizerConfig) -> MiniTokenizer:
+    """Train on ``data_dir`` and save to ``tokenizer_dir``, or reuse it (``retrain_tokenizer=False``)."""
+    cfg.validate()
+    tokenizer_dir = Path(tokenizer_dir)
+    if not cfg.retrain_tokenizer and (tokenizer_dir / "tokenizer.json").is_file():
+        tok = MiniTokenizer.load(tokenizer_dir)
+        if tok.vocab_size != cfg.tokenizer_vocab_size:
+            logger.warning(
+                "reusing %s with vocab %d although tokenizer_vocab_size=%d; set retrain_tokenizer=True to retrain",
+                tokenizer_dir, tok.vocab_size, cfg.tokenizer_vocab_size,
+            )
+        else:
+            logger.info("reusing existing tokenizer %s (retrain_tokenizer=False)", tokenizer_dir)
+        missing = [f for f in TOKENIZER_FILES[1:] if not (tokenizer_dir / f).is_file()]
+        if missing:  # e.g. only tokenizer.json was copied in: complete the HF folder
+            tok.save(tokenizer_dir)
+        return tok
+    require_file(Path(data_dir) / "train.jsonl")
+    tok = train_tokenizer(training_texts(data_dir, cfg), cfg)
+    if tok.vocab_size < cfg.tokenizer_vocab_size:
+        logger.warning(
+            "vocab is %d < tokenizer_vocab_size=%d: not enough text/pairs at min_frequency=%d",
+            tok.vocab_size, cfg.tokenizer_vocab_size, cfg.min_frequency,
+        )
+    tok.save(tokenizer_dir)
+    return tok
