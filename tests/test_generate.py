@@ -1,4 +1,4 @@
-"""generate.py: KV cache vs no cache, sampling filters, batches, stops, UTF-8 streaming, chat, bad input, CLI."""
+"""Generation: KV cache vs no cache, sampling filters, batches, stops, UTF-8 streaming, chat, bad input, CLI."""
 from __future__ import annotations
 
 import codecs
@@ -15,19 +15,16 @@ import torch
 from conftest import train_briefly
 from minigpt import GPT, ModelConfig
 from minigpt.train.checkpoint import save_checkpoint
-from minigpt.infer.generate import (
-    ChatSession,
-    GenerationConfig,
-    TextGenerator,
-    _RowText,
+from minigpt.infer.generate import ChatSession, GenerationConfig, TextGenerator, read_prompts_file
+from minigpt.infer.sampling import (
     apply_repetition_penalty,
     ngram_bans,
     process_logits,
-    read_prompts_file,
     sample_from_logits,
     top_k_filter,
     top_p_filter,
 )
+from minigpt.infer.streaming import RowText
 from minigpt.data.tokenizer import TokenizerConfig, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,18 +108,19 @@ def test_kv_cache_equals_no_cache_greedy(gen, model, tok):
         assert gen.generate_ids(ids, GREEDY) == no_cache_greedy(model, ids, GREEDY.max_new_tokens)
 
 
-def test_fast_decode_logits_match_full_forward(gen, model, tok):
-    from minigpt.infer.generate import _FastDecoder
+def test_model_step_logits_match_full_forward(gen, model, tok):
+    from minigpt.infer.decode import Batch, model_step
     from minigpt.model.gpt import KVCache
 
     ids = torch.tensor([tok.encode("中国的首都是北京。我喜欢读书")])
     cache = KVCache.empty(model.config, 1, 40, "cpu", torch.float32)
-    dec = _FastDecoder(model)
+    batch = Batch.left_padded([5])
     with torch.no_grad():
         full, _ = model(ids)
         model(ids[:, :5], cache=cache)
         for t in range(5, ids.shape[1]):
-            step = dec(ids[:, t], cache, t, None)
+            step = model_step(model, [int(ids[0, t])], cache, batch)
+            batch.advance()
             assert torch.allclose(step, full[:, t], atol=1e-5), t
 
 
@@ -169,7 +167,7 @@ def test_temperature_and_combined_filters():
 
 def test_top_k_candidates_equal_the_full_filters():
     """sample_next's shortcut (top-p on the k candidates only) keeps exactly what process_logits keeps."""
-    from minigpt.infer.generate import candidate_logits
+    from minigpt.infer.sampling import candidate_logits
 
     torch.manual_seed(0)
     rows = torch.randn(6, 40) * 3
@@ -190,7 +188,7 @@ def test_top_k_candidates_equal_the_full_filters():
 
 
 def test_sample_next_frequencies():
-    from minigpt.infer.generate import sample_next
+    from minigpt.infer.sampling import sample_next
 
     probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05])
     logits = probs.log().expand(20000, 5).contiguous()
@@ -296,7 +294,7 @@ def test_stop_string_across_tokens_is_held_back():
         def token_bytes(self, i):
             return chr(i).encode()
 
-    row = _RowText(CharTok(), stop_ids=set(), stop_strings=["END"], special_ids=set(), skip_special=True)
+    row = RowText(CharTok(), stop_ids=set(), stop_strings=["END"], special_ids=set(), skip_special=True)
     emitted = []
     for ch in "abENxE":
         row.push(ord(ch))
@@ -494,7 +492,7 @@ def test_train_mode_dropout_never_reaches_generation(tok):
     ids = tok.encode("今天天气")
     expected = TextGenerator(model, tok).generate_ids(ids, GREEDY)
     model.train()
-    for backend in ("native", "torch"):
+    for backend in ("native", "model", "torch"):  # "torch": the model step's former name
         assert TextGenerator(model, tok, decode_backend=backend).generate_ids(ids, GREEDY) == expected
     assert model.training
 
@@ -506,7 +504,7 @@ def test_final_text_never_ends_in_half_a_character(gen):
 
 
 def test_greedy_tokens_match_torch_argmax_with_ties():
-    from minigpt.infer.generate import greedy_tokens
+    from minigpt.infer.sampling import greedy_tokens
 
     logits = torch.tensor([[0.5, 2.0, 2.0, -1.0], [3.0, 3.0, 3.0, 3.0], [-5.0, -4.0, -6.0, -4.5]])
     assert greedy_tokens(logits).tolist() == logits.argmax(-1).tolist() == [1, 0, 1]

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 import torch
 
 from conftest import tiny_gpt, tiny_tokenizer, train_briefly
 from minigpt.infer import native_decode
-from minigpt.infer.generate import GenerationConfig, TextGenerator, _FastDecoder
+from minigpt.infer.backends import DecodeSteps
+from minigpt.infer.decode import Batch, model_step
+from minigpt.infer.generate import GenerationConfig, TextGenerator
 from minigpt.model.gpt import KVCache
 from minigpt.infer.native_decode import NativeDecoder, dequantize, quantize_int8, quantized_copy
 
@@ -70,9 +71,11 @@ def test_native_int8_step_matches_rounded_model(tok):
     nd = NativeDecoder(model, quantize="int8")
     # The C step reads int8 weights; the rounded float copy's forward is the reference.
     assert step_logits_vs_forward(rounded, nd.step, ids, prefill=3) < 1e-4
-    # The PyTorch step on int8 (used for batches) rounds the same way.
-    torch_dec = _FastDecoder(model, quantize="int8")
-    assert step_logits_vs_forward(rounded, lambda t, p, c: torch_dec(torch.tensor([t]), c, p, None), ids, prefill=3) < 1e-4
+    # The model step with int8 (other devices, decode_backend="model") runs the forward of the same rounding.
+    forward = DecodeSteps(model, quantize="int8").forward_model()
+    assert forward is not model
+    assert step_logits_vs_forward(
+        rounded, lambda t, p, c: model_step(forward, [t], c, Batch([0], [p], [0])), ids, prefill=3) < 1e-4
     # And the rounding is real: the unrounded model differs.
     assert step_logits_vs_forward(model, NativeDecoder(model).step, ids, 3) < step_logits_vs_forward(rounded, NativeDecoder(model).step, ids, 3)
 
@@ -89,22 +92,22 @@ def test_quantize_int8_rounds_within_half_a_step():
     assert torch.allclose(scale[:3], w[:3].abs().amax(1) / 127)
 
 
-def test_native_generation_equals_torch_step(tok, odd_model):
+def test_native_generation_equals_model_step(tok, odd_model):
     model = odd_model
     native = TextGenerator(model, tok, decode_backend="native")
-    torch_gen = TextGenerator(model, tok, decode_backend="torch")
+    torch_gen = TextGenerator(model, tok, decode_backend="model")
     for prompt in ["长江、", "Hello", "你好，很高兴"]:
         ids = tok.encode(prompt)
         assert native.generate_ids(ids, GREEDY) == torch_gen.generate_ids(ids, GREEDY)
-        assert native.last_stats["backend"] == "native" and torch_gen.last_stats["backend"] == "torch"
+        assert native.last_stats["backend"] == "native" and torch_gen.last_stats["backend"] == "model"
 
 
-def test_native_batch_with_left_padding_matches_torch_step(tok, odd_model):
+def test_native_batch_with_left_padding_matches_model_step(tok, odd_model):
     """Rows of different lengths (left padding), rows finishing at different steps (dropped from the cache)."""
     model = odd_model
     prompts = [tok.encode(p) for p in ["长江、", "今天天气很好，我们去", "Hello, how are you", "你"]]
     native = TextGenerator(model, tok, decode_backend="native")
-    torch_gen = TextGenerator(model, tok, decode_backend="torch")
+    torch_gen = TextGenerator(model, tok, decode_backend="model")
     out = native.generate_ids(prompts, GREEDY)
     assert native.last_stats["backend"] == "native" and native.last_stats["batch_size"] == 4
     assert out == torch_gen.generate_ids(prompts, GREEDY) == [native.generate_ids(p, GREEDY) for p in prompts]
@@ -142,8 +145,9 @@ def test_int8_batch_equals_one_by_one(tok, odd_model):
     singles = [gen.generate_ids(p, GREEDY) for p in prompts]
     assert gen.last_stats["backend"] == "native" and gen.last_stats["quantize"] == "int8"
     assert gen.generate_ids(prompts, GREEDY) == singles
-    torch_int8 = TextGenerator(model, tok, quantize="int8", decode_backend="torch")  # the same rounding in PyTorch
+    torch_int8 = TextGenerator(model, tok, quantize="int8", decode_backend="model")  # the same rounding in PyTorch
     assert torch_int8.generate_ids(prompts, GREEDY) == singles
+    assert torch_int8.last_stats["backend"] == "model"
 
 
 def test_native_decoder_refreshes_after_weights_change(tok):
@@ -151,14 +155,14 @@ def test_native_decoder_refreshes_after_weights_change(tok):
     gen = TextGenerator(model, tok, decode_backend="native")
     ids = tok.encode("你好，很高兴认识你。")
     gen.generate_ids(ids, GREEDY)
-    old = gen._native
+    old = gen.steps.native
     with torch.no_grad():  # in place, as more training would; the fused q/k/v and gate/up copies go stale
         for blk in model.layers:
             blk.mlp.gate_proj.weight.mul_(-3.0)
             blk.self_attn.v_proj.weight.mul_(2.0)
     gen.generate_ids(ids, GREEDY)
-    assert gen._native is not old
-    assert step_logits_vs_forward(model, gen._native.step, ids, prefill=2) < 1e-5
+    assert gen.steps.native is not old
+    assert step_logits_vs_forward(model, gen.steps.native.step, ids, prefill=2) < 1e-5
     assert step_logits_vs_forward(model, old.step, ids, prefill=2) > 1e-3
 
 
@@ -166,7 +170,7 @@ def test_bad_options_are_named(tok):
     model = tiny_gpt(tok.vocab_size)
     with pytest.raises(ValueError, match="quantize='int4'.*int8"):
         TextGenerator(model, tok, quantize="int4")
-    with pytest.raises(ValueError, match="decode_backend='gpu'.*auto, native, torch"):
+    with pytest.raises(ValueError, match="decode_backend='gpu'.*auto, native, model"):
         TextGenerator(model, tok, decode_backend="gpu")
     with pytest.raises(RuntimeError, match="decode_backend='native' needs a float32 model on the CPU"):
         TextGenerator(tiny_gpt(tok.vocab_size).to(torch.bfloat16), tok, decode_backend="native").generate_ids([5, 6], GREEDY)
@@ -213,9 +217,9 @@ def test_without_a_compiler_generation_falls_back(fresh_build_state, monkeypatch
     gen = TextGenerator(model, tok)
     with caplog.at_level(logging.WARNING, logger="minigpt.infer.native_decode"):
         out = gen.generate_ids(tok.encode("你好"), GREEDY)
-    assert gen.last_stats["backend"] == "torch"
+    assert gen.last_stats["backend"] == "model"
     assert "native decode step unavailable" in caplog.text and "no C compiler" in caplog.text
-    assert out == TextGenerator(model, tok, decode_backend="torch").generate_ids(tok.encode("你好"), GREEDY)
+    assert out == TextGenerator(model, tok, decode_backend="model").generate_ids(tok.encode("你好"), GREEDY)
     with pytest.raises(RuntimeError, match="C compiler"):
         TextGenerator(model, tok, decode_backend="native").generate_ids(tok.encode("你好"), GREEDY)
 
@@ -233,17 +237,25 @@ def test_int8_costs_little_on_a_trained_model(tok, odd_model):
     assert abs(int8 - fp32) < 0.01
 
 
-def test_float32_native_step_shares_the_torch_steps_fused_weights(tok):
+def test_float32_generation_keeps_one_copy_of_the_fused_weights(tok):
+    """The model step reads the model's own parameters; the C step reads the float32 ones it needs
+    unchanged in place and holds the concatenated q/k/v and gate/up weights once."""
     model = tiny_gpt(tok.vocab_size)
     gen = TextGenerator(model, tok, decode_backend="native")
     gen.generate_ids(tok.encode("你好"), GREEDY)
-    torch_ptrs = {w.data_ptr() for layer in gen._decoder.layers for w in layer} | {gen._decoder.head.data_ptr()}
-    native_ptrs = {t.data_ptr() for t in gen._native._keep}
-    fused = {layer[1].data_ptr() for layer in gen._decoder.layers} | {layer[4].data_ptr() for layer in gen._decoder.layers}
-    assert fused <= native_ptrs and fused <= torch_ptrs  # one copy of the concatenated q/k/v and gate/up weights
+    assert gen.steps.forward_model() is model
+    native_ptrs = {t.data_ptr() for t in gen.steps.native._keep}
+    in_place = {model.embed_tokens.weight.data_ptr(), model.norm.weight.data_ptr()}
+    for blk in model.layers:
+        in_place |= {blk.self_attn.o_proj.weight.data_ptr(), blk.mlp.down_proj.weight.data_ptr(),
+                     blk.input_layernorm.weight.data_ptr(), blk.post_attention_layernorm.weight.data_ptr()}
+    assert in_place <= native_ptrs
+    fused = [t for t in gen.steps.native._keep if t.dim() == 2 and t.shape[0] in (
+        (model.config.n_heads + 2 * model.config.n_kv_heads) * model.config.head_dim, 2 * model.config.d_ff)]
+    assert len(fused) == 2 * model.config.n_layers  # one q/k/v and one gate/up matrix a layer, no second copy
     int8 = TextGenerator(model, tok, quantize="int8")
     int8.generate_ids(tok.encode("你好"), GREEDY)
-    assert any(t.dtype == torch.int8 for t in int8._native._keep)
+    assert any(t.dtype == torch.int8 for t in int8.steps.native._keep)
 
 
 def test_generation_includes_lora_adapters(tok, odd_model):
@@ -260,9 +272,9 @@ def test_generation_includes_lora_adapters(tok, odd_model):
             if name.endswith("lora_B"):
                 p.normal_(0.0, 0.3)  # a trained-looking adapter (fresh ones are zero, a no-op)
     ids = tok.encode("今天天气很好")
-    with_adapter = [TextGenerator(model, tok, decode_backend=b).generate_ids(ids, GREEDY) for b in ("native", "torch")]
+    with_adapter = [TextGenerator(model, tok, decode_backend=b).generate_ids(ids, GREEDY) for b in ("native", "model")]
     merged = merge_lora(copy.deepcopy(model))
-    expected = TextGenerator(merged, tok, decode_backend="torch").generate_ids(ids, GREEDY)
+    expected = TextGenerator(merged, tok, decode_backend="model").generate_ids(ids, GREEDY)
     assert with_adapter == [expected, expected]
     assert expected != TextGenerator(odd_model, tok).generate_ids(ids, GREEDY)  # the adapter matters
     nd = NativeDecoder(model)
@@ -272,14 +284,14 @@ def test_generation_includes_lora_adapters(tok, odd_model):
 def test_bench_generate_without_transformers_times_minigpt_alone(tok, monkeypatch, caplog, tmp_path):
     import importlib.util
 
-    from minigpt.infer.generate import bench_generate
+    from minigpt.bench.generate import bench_generate
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
-    with caplog.at_level(logging.WARNING, logger="minigpt.infer.generate"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.bench.generate"):
         res = bench_generate(tiny_gpt(tok.vocab_size), tok, hf_dir=tmp_path, prompt="你好", new_tokens=3,
                              batch_sizes=(1, 2), repeats=1)
     assert "transformers is not installed" in caplog.text
     assert res["hf"] == res["hf_sample"] == res["ratio"] == {}
-    assert set(res["minigpt"]) == {1, 2} and set(res["int8"]) == set(res["sample"]) == set(res["torch_step"]) == {1}
+    assert set(res["minigpt"]) == {1, 2} and set(res["int8"]) == set(res["sample"]) == set(res["model_step"]) == {1}
     assert res["backend"] == {1: "native", 2: "native"} and all(v > 0 for v in res["minigpt"].values())

@@ -1,4 +1,4 @@
-"""Decode steps in C (minigpt/kernels/decode_step.c), compiled on first use.
+"""Decode steps in C (kernels/decode_step.c next to this file), compiled on first use.
 
 A decode step reads every weight once and does little arithmetic with it (two FLOPs a weight per
 row); in eager PyTorch on a CPU the ~20 small ops a layer cost more in dispatch than in compute. The C
@@ -8,7 +8,7 @@ all rows, and can read int8 weights (a quarter of the bytes) with one float32 sc
 The library is built with the system C compiler (`$CC`, else `cc`/`gcc`) into
 `$MINIGPT_CACHE/kernels` (default `~/.cache/minigpt/kernels`), keyed by a hash of the source, the flags
 and the machine, so a rebuild happens only when one of them changes. Without a compiler,
-`load_library()` returns None and generation uses the PyTorch decode step; nothing else changes.
+`load_library()` returns None and generation decodes with the model's forward; nothing else changes.
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def load_library() -> ctypes.CDLL | None:
             _library = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _load_failed = True
-            logger.warning("native decode step unavailable, using the PyTorch one: %s", e)
+            logger.warning("native decode step unavailable, decoding with the model's forward: %s", e)
     return _library
 
 
@@ -135,13 +135,15 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float32 weights int8 values and per-row scales stand for."""
     return q.float() * scale[:, None]
 
 
 def quantized_copy(model: GPT, quantize: str | None = "int8") -> GPT:
     """A copy of `model` whose projection and head weights carry the rounding of `quantize` (stored
-    back in float32), so the model's own forward, loss and evaluation show what int8 decoding costs
-    in quality. The embedding stays exact, as in the native step (the head is untied for that)."""
+    back in the model's dtype): the native int8 step's weights, exactly, for the model's own forward,
+    loss and evaluation. The embedding stays exact, as in the native step (the head is untied for
+    that). A LoRA adapter's update is rounded into its layer's weight, as the native step reads it."""
     import copy
 
     out = copy.deepcopy(model)
@@ -150,12 +152,16 @@ def quantized_copy(model: GPT, quantize: str | None = "int8") -> GPT:
     with torch.no_grad():
         for blk in out.layers:
             for lin in block_projections(blk):
-                lin.weight.copy_(dequantize(*quantize_int8(lin.weight)))
-        out.lm_head.weight = torch.nn.Parameter(dequantize(*quantize_int8(out.lm_head.weight)))
+                lin.weight.copy_(dequantize(*quantize_int8(effective_weight(lin))))
+                if getattr(lin, "lora_B", None) is not None:
+                    lin.lora_B.zero_()  # its update is in the rounded weight now
+        head = out.lm_head.weight
+        out.lm_head.weight = torch.nn.Parameter(dequantize(*quantize_int8(head)).to(head.dtype), head.requires_grad)
     return out
 
 
 def check_quantize(quantize: str | None) -> str | None:
+    """None or "int8" (other spellings of "no quantisation" map to None); ValueError otherwise."""
     if quantize in ("", "none", "None", "fp32", "float32"):
         return None
     if quantize not in QUANTIZE_CHOICES:
@@ -179,7 +185,7 @@ def block_projections(blk: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
 
 def projection_weights(model: GPT) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
     """Per layer (input norm, qkv, o, post norm, gate_up, down) with q/k/v and gate/up concatenated
-    in the order the decode steps expect, and the output head weight."""
+    in the order the C step expects, and the output head weight."""
     layers = []
     with torch.no_grad():
         for blk in model.layers:
@@ -198,11 +204,9 @@ class NativeDecoder:
     shape (B, vocab). Row b's first pads[b] cache slots are left padding, never attended to.
     """
 
-    def __init__(self, model: GPT, quantize: str | None = None, n_threads: int | None = None,
-                 fused: tuple[list[tuple[torch.Tensor, ...]], torch.Tensor] | None = None) -> None:
-        """fused: projection_weights(model) already made, e.g. the PyTorch step's, to share instead of
-        concatenating a second copy (float32 ones are read in place; already-rounded ones quantise back
-        to the same int8 values)."""
+    def __init__(self, model: GPT, quantize: str | None = None, n_threads: int | None = None) -> None:
+        """Float32 weights that need no concatenation (norms, o, down, embedding, an untied head) are
+        read in place; q/k/v and gate/up are concatenated once; with int8 all projections are quantised."""
         lib = load_library()
         if lib is None:
             raise RuntimeError("the native decode step could not be built; see the warning above")
@@ -211,7 +215,7 @@ class NativeDecoder:
         cfg: ModelConfig = model.config
         self.cfg = cfg
         q8 = self.quantize == "int8"
-        layers, head = fused if fused is not None else projection_weights(model)
+        layers, head = projection_weights(model)
 
         def pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             w = w.detach().float().contiguous()

@@ -1,5 +1,5 @@
 /* One decode step of a minigpt model (one new token for each of B rows) in plain C, called from
- * minigpt/native_decode.py.
+ * minigpt/infer/native_decode.py.
  *
  * Why C: a decode step is ~20 small tensor ops a layer, and on a CPU each eager PyTorch op costs a few
  * microseconds of dispatch whatever its size, more than the arithmetic itself on the tiny and small
@@ -8,8 +8,9 @@
  *
  * Weights are float32 or int8 with one float32 scale per output row (w ~= q * scale, symmetric,
  * quantised in Python). Activations, norms, RoPE, softmax and the KV cache are float32 throughout.
- * The layout matches minigpt/model.py: q/k/v and gate/up projections concatenated, RoPE in the
- * "rotate half" layout, K/V caches of shape (B, n_kv_heads, capacity, head_dim). Row b's cache slots
+ * The math is minigpt/model/gpt.py's forward for one token (tests/test_infer_parity.py checks the two
+ * agree): q/k/v and gate/up projections concatenated by native_decode.py, RoPE in the "rotate half"
+ * layout, K/V caches of shape (B, n_kv_heads, capacity, head_dim), as KVCache holds them. Row b's cache slots
  * before pad[b] are left padding and are not attended to; its token sits at position pos[b].
  */
 #include <math.h>

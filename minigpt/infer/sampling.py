@@ -1,0 +1,277 @@
+"""Sampling: one list of logits processors, then a draw (or an argmax) per row.
+
+A processor is a pure function `Scores -> Scores`. `logits_processors(cfg, history)` lists the ones a
+`GenerationConfig` switches on, in Hugging Face's order: repetition penalty, no-repeat n-grams,
+temperature, top-k, top-p. `Sampler` applies the list to each step's logits and picks one token a row.
+
+`Scores` is either the whole vocabulary (`ids` None: column = token id) or, after top-k, each row's
+k best tokens, best first (`ids` names them). Top-p then sorts and sums only those k, and the draw
+is among k values: the same distribution as filtering the whole vocabulary (every other token
+would be -inf), without sorting and scattering a vocabulary-sized row each step.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Iterable, NamedTuple, Sequence
+
+import torch
+
+from .config import GenerationConfig
+
+
+class Scores(NamedTuple):
+    """Logits (B, n) of each row's candidate tokens; -inf marks a banned token.
+
+    ids: None when the n columns are the whole vocabulary, else (B, n) token ids sorted by logit,
+    best first (what `keep_top_k` returns).
+    """
+
+    logits: torch.Tensor
+    ids: torch.Tensor | None = None
+
+
+Processor = Callable[[Scores], Scores]
+
+
+# --------------------------------------------------------------------------- tensor-level filters
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL / HF rule: for tokens already in the context, divide positive logits by `penalty`, multiply negative ones.
+
+    seen: bool (B, V), True where the token occurs in the row's prompt or output.
+    """
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (ties at the k-th value are kept), -inf elsewhere."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _top_p_sorted(sorted_logits: torch.Tensor, p: float) -> torch.Tensor:
+    """top_p_filter on logits already sorted in descending order along the last dim."""
+    if p >= 1.0:
+        return sorted_logits
+    probs = sorted_logits.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability mass strictly ahead of each token
+    remove = before >= p
+    remove[..., 0] = False
+    return sorted_logits.masked_fill(remove, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    return torch.empty_like(logits).scatter_(-1, order, _top_p_sorted(sorted_logits, p))
+
+
+def process_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Temperature, top-k and top-p over the whole vocabulary: the reference the candidate path must equal."""
+    logits = logits / cfg.temperature if cfg.temperature not in (0, 1) else logits
+    return top_p_filter(top_k_filter(logits, cfg.top_k), cfg.top_p)
+
+
+# --------------------------------------------------------------------------- the processors
+
+
+def penalize_repeats(s: Scores, seen: torch.Tensor, penalty: float) -> Scores:
+    """Repetition penalty on whole-vocabulary scores; seen: bool (B, V)."""
+    return Scores(apply_repetition_penalty(s.logits, seen, penalty), s.ids)
+
+
+def ban_tokens(s: Scores, banned: Sequence[Iterable[int]]) -> Scores:
+    """-inf for each row's banned token ids (no-repeat n-grams) on whole-vocabulary scores."""
+    logits = s.logits
+    for b, toks in enumerate(banned):
+        if toks:
+            if logits is s.logits:
+                logits = logits.clone()  # the input stays untouched
+            logits[b, list(toks)] = float("-inf")
+    return Scores(logits, s.ids)
+
+
+def scale_temperature(s: Scores, temperature: float) -> Scores:
+    """Logits divided by the temperature (> 0)."""
+    return Scores(s.logits / temperature, s.ids)
+
+
+def keep_top_k(s: Scores, k: int) -> Scores:
+    """Each row's k best tokens become its candidates, best first.
+
+    A tie at the k-th value would keep more than k tokens: then the whole vocabulary stays, with
+    everything below the k-th value at -inf (top_k_filter).
+    """
+    logits = s.logits
+    if s.ids is not None or k <= 0 or k >= logits.shape[-1]:
+        return s
+    vals, ids = torch.topk(logits, k, dim=-1)  # sorted, descending
+    if bool((logits >= vals[..., -1:]).sum(dim=-1).gt(k).any()):
+        return Scores(top_k_filter(logits, k))
+    return Scores(vals, ids)
+
+
+def keep_top_p(s: Scores, p: float) -> Scores:
+    """Nucleus filter; on top-k candidates (already sorted) without sorting the vocabulary."""
+    if p >= 1.0:
+        return s
+    if s.ids is None:
+        return Scores(top_p_filter(s.logits, p))
+    return Scores(_top_p_sorted(s.logits, p), s.ids)
+
+
+# --------------------------------------------------------------------------- per-row history
+
+
+def ngram_bans(tokens: Sequence[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already present in `tokens` (HF no_repeat_ngram_size)."""
+    if n <= 0 or len(tokens) < n:
+        return []
+    prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix]
+
+
+class NgramIndex:
+    """`ngram_bans` kept up to date for one row: (n-1)-gram -> set of next tokens, O(1) per token."""
+
+    def __init__(self, tokens: Sequence[int], n: int) -> None:
+        self.n, self.tokens, self.table = n, list(tokens), {}
+        for i in range(len(self.tokens) - n + 1):
+            self.table.setdefault(tuple(self.tokens[i:i + n - 1]), set()).add(self.tokens[i + n - 1])
+
+    def push(self, tok: int) -> None:
+        self.tokens.append(tok)
+        if len(self.tokens) >= self.n:
+            self.table.setdefault(tuple(self.tokens[-self.n:-1]), set()).add(tok)
+
+    def banned(self) -> set[int]:
+        n = self.n
+        if len(self.tokens) < n - 1:
+            return set()
+        return self.table.get(tuple(self.tokens[len(self.tokens) - n + 1:]) if n > 1 else (), set())
+
+
+class History:
+    """What the penalties need of each row's tokens so far: a seen mask (B, V) and n-gram indexes."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, vocab_size: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.seen: torch.Tensor | None = None
+        if cfg.repetition_penalty != 1.0:
+            self.seen = torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=device)
+            for r, p in enumerate(prompts):
+                self.seen[r, torch.tensor(list(p), dtype=torch.long, device=device)] = True
+        n = cfg.no_repeat_ngram_size
+        self.ngrams = [NgramIndex(p, n) for p in prompts] if n else None
+
+    def banned(self) -> list[set[int]]:
+        return [g.banned() for g in self.ngrams or []]
+
+    def keep(self, slots: Sequence[int]) -> None:
+        """Only the rows at `slots` stay (finished rows leave the batch)."""
+        if self.seen is not None:
+            self.seen = self.seen[torch.tensor(list(slots), device=self.seen.device)]
+        if self.ngrams is not None:
+            self.ngrams = [self.ngrams[b] for b in slots]
+
+    def push(self, tokens: Sequence[int]) -> None:
+        """Each remaining row's new token."""
+        if self.seen is not None:
+            rows = torch.arange(len(tokens), device=self.seen.device)
+            self.seen[rows, torch.tensor(list(tokens), device=self.seen.device)] = True
+        for g, tok in zip(self.ngrams or [], tokens):
+            g.push(tok)
+
+
+# --------------------------------------------------------------------------- the list and the draw
+
+
+def logits_processors(cfg: GenerationConfig, history: History | None = None) -> list[Processor]:
+    """The processors `cfg` switches on, in order. Penalties need a `history`; greedy decoding skips
+    temperature, top-k and top-p, which never change a row's best token."""
+    procs: list[Processor] = []
+    if history is not None and history.seen is not None:
+        procs.append(lambda s: penalize_repeats(s, history.seen, cfg.repetition_penalty))
+    if history is not None and history.ngrams is not None:
+        procs.append(lambda s: ban_tokens(s, history.banned()))
+    return procs if cfg.greedy else procs + _sampling_processors(cfg)
+
+
+def _sampling_processors(cfg: GenerationConfig) -> list[Processor]:
+    """Temperature (once), top-k, top-p: the ones that shape the distribution a draw is made from."""
+    procs: list[Processor] = []
+    if cfg.temperature not in (0, 1):
+        procs.append(partial(scale_temperature, temperature=cfg.temperature))
+    if cfg.top_k > 0:
+        procs.append(partial(keep_top_k, k=cfg.top_k))
+    if cfg.top_p < 1.0:
+        procs.append(partial(keep_top_p, p=cfg.top_p))
+    return procs
+
+
+def apply_processors(procs: Sequence[Processor], s: Scores) -> Scores:
+    for proc in procs:
+        s = proc(s)
+    return s
+
+
+def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from softmax(logits), by the exponential-race trick: argmax(p / Exp(1)).
+
+    Same distribution as torch.multinomial, without its host sync; -inf logits are never drawn.
+    """
+    probs = logits.softmax(dim=-1)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over the last dim (first index among ties, as torch's). On a CPU numpy's is used: it
+    skips the parallel-reduction setup that dominates for one small row."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return torch.from_numpy(logits.numpy().argmax(-1))
+    return logits.argmax(dim=-1)
+
+
+def pick(s: Scores, greedy: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row: the best one, or a draw from softmax of the scores."""
+    choice = greedy_tokens(s.logits) if greedy else sample_from_logits(s.logits, generator)
+    return choice if s.ids is None else s.ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+
+def candidate_logits(logits: torch.Tensor, cfg: GenerationConfig) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Temperature, top-k and top-p as the sampler applies them: (candidate ids (B, k), their logits),
+    or (None, whole-vocabulary logits) when top-k is off or a tie keeps more than k."""
+    s = apply_processors(_sampling_processors(cfg), Scores(logits))
+    return s.ids, s.logits
+
+
+def sample_next(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One sampled token id per row under temperature, top-k and top-p."""
+    return pick(apply_processors(logits_processors(cfg), Scores(logits)), cfg.greedy, generator)
+
+
+class Sampler:
+    """Picks each row's next token: the processors of `cfg`, then an argmax or a seeded draw."""
+
+    def __init__(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]], vocab_size: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.history = History(prompts, cfg, vocab_size, device)
+        self.processors = logits_processors(cfg, self.history)
+        self.greedy = cfg.greedy
+        self.generator = None
+        if cfg.seed is not None:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(cfg.seed)
+
+    def __call__(self, logits: torch.Tensor) -> list[int]:
+        """logits (B, V) -> one token id a row (the step's one host sync: stops and streaming need them)."""
+        return pick(apply_processors(self.processors, Scores(logits)), self.greedy, self.generator).tolist()
