@@ -35,7 +35,7 @@ max_new_tokens = None
 prompts_file = None      # one prompt a line, for batch generation
 export_dir = None        # default: runs/<run>/hf
 quantize = None          # "int8": int8 weights for the decode steps (about 4x fewer bytes to read a token)
-decode_backend = None    # "auto" (C step at batch 1 on a CPU), "native" or "torch"
+decode_backend = None    # "auto" (the C step on a CPU), "native" or "model" (GPT.forward with the KV cache)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -124,7 +124,7 @@ print(sorted(p.name for p in hf_dir.iterdir()))
 
 # %%
 from minigpt.bench import format_table
-from minigpt.infer.generate import bench_generate
+from minigpt.bench.generate import bench_generate
 
 speed = bench_generate(model, tokenizer, hf_dir=hf_dir, new_tokens=P.bench_new_tokens, batch_sizes=(1,), repeats=1)
 print(format_table({"generate": {ckpt_dir.name: speed}}))

@@ -49,3 +49,14 @@ def test_format_table_shows_both_mfus():
     text = format_table({"peak": {"gflops": 250.0}, "train": [_row(mfu=0.4, vs_hf=1.1, vs_hf_best=1.2, vs_hf_eager_best=1.3)]})
     assert "MFU(local)" in text and "40%" in text and "50%" in text and "1.10x" in text
     assert "5120" in text and "1.20x, 1.30x" in text
+
+
+def test_format_table_shows_every_generation_row():
+    from minigpt.bench import format_table
+
+    gen = {"tiny": {"minigpt": {1: 2000.0}, "hf": {1: 400.0}, "backend": {1: "native"}, "ratio": {1: 5.0},
+                    "int8": {1: 3200.0}, "ratio_int8": {1: 8.0}, "model_step": {1: 600.0},
+                    "sample": {1: 1500.0}, "hf_sample": {1: 300.0}, "ratio_sample": {1: 5.0}}}
+    rows = [l.split() for l in format_table({"generate": gen}).splitlines() if l.startswith("  tiny")]
+    assert [r[2:5] + r[-1:] for r in rows] == [["fp32", "native", "greedy", "5.00x"], ["int8", "native", "greedy", "8.00x"],
+                                               ["fp32", "model", "greedy", "1.50x"], ["fp32", "native", "sampled", "5.00x"]]

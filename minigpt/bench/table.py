@@ -1,11 +1,66 @@
-"""The bench's one printed table, from the results dictionary."""
+"""The bench's one printed table, from the results dictionary: training, generation, text tools, time to quality."""
 from __future__ import annotations
 
 from typing import Any
 
 
+def _x(v: float | None) -> str:
+    return f"{v:.2f}x" if v else ""
+
+
 def _ratios(same: float | None, eager: float | None) -> str:
     return ", ".join(f"{v:.2f}x" for v in (same, eager) if v is not None)
+
+
+def train_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "training step          impl     compile  batch x seq   tokens/s   GFLOP/s    MFU  MFU(local)  peak RSS MB"
+             "  vs HF (same mode)  vs HF eager   best tok/s  best vs HF (same, eager)"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} ERROR {r['error'][-120:]!r}")
+            continue
+        lines.append(
+            f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} {r['batch']:>3} x {r['seq']:<6} {r['tokens_per_s']:>9.0f} "
+            f"{r['gflops']:>9.1f} {r.get('mfu', 0):>6.0%} {r.get('mfu_local', 0):>10.0%} {r['peak_rss_mb']:>12.0f}  "
+            f"{_x(r.get('vs_hf')):>17}  {_x(r.get('vs_hf_eager')):>11}"
+            f"  {r.get('tokens_per_s_best', 0):>11.0f}  {_ratios(r.get('vs_hf_best'), r.get('vs_hf_eager_best')):>12}")
+    lines.append("  (MFU: against the peak above; MFU(local): against a matmul peak measured in the case's own process"
+                 " right after its steps, i.e. under the same machine load; tokens/s from the median step, best"
+                 " tok/s from the fastest step: background load only ever adds time, so on a shared machine the"
+                 " best step is the steadier estimate of the model's own speed)")
+    return lines
+
+
+def _generation_rows(g: dict[str, Any], b: int) -> list[tuple]:
+    """(weights, decode step, decoding, minigpt tok/s, HF tok/s, ratio) rows for one preset and batch size."""
+    hf_b = g.get("hf", {}).get(b)
+    step = g.get("backend", {}).get(b) or ""
+    rows = [("fp32", step, "greedy", g["minigpt"][b], hf_b, g.get("ratio", {}).get(b))]
+    if b in g.get("int8", {}):
+        rows.append(("int8", step, "greedy", g["int8"][b], hf_b, g.get("ratio_int8", {}).get(b)))
+    if b in g.get("model_step", {}):
+        t = g["model_step"][b]
+        rows.append(("fp32", "model", "greedy", t, hf_b, t / hf_b if hf_b else None))
+    if b in g.get("sample", {}):
+        rows.append(("fp32", step, "sampled", g["sample"][b], g.get("hf_sample", {}).get(b), g.get("ratio_sample", {}).get(b)))
+    return rows
+
+
+def generation_lines(gen: dict[str, Any]) -> list[str]:
+    from .generate import BENCH_SAMPLING
+
+    lines = ["", "generation             batch  weights  decode step  decoding   minigpt tok/s   HF tok/s   ratio"]
+    for preset, g in gen.items():
+        for b in g.get("minigpt", {}):
+            for weights, kind, mode, t, hf, ratio in _generation_rows(g, b):
+                lines.append(f"  {preset:<20} {b:>5}  {weights:<7}  {kind:<11}  {mode:<8} {t:>15.0f} {hf or 0:>10.0f} {_x(ratio):>7}")
+        if g.get("fp32_read_floor"):
+            hf1 = g.get("hf", {}).get(1)
+            lines.append(f"  {preset:<20} batch-1 fp32 ceiling, estimated (one read of the weights a token): "
+                         f"{g['fp32_read_floor']:.0f} tok/s" + (f" = {g['fp32_read_floor'] / hf1:.2f}x HF" if hf1 else ""))
+    lines.append("  (sampled: " + ", ".join(f"{k} {v}" for k, v in BENCH_SAMPLING.items()) + " in both libraries;"
+                 " decode step 'native' = the C step, 'model' = GPT.forward with the KV cache)")
+    return lines
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -14,58 +69,18 @@ def format_table(results: dict[str, Any]) -> str:
     if p:
         lines.append(f"peak matmul: {p.get('gflops', 0):.1f} GFLOP/s ({p.get('dtype')}, {p.get('threads')} threads, {p.get('device')})")
     if results.get("train"):
-        lines.append("")
-        lines.append("training step          impl     compile  batch x seq   tokens/s   GFLOP/s    MFU  MFU(local)  peak RSS MB  vs HF (same mode)  vs HF eager"
-                     "   best tok/s  best vs HF (same, eager)")
-    for r in results.get("train", []):
-        if "error" in r:
-            lines.append(f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} ERROR {r['error'][-120:]!r}")
-            continue
-        lines.append(
-            f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} {r['batch']:>3} x {r['seq']:<6} {r['tokens_per_s']:>9.0f} "
-            f"{r['gflops']:>9.1f} {r.get('mfu', 0):>6.0%} {r.get('mfu_local', 0):>10.0%} {r['peak_rss_mb']:>12.0f}  "
-            f"{(format(r['vs_hf'], '.2f') + 'x') if 'vs_hf' in r else '':>17}  {(format(r['vs_hf_eager'], '.2f') + 'x') if 'vs_hf_eager' in r else '':>11}"
-            f"  {r.get('tokens_per_s_best', 0):>11.0f}  {_ratios(r.get('vs_hf_best'), r.get('vs_hf_eager_best')):>12}")
-    gen = results.get("generate", {})
-    if gen:
-        lines.append("")
-        lines.append("generation             batch  weights  decode step  decoding   minigpt tok/s   HF tok/s   ratio")
-        for preset, g in gen.items():
-            for b, tps in g.get("minigpt", {}).items():
-                hf_b = g.get("hf", {}).get(b)
-                step = g.get("backend", {}).get(b) or ""
-                rows = [("fp32", step, "greedy", tps, hf_b, g.get("ratio", {}).get(b))]
-                if b in g.get("int8", {}):
-                    rows.append(("int8", step, "greedy", g["int8"][b], hf_b, g.get("ratio_int8", {}).get(b)))
-                if b in g.get("torch_step", {}):
-                    t = g["torch_step"][b]
-                    rows.append(("fp32", "torch", "greedy", t, hf_b, t / hf_b if hf_b else None))
-                if b in g.get("sample", {}):
-                    rows.append(("fp32", step, "sampled", g["sample"][b], g.get("hf_sample", {}).get(b),
-                                 g.get("ratio_sample", {}).get(b)))
-                for weights, kind, mode, t, hf, ratio in rows:
-                    lines.append(f"  {preset:<20} {b:>5}  {weights:<7}  {kind:<11}  {mode:<8} {t:>15.0f} "
-                                 f"{hf or 0:>10.0f} {(format(ratio, '.2f') + 'x') if ratio else '':>7}")
-            if g.get("fp32_read_floor"):
-                hf1 = g.get("hf", {}).get(1)
-                lines.append(f"  {preset:<20} batch-1 fp32 ceiling, estimated (one read of the weights a token): "
-                             f"{g['fp32_read_floor']:.0f} tok/s" + (f" = {g['fp32_read_floor'] / hf1:.2f}x HF" if hf1 else ""))
-        from ..infer.generate import BENCH_SAMPLING
-
-        lines.append("  (sampled: " + ", ".join(f"{k} {v}" for k, v in BENCH_SAMPLING.items()) + " in both libraries)")
+        lines += train_lines(results["train"])
+    if results.get("generate"):
+        lines += generation_lines(results["generate"])
     tools = results.get("text", {})
     if tools:
         t = tools["tokenizer"]
-        lines.append("")
-        lines.append(f"tokenizer: train {t.get('train_seconds', 0):.1f}s (vocab 6400, {t.get('n_docs')} docs), encode {t.get('encode_mb_per_s', 0):.2f} MB/s")
-        lines.append(f"cleaning: {tools['clean'].get('mb_per_s', 0):.1f} MB/s; with near-dup dedup {tools['clean_near_dedup'].get('mb_per_s', 0):.1f} MB/s")
+        lines += ["", f"tokenizer: train {t.get('train_seconds', 0):.1f}s (vocab 6400, {t.get('n_docs')} docs), "
+                      f"encode {t.get('encode_mb_per_s', 0):.2f} MB/s",
+                  f"cleaning: {tools['clean'].get('mb_per_s', 0):.1f} MB/s; "
+                  f"with near-dup dedup {tools['clean_near_dedup'].get('mb_per_s', 0):.1f} MB/s"]
     ttq = results.get("time_to_quality")
     if ttq:
-        lines.append("")
-        lines.append(f"time to quality: val {ttq['val_bpc']:.3f} bits/char after {ttq['minutes']:g} min ({ttq['steps']} steps) -> {ttq['png']}")
-    if results.get("train"):
-        lines.append("  (MFU: against the peak above; MFU(local): against a matmul peak measured in the case's own process"
-                     " right after its steps, i.e. under the same machine load; tokens/s from the median step, best"
-                     " tok/s from the fastest step: background load only ever adds time, so on a shared machine the"
-                     " best step is the steadier estimate of the model's own speed)")
+        lines += ["", f"time to quality: val {ttq['val_bpc']:.3f} bits/char after {ttq['minutes']:g} min "
+                      f"({ttq['steps']} steps) -> {ttq['png']}"]
     return "\n".join(lines)
