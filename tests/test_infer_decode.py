@@ -137,3 +137,39 @@ def test_the_benchmark_keeps_its_old_import_path():
     from minigpt.infer.generate import BENCH_SAMPLING, bench_generate
 
     assert bench_generate is new and BENCH_SAMPLING is new_sampling
+
+
+@needs_cc
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_model_change_the_c_step_lacks_decodes_with_the_forward(model, monkeypatch, caplog, quantize):
+    """Edit the MLP in model/gpt.py (here: ReLU^2 instead of SwiGLU, same parameters) without touching the
+    kernel: the C step is checked against the forward before use, refused, and generation stays correct."""
+    from minigpt.infer.backends import kernel_mismatch
+    from minigpt.model import gpt
+
+    steps = DecodeSteps(model, quantize)
+    native = steps.native_step()
+    assert isinstance(native, NativeDecoder) and kernel_mismatch(native, steps.forward_model()) < 1e-5
+
+    monkeypatch.setattr(gpt.MLP, "forward", lambda self, x: self.down_proj(torch.relu(self.gate_proj(x)) ** 2))
+    changed = DecodeSteps(model, quantize)
+    with caplog.at_level("WARNING", logger="minigpt.infer.backends"):
+        assert changed.native_step() is None
+    assert "disagrees with GPT.forward" in caplog.text
+    assert kernel_mismatch(NativeDecoder(model, quantize), changed.forward_model()) > 1e-2
+    with pytest.raises(RuntimeError, match="disagrees with GPT.forward"):
+        DecodeSteps(model, quantize, backend="native").native_step()
+
+
+@needs_cc
+def test_a_parameter_the_c_step_does_not_read_keeps_decoding_on_the_forward(model):
+    from minigpt.infer.backends import unknown_parameters
+    from minigpt.model.gpt import RMSNorm
+
+    variant = copy.deepcopy(model)
+    assert unknown_parameters(variant) == []
+    variant.layers[1].self_attn.q_norm = RMSNorm(variant.config.head_dim, 1e-5)  # e.g. a QK-norm experiment
+    assert unknown_parameters(variant) == ["layers.1.self_attn.q_norm.weight"]
+    assert DecodeSteps(variant).native_step() is None
+    with pytest.raises(RuntimeError, match="does not read layers.1.self_attn.q_norm.weight"):
+        DecodeSteps(variant, backend="native").native_step()

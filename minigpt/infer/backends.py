@@ -6,16 +6,27 @@
 - Otherwise, on a float32 CPU model, the C step of native_decode.py is the decode step. It reads
   LoRA adapters' updates (`effective_weight`), so adapters need no fallback.
 
+The C step mirrors model/gpt.py by hand. So that a change to the model can never silently decode with
+stale math, a new C step is checked against the model's forward before use (one step after a short
+prompt, `kernel_mismatch`), and a model with parameters the C step does not read is not given to it:
+either way generation logs why and decodes with the model's forward (decode_backend="native" raises).
+
 quantize="int8": the forward runs on `quantized_copy(model)`, whose projection and head weights carry
 exactly the rounding of the C step's int8 weights, so the prompt, the C step and a forward step give
 the same tokens. Copies are rebuilt when the model's weights change (`weights_signature`).
 """
 from __future__ import annotations
 
+import logging
+import re
+
 import torch
 
 from ..model.gpt import GPT
+from .decode import model_step, prefill
 from .native_decode import NativeDecoder, check_quantize, load_library, quantized_copy
+
+logger = logging.getLogger(__name__)
 
 DECODE_BACKENDS = ("auto", "native", "model")
 _ALIASES = {"torch": "model"}  # the PyTorch step's former name, still accepted from saved parameters
@@ -34,6 +45,35 @@ def weights_signature(model: GPT) -> tuple:
     """Changes when any parameter is replaced or changed in place (its version counter moves), e.g. by
     more training: a holder of derived weight copies compares it to know they are stale."""
     return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+# The parameters the C step reads (LoRA adapters included, through their effective weight); any other
+# parameter is something the model computes that the C step would skip.
+KERNEL_PARAMETERS = re.compile(
+    r"embed_tokens\.weight|norm\.weight|lm_head\.weight|layers\.\d+\.("
+    r"input_layernorm|post_attention_layernorm|self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+    r"\.(weight|lora_A|lora_B)")
+# Largest |logit| difference accepted between the C step and the forward, relative to the logits' scale:
+# float32 sums in another order differ by ~1e-6; a model change the C step lacks shows up far above this.
+KERNEL_TOLERANCE = 1e-3
+
+
+def unknown_parameters(model: GPT) -> list[str]:
+    """Parameter names the C step does not read (a model variant it does not implement)."""
+    return [n for n, _ in model.named_parameters() if not KERNEL_PARAMETERS.fullmatch(n)]
+
+
+def kernel_mismatch(native: NativeDecoder, model: GPT) -> float:
+    """Largest |logit difference| between one C step and one forward step after the same short prompt,
+    divided by the logits' largest magnitude (at least 1)."""
+    V = model.config.vocab_size
+    prompt, nxt = [[5 % V, 17 % V, 3 % V]], [7 % V]
+    with torch.inference_mode():
+        _, cache, batch = prefill(model, prompt, 0, 1)
+        c_logits = native.step(nxt, batch.positions, cache, batch.pads).clone()
+        _, cache, batch = prefill(model, prompt, 0, 1)
+        f_logits = model_step(model, nxt, cache, batch)
+    return ((c_logits - f_logits).abs().max() / f_logits.abs().max().clamp(min=1.0)).item()
 
 
 def _hooked(model: GPT) -> bool:
@@ -71,14 +111,26 @@ class DecodeSteps:
         if self.backend == "model":
             return None
         reason = self._native_unavailable()
+        if reason is None and self.native is None:
+            reason = self._build_checked()
         if reason is None:
-            if self.native is None:
-                self.native = NativeDecoder(self.model, self.quantize)
             return self.native
         if self.backend == "native":
             raise RuntimeError(f"decode_backend='native' needs a float32 model on the CPU and a C compiler, "
                                f"without forward hooks ({reason}); use decode_backend='auto' to fall back to "
                                "the model's forward")
+        return None
+
+    def _build_checked(self) -> str | None:
+        """Build the C step and keep it if it agrees with the forward; else the reason it does not."""
+        native = NativeDecoder(self.model, self.quantize)
+        gap = kernel_mismatch(native, self.forward_model())
+        if gap > KERNEL_TOLERANCE:
+            reason = (f"the C step disagrees with GPT.forward (relative logit gap {gap:.2g}): the model's code "
+                      "changed and minigpt/infer/kernels/decode_step.c does not follow it")
+            logger.warning("%s; decoding with the model's forward", reason)
+            return reason
+        self.native = native
         return None
 
     def _native_unavailable(self) -> str | None:
@@ -87,6 +139,9 @@ class DecodeSteps:
             return f"{w.dtype} on {w.device}"
         if _hooked(self.model):
             return "the model has forward hooks"
+        unknown = unknown_parameters(self.model)
+        if unknown:
+            return f"the C step does not read {', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}"
         if load_library() is None:
             return "the C step could not be built: see the warning above"
         return None
