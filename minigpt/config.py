@@ -1,14 +1,16 @@
 """Model and training configuration: dataclasses, presets and their validation.
 
-Field names follow the seeds' flags in snake_case and Hugging Face's Llama names
-(`n_kv_heads`, `rope_theta`, `rms_norm_eps`) so users recognise them.
+Field names are snake_case and follow Hugging Face's Llama names (`n_kv_heads`, `rope_theta`, `rms_norm_eps`)
+so users recognise them. TrainConfig is composed of one small dataclass per concern (optim, schedule,
+evaluation, checkpoints, logging, machine, guard); flat and earlier names keep working.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 # Shapes of the presets. `small` is MiniMind2-small's shape (d512, 8 layers, 8 heads, 2 KV heads).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -113,130 +115,302 @@ class ModelConfig:
         }
 
 
+
+# ----- training configuration: one small dataclass per concern, composed into TrainConfig -----------------
+
+
 @dataclass
-class TrainConfig:
-    """Everything the Trainer needs. Names follow the seeds (snake_case)."""
+class OptimConfig:
+    """How each optimizer step is computed: optimizer, batch, clipping, EMA and numerical faults."""
 
-    # optimisation
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    max_steps: int = 200
-    epochs: int = 0  # >0: max_steps derived from the token count of one epoch
-    batch_size: int = 16
-    accumulation_steps: int = 1
-    total_batch_size: int = 0  # tokens per optimizer step; >0 derives accumulation_steps (seed 003)
-    grad_clip: float = 1.0
-    max_grad_norm: float | None = None  # alias of grad_clip (seed 004)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    optimizer_type: str = "adamw"
-    lr_scheduler: str = "cosine"
-    lr_restarts: int = 1
-    warmup_steps: int = 20
-    decay_lr: bool = True
-    seq_len: int = 0  # 0 = model max_seq_len
-    dynamic_seq_length: bool = False  # grow the context during training (seed 003)
-    min_seq_length: int = 64
-    max_seq_length: int = 0  # 0 = seq_len (or the model's max_seq_len)
-    save_config: bool = True  # write run_config.json (the merged parameters) next to the checkpoints
-    log_gradients: bool = False  # per-layer gradient norms in metrics.jsonl at each log_interval
-    # evaluation
-    eval_interval: int = 50
-    num_eval_batches: int = 10
-    use_ema: bool = False
-    ema_decay: float = 0.999
-    early_stopping: bool = False
-    patience: int = 5
-    # logging and saving
-    log_interval: int = 10
-    sample_interval: int = 100  # steps between greedy samples from sample_prompts (0 = never)
-    sample_prompts: list[str] = field(default_factory=lambda: ["你好，"])
-    save_steps: int = 100
-    keep_last_n_checkpoints: int = 3
-    permanent_checkpoints: list[int] = field(default_factory=list)
-    output_dir: str = ""  # "" = <run_dir>/pretrain (or sft)
-    plot_loss: bool = True
-    seed: int = 1337
-    resume_from: str = ""
-    auto_resume: bool = False
-    # machine
-    device: str = "auto"
-    dtype: str = "auto"
-    enable_compile: bool = False
-    compile_mode: str = "auto"  # auto: max-autotune on CUDA, reduce-overhead on MPS, default on CPU (seed 000)
-    num_threads: int = 0  # 0 = physical cores
-    dataloader_workers: int = 0
-    disable_optimizations: bool = False
-    progress_bar: bool = True  # a tqdm bar in the console / notebook (metrics lines are printed as well)
-    max_faults: int = 5  # non-finite losses/gradients in a row before the run stops (and saves the last good state)
-    # resource guard (seed 001): pause between steps while usage is above a limit; 0 = no limit
-    # 0 (or 100) = no limit, the default: CPU training itself fills the cores, so a CPU limit is a deliberate
-    # duty cycle (seed 001 suggests max_cpu=70, max_memory=70 on a laptop that must stay usable).
-    max_cpu: float = 0.0  # % of all cores, system-wide
-    max_memory: float = 0.0  # % of RAM, system-wide
-    max_gpu_memory: float = 0.0  # % of the GPU's memory (CUDA only)
-    disable_monitoring: bool = False
-    guard_interval: float = 2.0  # seconds between resource readings
-    # optional loggers
-    use_wandb: bool = False
-    wandb_project: str = "minigpt"
-    wandb_run_name: str = ""
-    use_tensorboard: bool = False
+    learning_rate: float = 1e-3  # peak learning rate, reached at the end of warmup
+    optimizer_type: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 folded into the gradient)
+    weight_decay: float = 0.1  # applied to matrices only; norms and biases are never decayed
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.95  # Adam's second-moment decay
+    batch_size: int = 16  # sequences per micro-batch (per process under DDP)
+    accumulation_steps: int = 1  # micro-batches whose gradients add up to one optimizer step
+    total_batch_size: int = 0  # tokens per optimizer step; >0 derives accumulation_steps from it
+    grad_clip: float = 1.0  # clip the global gradient norm to this value (0 = no clipping)
+    use_ema: bool = False  # keep an exponential moving average of the weights (saved as ema.safetensors)
+    ema_decay: float = 0.999  # EMA weight of the old average at each step
+    max_faults: int = 5  # non-finite losses/gradients in a row before the run stops and keeps the last good state
 
-    SCHEDULERS = ("cosine", "linear", "polynomial", "constant", "cosine_with_restarts")
     OPTIMIZERS = ("adamw", "adam")
-    DTYPES = ("auto", "float32", "float16", "bfloat16")
 
-    def __post_init__(self) -> None:
-        if self.max_grad_norm is not None:
-            self.grad_clip = float(self.max_grad_norm)
-
-    def validate(self) -> None:
-        """Stop bad values before any compute, naming the key."""
-        checks = [
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
             (self.learning_rate > 0, "learning_rate", f"a positive number, got {self.learning_rate}"),
-            (self.min_lr >= 0, "min_lr", f"a non-negative number, got {self.min_lr}"),
-            (self.max_steps > 0 or self.epochs > 0, "max_steps", f"a positive integer (or epochs > 0), got {self.max_steps}"),
+            (self.optimizer_type in self.OPTIMIZERS, "optimizer_type", f"one of {self.OPTIMIZERS}, got {self.optimizer_type!r}"),
+            (self.weight_decay >= 0, "weight_decay", f"a non-negative number, got {self.weight_decay}"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", f"values in [0, 1), got {self.beta1}, {self.beta2}"),
             (self.batch_size > 0, "batch_size", f"a positive integer, got {self.batch_size}"),
             (self.accumulation_steps > 0, "accumulation_steps", f"a positive integer, got {self.accumulation_steps}"),
             (self.total_batch_size >= 0, "total_batch_size", f"0 or a positive token count, got {self.total_batch_size}"),
+            (self.grad_clip >= 0, "grad_clip", f"a non-negative number (0 = off), got {self.grad_clip}"),
+            (0.0 < self.ema_decay < 1.0, "ema_decay", f"a value in (0, 1), got {self.ema_decay}"),
+            (self.max_faults > 0, "max_faults", f"a positive integer, got {self.max_faults}"),
+        ]
+
+
+@dataclass
+class ScheduleConfig:
+    """How long training runs, on what context length, and how the learning rate moves over it."""
+
+    max_steps: int = 200  # optimizer steps to train for
+    epochs: int = 0  # >0: max_steps is derived from the token count of this many epochs
+    warmup_steps: int = 20  # linear warmup from learning_rate/warmup_steps up to learning_rate
+    lr_scheduler: str = "cosine"  # decay after warmup: cosine | linear | polynomial | constant | cosine_with_restarts
+    lr_restarts: int = 1  # cosine cycles for cosine_with_restarts
+    min_lr: float = 1e-4  # learning rate at the end of the decay
+    decay_lr: bool = True  # False keeps the peak learning rate after warmup
+    seq_len: int = 0  # tokens per training window (0 = the model's max_seq_len)
+    context_growth: bool = False  # grow the training window in doubling stages during the run
+    context_growth_from: int = 64  # window length at the first step when context_growth is on
+    context_growth_to: int = 0  # window length reached by the last stage (0 = seq_len, else the model's max_seq_len)
+    seed: int = 1337  # seeds weight init, batch order, dropout and sampling
+
+    SCHEDULERS = ("cosine", "linear", "polynomial", "constant", "cosine_with_restarts")
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        growth = self.context_growth
+        return [
+            (self.max_steps > 0 or self.epochs > 0, "max_steps", f"a positive integer (or epochs > 0), got {self.max_steps}"),
             (self.warmup_steps >= 0, "warmup_steps", f"a non-negative integer, got {self.warmup_steps}"),
             (self.epochs > 0 or self.warmup_steps <= self.max_steps, "warmup_steps",
              f"at most max_steps={self.max_steps}, got {self.warmup_steps}"),
-            (self.save_steps > 0, "save_steps", f"a positive integer, got {self.save_steps}"),
-            (self.eval_interval > 0, "eval_interval", f"a positive integer, got {self.eval_interval}"),
-            (self.log_interval > 0, "log_interval", f"a positive integer, got {self.log_interval}"),
-            (self.num_eval_batches > 0, "num_eval_batches", f"a positive integer, got {self.num_eval_batches}"),
             (self.lr_scheduler in self.SCHEDULERS, "lr_scheduler", f"one of {self.SCHEDULERS}, got {self.lr_scheduler!r}"),
-            (self.optimizer_type in self.OPTIMIZERS, "optimizer_type", f"one of {self.OPTIMIZERS}, got {self.optimizer_type!r}"),
-            (self.dtype in self.DTYPES, "dtype", f"one of {self.DTYPES}, got {self.dtype!r}"),
-            (self.grad_clip >= 0, "grad_clip", f"a non-negative number (0 = off), got {self.grad_clip}"),
-            (0.0 < self.ema_decay < 1.0, "ema_decay", f"a value in (0, 1), got {self.ema_decay}"),
-            (self.patience > 0, "patience", f"a positive integer, got {self.patience}"),
             (self.lr_restarts > 0, "lr_restarts", f"a positive integer, got {self.lr_restarts}"),
-            (self.keep_last_n_checkpoints > 0, "keep_last_n_checkpoints", f"a positive integer, got {self.keep_last_n_checkpoints}"),
+            (self.min_lr >= 0, "min_lr", f"a non-negative number, got {self.min_lr}"),
+            (not growth or self.context_growth_from > 0, "context_growth_from",
+             f"a positive integer, got {self.context_growth_from}"),
+            (not growth or not self.context_growth_to or self.context_growth_from <= self.context_growth_to,
+             "context_growth_from", f"at most context_growth_to={self.context_growth_to}, got {self.context_growth_from}"),
+        ]
+
+
+@dataclass
+class EvalConfig:
+    """When and how the model is evaluated: validation loss, early stopping, greedy samples."""
+
+    eval_interval: int = 50  # steps between validation-loss evaluations
+    num_eval_batches: int = 10  # validation batches per evaluation
+    early_stopping: bool = False  # stop when validation loss has not improved for `patience` evaluations
+    patience: int = 5  # evaluations without improvement before early stopping
+    sample_interval: int = 100  # steps between greedy samples from sample_prompts (0 = never)
+    sample_prompts: list[str] = field(default_factory=lambda: ["你好，"])  # prompts for those samples
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.eval_interval > 0, "eval_interval", f"a positive integer, got {self.eval_interval}"),
+            (self.num_eval_batches > 0, "num_eval_batches", f"a positive integer, got {self.num_eval_batches}"),
+            (self.patience > 0, "patience", f"a positive integer, got {self.patience}"),
+        ]
+
+
+@dataclass
+class CheckpointConfig:
+    """Where checkpoints go, how often, which are kept, and what a run resumes from."""
+
+    save_interval: int = 100  # steps between resumable checkpoints (checkpoint_step_N/)
+    keep_last_n_checkpoints: int = 3  # newer checkpoints kept; older ones are deleted
+    permanent_checkpoints: list[int] = field(default_factory=list)  # steps whose checkpoints are never deleted
+    output_dir: str = ""  # "" = <run_dir>/pretrain (or sft)
+    resume_from: str = ""  # a checkpoint folder to continue from (verified first)
+    auto_resume: bool = False  # continue from the newest verified checkpoint in output_dir, if any
+    save_config: bool = True  # write run_config.json (the merged parameters) next to the checkpoints
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.save_interval > 0, "save_interval", f"a positive integer, got {self.save_interval}"),
+            (self.keep_last_n_checkpoints > 0, "keep_last_n_checkpoints",
+             f"a positive integer, got {self.keep_last_n_checkpoints}"),
+        ]
+
+
+@dataclass
+class LoggingConfig:
+    """What the run reports and where: metrics lines, plots, progress bar, optional experiment loggers."""
+
+    log_interval: int = 10  # steps between metrics lines (throughput, memory, MFU)
+    log_gradients: bool = False  # per-layer gradient norms in metrics.jsonl at each log_interval
+    plot_loss: bool = True  # write loss plots under plots/ at each save
+    progress_bar: bool = True  # a tqdm bar in the console / notebook (metrics lines are logged as well)
+    use_wandb: bool = False  # log metrics to Weights & Biases (needs `pip install wandb`)
+    wandb_project: str = "minigpt"  # the W&B project
+    wandb_run_name: str = ""  # the W&B run name ("" = run_name)
+    use_tensorboard: bool = False  # write TensorBoard event files under <output_dir>/tensorboard
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [(self.log_interval > 0, "log_interval", f"a positive integer, got {self.log_interval}")]
+
+
+@dataclass
+class MachineConfig:
+    """Where and how fast the computation runs: device, precision, compilation, threads, data workers."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16 (auto: bf16 where supported, else fp32)
+    enable_compile: bool = False  # torch.compile the model (falls back to eager if it fails)
+    compile_mode: str = "auto"  # auto: max-autotune on CUDA, reduce-overhead on MPS, default on CPU
+    num_threads: int = 0  # CPU threads for torch (0 = physical cores)
+    dataloader_workers: int = 0  # threads that prefetch batches ahead of the step
+    disable_speedups: bool = False  # turn off fused AdamW, TF32, compile and prefetching (for debugging)
+
+    DTYPES = ("auto", "float32", "float16", "bfloat16")
+    COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "auto")
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        d = self.device
+        return [
+            (self.dtype in self.DTYPES, "dtype", f"one of {self.DTYPES}, got {self.dtype!r}"),
+            (self.compile_mode in self.COMPILE_MODES, "compile_mode",
+             f"one of default / reduce-overhead / max-autotune / auto, got {self.compile_mode!r}"),
             (self.num_threads >= 0, "num_threads", f"0 (auto) or a positive integer, got {self.num_threads}"),
             (self.dataloader_workers >= 0, "dataloader_workers", f"a non-negative integer, got {self.dataloader_workers}"),
-            (self.compile_mode in ("default", "reduce-overhead", "max-autotune", "auto"), "compile_mode",
-             f"one of default / reduce-overhead / max-autotune / auto, got {self.compile_mode!r}"),
-            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1/beta2", f"values in [0, 1), got {self.beta1}, {self.beta2}"),
-            (self.weight_decay >= 0, "weight_decay", f"a non-negative number, got {self.weight_decay}"),
-            (self.max_faults > 0, "max_faults", f"a positive integer, got {self.max_faults}"),
-            (0 <= self.max_cpu <= 100, "max_cpu", f"a percentage in [0, 100] (0 = no limit), got {self.max_cpu}"),
-            (0 <= self.max_memory <= 100, "max_memory", f"a percentage in [0, 100] (0 = no limit), got {self.max_memory}"),
-            (0 <= self.max_gpu_memory <= 100, "max_gpu_memory", f"a percentage in [0, 100] (0 = no limit), got {self.max_gpu_memory}"),
-            (self.guard_interval > 0, "guard_interval", f"a positive number of seconds, got {self.guard_interval}"),
+            (d in ("auto", "cpu", "mps", "cuda") or d.startswith("cuda:"), "device",
+             f"auto / cpu / cuda / cuda:N / mps, got {d!r}"),
         ]
-        checks.append((not self.dynamic_seq_length or 0 < self.min_seq_length, "min_seq_length",
-                       f"a positive integer, got {self.min_seq_length}"))
-        checks.append((not self.dynamic_seq_length or not self.max_seq_length or self.min_seq_length <= self.max_seq_length,
-                       "min_seq_length", f"at most max_seq_length={self.max_seq_length}, got {self.min_seq_length}"))
-        for ok, key, expected in checks:
-            if not ok:
-                raise ValueError(f"{key}: expected {expected}")
-        if not (self.device == "auto" or self.device in ("cpu", "mps", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"device: expected auto / cpu / cuda / cuda:N / mps, got {self.device!r}")
+
+
+@dataclass
+class GuardConfig:
+    """The resource guard: pause between steps while the machine is above a usage limit (0 or 100 = no limit).
+
+    CPU training fills the cores by itself, so a CPU limit is a deliberate duty cycle for a machine that
+    must stay usable (e.g. max_cpu=70, max_memory=70 on a laptop).
+    """
+
+    max_cpu: float = 0.0  # % of all cores, system-wide
+    max_memory: float = 0.0  # % of RAM, system-wide
+    max_gpu_memory: float = 0.0  # % of the GPU's memory (CUDA only)
+    disable_monitoring: bool = False  # never read usage, whatever the limits say
+    guard_interval: float = 2.0  # seconds between resource readings
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        out = [(0 <= getattr(self, k) <= 100, k, f"a percentage in [0, 100] (0 = no limit), got {getattr(self, k)}")
+               for k in ("max_cpu", "max_memory", "max_gpu_memory")]
+        return out + [(self.guard_interval > 0, "guard_interval", f"a positive number of seconds, got {self.guard_interval}")]
+
+
+# TrainConfig's groups: attribute name -> dataclass.
+TRAIN_GROUPS: dict[str, type] = {
+    "optim": OptimConfig, "schedule": ScheduleConfig, "evaluation": EvalConfig, "checkpoints": CheckpointConfig,
+    "logging": LoggingConfig, "machine": MachineConfig, "guard": GuardConfig,
+}
+
+# Earlier names of TrainConfig fields, still accepted everywhere (constructor, from_flat, attributes, parameters).
+RENAMED_TRAIN_FIELDS: dict[str, str] = {
+    "save_steps": "save_interval",
+    "dynamic_seq_length": "context_growth",
+    "min_seq_length": "context_growth_from",
+    "max_seq_length": "context_growth_to",
+    "disable_optimizations": "disable_speedups",
+    "max_grad_norm": "grad_clip",
+}
+
+
+def _train_field_groups() -> dict[str, str]:
+    """flat field name -> the group that holds it."""
+    return {f.name: group for group, cls in TRAIN_GROUPS.items() for f in dataclasses.fields(cls)}
+
+
+@dataclass(init=False)
+class TrainConfig:
+    """Everything the Trainer needs, in groups: `cfg.optim.learning_rate`, `cfg.checkpoints.save_interval`.
+
+    Flat names keep working: `TrainConfig(learning_rate=3e-4, save_steps=50)` (earlier names included),
+    `TrainConfig.from_flat(**d)`, `to_flat()`, and reading or setting `cfg.learning_rate`.
+    """
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    machine: MachineConfig = field(default_factory=MachineConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+    SCHEDULERS = ScheduleConfig.SCHEDULERS
+    OPTIMIZERS = OptimConfig.OPTIMIZERS
+    DTYPES = MachineConfig.DTYPES
+    FIELD_GROUPS: ClassVar[dict[str, str]] = _train_field_groups()  # flat field name -> group
+
+    def __init__(self, optim: OptimConfig | None = None, schedule: ScheduleConfig | None = None,
+                 evaluation: EvalConfig | None = None, checkpoints: CheckpointConfig | None = None,
+                 logging: LoggingConfig | None = None, machine: MachineConfig | None = None,
+                 guard: GuardConfig | None = None, **flat: Any) -> None:
+        given = dict(optim=optim, schedule=schedule, evaluation=evaluation, checkpoints=checkpoints,
+                     logging=logging, machine=machine, guard=guard)
+        for name, cls in TRAIN_GROUPS.items():
+            # a copy: dataclasses.replace(cfg, ...) hands over the same group objects, which must stay untouched
+            setattr(self, name, copy.deepcopy(given[name]) if given[name] is not None else cls())
+        for key, value in canonical_train_fields(flat).items():
+            setattr(getattr(self, self.FIELD_GROUPS[key]), key, value)
+
+    @classmethod
+    def from_flat(cls, **flat: Any) -> "TrainConfig":
+        """From flat field names (current or earlier ones), as notebooks, YAML files and old checkpoints hold them."""
+        return cls(**flat)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """From `to_flat()`'s or `to_nested()`'s dict, or the flat "train" dict of a checkpoint written by earlier code."""
+        groups = {k: TRAIN_GROUPS[k](**v) for k, v in d.items() if k in TRAIN_GROUPS and isinstance(v, dict)}
+        return cls(**groups, **{k: v for k, v in d.items() if k not in TRAIN_GROUPS})
+
+    def to_flat(self) -> dict[str, Any]:
+        """Every field under its flat name (what checkpoints' config.json and run_config.json hold as "train")."""
+        return {k: copy.deepcopy(v) for group in TRAIN_GROUPS for k, v in dataclasses.asdict(getattr(self, group)).items()}
 
     def to_dict(self) -> dict[str, Any]:
+        """The flat dict (as before the grouping, so checkpoints stay readable by earlier code)."""
+        return self.to_flat()
+
+    def to_nested(self) -> dict[str, Any]:
+        """{group: {field: value}}."""
         return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Stop bad values before any compute, naming the key (and its earlier name, if it had one)."""
+        old = {new: old for old, new in RENAMED_TRAIN_FIELDS.items() if new != "grad_clip"}
+        for group in TRAIN_GROUPS:
+            for ok, key, expected in getattr(self, group).checks():
+                if not ok:
+                    shown = f"{key} ({old[key]})" if key in old else key
+                    raise ValueError(f"{shown}: expected {expected}")
+
+
+def canonical_train_fields(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flat TrainConfig values under current names; earlier names are renamed (None values of them ignored).
+
+    An unknown key is a TypeError, as for any constructor; an earlier and a current name with different
+    values is a ValueError naming both.
+    """
+    out = {k: v for k, v in flat.items() if k not in RENAMED_TRAIN_FIELDS}
+    unknown = sorted(set(out) - set(TrainConfig.FIELD_GROUPS))
+    if unknown:
+        raise TypeError(f"TrainConfig: unknown field {unknown[0]!r}")
+    for old, new in RENAMED_TRAIN_FIELDS.items():
+        if old not in flat or flat[old] is None:
+            continue
+        if new in out and out[new] != flat[old]:
+            raise ValueError(f"{old}: earlier name of {new}, but both are set ({flat[old]!r} vs {out[new]!r})")
+        out[new] = flat[old]
+    return out
+
+
+def _flat_property(name: str, group: str) -> property:
+    def get(self: TrainConfig) -> Any:
+        return getattr(getattr(self, group), name)
+
+    def set_(self: TrainConfig, value: Any) -> None:
+        setattr(getattr(self, group), name, value)
+
+    return property(get, set_, doc=f"cfg.{group}.{name}")
+
+
+for _name, _group in TrainConfig.FIELD_GROUPS.items():
+    setattr(TrainConfig, _name, _flat_property(_name, _group))
+for _old, _new in RENAMED_TRAIN_FIELDS.items():
+    setattr(TrainConfig, _old, _flat_property(_new, TrainConfig.FIELD_GROUPS[_new]))

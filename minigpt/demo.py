@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from .params import repo_root
 
+logger = logging.getLogger(__name__)
+
 NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate")
 
 
-def run_notebooks(config: str, run_dir: Path, notebooks=NOTEBOOKS, extra: dict | None = None, timeout: int = 3600) -> list[Path]:
+def run_notebooks(config: str, run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS, extra: dict | None = None,
+                  timeout: int = 3600) -> list[Path]:
     """Execute the notebooks in order (each reads what the one before wrote); return the executed copies."""
     import papermill as pm
 
@@ -26,18 +30,19 @@ def run_notebooks(config: str, run_dir: Path, notebooks=NOTEBOOKS, extra: dict |
     for name in notebooks:
         t = time.perf_counter()
         dst = out_dir / f"{name}.ipynb"
-        print(f"[demo] {name} ...", flush=True)
+        logger.info("[demo] %s ...", name)
         pm.execute_notebook(
             str(root / "notebooks" / f"{name}.ipynb"), str(dst),
             parameters={"config": config, "run_dir": str(run_dir), **(extra or {})},
             cwd=str(root), kernel_name="python3", progress_bar=False, execution_timeout=timeout,
         )
-        print(f"[demo] {name} done in {time.perf_counter() - t:.0f}s -> {dst}", flush=True)
+        logger.info("[demo] %s done in %.0fs -> %s", name, time.perf_counter() - t, dst)
         executed.append(dst)
     return executed
 
 
 def summary(run_dir: Path) -> str:
+    """Where each stage's outputs are, the pretraining val loss, and the first generated samples."""
     lines = [f"\nEverything is under {run_dir}/:"]
     for rel, what in [
         ("notebooks/", "the executed notebooks (open them to see plots and samples)"),
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--run-dir", default="runs/demo")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     run_dir = Path(args.run_dir)
     run_dir = (run_dir if run_dir.is_absolute() else repo_root() / run_dir).resolve()
     t = time.perf_counter()

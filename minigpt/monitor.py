@@ -1,4 +1,4 @@
-"""Follow a running or finished training run, like seed 000's monitor_training.py.
+"""Follow a running or finished training run from another terminal.
 
     python -m minigpt.monitor runs/demo            # follows runs/demo/pretrain (or sft), refreshing
     python -m minigpt.monitor runs/demo/sft --once # one snapshot and exit

@@ -26,6 +26,8 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
+T = typing.TypeVar("T")
+
 # section -> (notebook, [dataclass paths]); a section is also the name of a YAML block for that notebook.
 SECTIONS: dict[str, tuple[str, list[str]]] = {
     "clean": ("01_data_clean", ["minigpt.data.clean:CleanConfig"]),
@@ -49,11 +51,11 @@ EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
         "preset": (str, "tiny"),
         "show_widgets": (bool, True),
         "live_plot_interval": (int, 10),
-        # seed 004: token files as input (.npy of ints, or raw .bin with token_dtype) instead of runs/<run>/tokens
+        # token files as input (.npy of ints, or raw .bin with token_dtype) instead of runs/<run>/tokens
         "train_data": (str, ""),
         "val_data": (str, ""),
         "token_dtype": (str, ""),
-        # DDP through launch(): torchrun in a subprocess (seed 003's multi-GPU / multi-node commands)
+        # DDP through launch(): torchrun in a subprocess, on one node or several
         "nproc_per_node": (int, 1),
         "nnodes": (int, 1),
         "node_rank": (int, 0),
@@ -68,28 +70,33 @@ EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
         "chat_message": (str, "你好"),
         "export_dir": (str, ""),
         "show_widgets": (bool, True),
-        # decoding speed (native_decode.py): "int8" weights for the decode steps; "auto"/"native"/"torch" step
+        # decoding speed (native_decode.py): "int8" weights for the decode steps; "auto"/"native"/"model" step ("torch" = "model")
         "quantize": (str, ""),
         "decode_backend": (str, "auto"),
         "bench_new_tokens": (int, 64),
     },
 }
 
-# Section defaults that differ from the dataclass defaults (fine-tuning follows seed 003: low LR, warmup 100).
+# Section defaults that differ from the dataclass defaults (fine-tuning: a low learning rate, warmup 100).
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"learning_rate": 3e-5, "min_lr": 3e-6, "warmup_steps": 100, "max_steps": 1000, "sample_prompts": []},
 }
 
-# Model-shape fields default to None: "take the preset's value" (seed 004 overrides on top of a preset).
+# Model-shape fields default to None: "take the preset's value" (explicit shape values override a preset).
 MODEL_OVERRIDE_SECTIONS = {"pretrain"}
 
-# The seeds' own names for the same knobs: accepted as parameters and mapped onto the canonical name.
-# name -> (canonical, transform or None, the seed that uses it)
+# Other names for the same knobs (other training scripts' flags, and earlier minigpt names): accepted as
+# parameters and mapped onto the canonical name. name -> (canonical, transform or None, the seed that uses it)
 ALIASES: dict[str, tuple[str, Any, str]] = {
     "max_lr": ("learning_rate", None, "003"),
     "max_iters": ("max_steps", None, "004"),
-    "checkpoint_interval": ("save_steps", None, "003"),
-    "save_interval": ("save_steps", None, "004"),
+    "checkpoint_interval": ("save_interval", None, "003"),
+    "save_steps": ("save_interval", None, "000"),
+    "dynamic_seq_length": ("context_growth", None, "003"),
+    "min_seq_length": ("context_growth_from", None, "003"),
+    "max_seq_length": ("context_growth_to", None, "003"),
+    "disable_optimizations": ("disable_speedups", None, "000"),
+    "max_grad_norm": ("grad_clip", None, "004"),
     "out_dir": ("output_dir", None, "002"),
     "log_dir": ("output_dir", None, "003"),
     "checkpoint_dir": ("output_dir", None, "004"),
@@ -106,7 +113,6 @@ ALIASES: dict[str, tuple[str, Any, str]] = {
     "resume": ("auto_resume", None, "002/003"),
 }
 
-_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _PARAM_CELL_MARKERS = ("# Parameters", "# parameters")
 
 
@@ -135,9 +141,14 @@ def _load_class(path: str):
 
 
 def _field_types(cls) -> dict[str, tuple[Any, Any]]:
+    """Flat name -> (type, default) of a dataclass's fields; a field that is itself a dataclass (TrainConfig's
+    groups) contributes its own fields under their flat names."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_field_types(hints[f.name]))
+            continue
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -166,7 +177,7 @@ def registry(section: str) -> dict[str, tuple[Any, Any]]:
 
 
 def all_parameter_names() -> set[str]:
-    """Every name some notebook accepts, the seeds' aliases included."""
+    """Every name some notebook accepts, aliases included."""
     names: set[str] = set()
     for s in SECTIONS:
         names |= set(registry(s)) | set(section_aliases(s))
@@ -179,7 +190,7 @@ def section_aliases(section: str) -> dict[str, tuple[str, Any, str]]:
 
 
 def resolve_aliases(section: str, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Rename seed aliases to canonical names; an alias and its canonical name with different values is an error."""
+    """Rename aliases to canonical names; an alias and its canonical name with different values is an error."""
     aliases = section_aliases(section)
     out = {k: v for k, v in values.items() if k not in ALIASES}
     for k, v in values.items():
@@ -199,71 +210,87 @@ def _is_optional(t) -> bool:
 
 def coerce(key: str, value: Any, t: Any, where: str) -> Any:
     """Check (and gently coerce) `value` against annotation `t`; raise ParameterError naming the key."""
-    args = typing.get_args(t)
     origin = typing.get_origin(t)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(key, value, a, where)
-            except ParameterError as e:
-                errors.append(str(e))
-        raise ParameterError(errors[0] if errors else f"{key}: bad value {value!r} ({where})")
-    expected = getattr(t, "__name__", str(t))
+        return _coerce_union(key, value, t, where)
     if origin is list:
-        inner = args[0] if args else str
-        if isinstance(value, str):  # "-p data_files a.jsonl,b.jsonl" from the command line
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ParameterError(f"{key}: expected a list of {inner.__name__}, got {value!r} ({where})")
-        return [coerce(f"{key}[{i}]", v, inner, where) for i, v in enumerate(value)]
-    if t is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ParameterError(f"{key}: expected true or false, got {value!r} ({where})")
-    if t is int:
-        if isinstance(value, bool):
-            raise ParameterError(f"{key}: expected an integer, got {value!r} ({where})")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
+        return _coerce_list(key, value, t, where)
+    scalar = _SCALARS.get(t)
+    if scalar is None:
+        raise ParameterError(f"{key}: unsupported parameter type {getattr(t, '__name__', str(t))}")
+    return scalar(key, value, where)
+
+
+def _coerce_union(key: str, value: Any, t: Any, where: str) -> Any:
+    args = typing.get_args(t)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return coerce(key, value, a, where)
+        except ParameterError as e:
+            errors.append(str(e))
+    raise ParameterError(errors[0] if errors else f"{key}: bad value {value!r} ({where})")
+
+
+def _coerce_list(key: str, value: Any, t: Any, where: str) -> list:
+    args = typing.get_args(t)
+    inner = args[0] if args else str
+    if isinstance(value, str):  # "-p data_files a.jsonl,b.jsonl" from the command line
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    value = list(value) if isinstance(value, tuple) else value
+    if not isinstance(value, list):
+        raise ParameterError(f"{key}: expected a list of {inner.__name__}, got {value!r} ({where})")
+    return [coerce(f"{key}[{i}]", v, inner, where) for i, v in enumerate(value)]
+
+
+def _coerce_bool(key: str, value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ParameterError(f"{key}: expected true or false, got {value!r} ({where})")
+
+
+def _coerce_number(kind: type, what: str):
+    """int or float: numbers of that kind (an integral float for int) and strings that parse; never a bool."""
+    def convert(key: str, value: Any, where: str) -> Any:
+        if not isinstance(value, bool):
+            if kind is int and isinstance(value, int):
+                return value
+            if kind is int and isinstance(value, float) and value.is_integer():
                 return int(value)
-            except ValueError:
-                pass
-        raise ParameterError(f"{key}: expected an integer, got {value!r} ({where})")
-    if t is float:
-        if isinstance(value, bool):
-            raise ParameterError(f"{key}: expected a number, got {value!r} ({where})")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
+            if kind is float and isinstance(value, (int, float)):
                 return float(value)
-            except ValueError:
-                pass
-        raise ParameterError(f"{key}: expected a number, got {value!r} ({where})")
-    if t is str:
-        if isinstance(value, (str, Path)):
-            return str(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key in ("config",):
-            return str(value)
-        raise ParameterError(f"{key}: expected a string, got {value!r} ({where})")
-    if t is dict:
-        if isinstance(value, dict):
-            return value
-        raise ParameterError(f"{key}: expected a mapping, got {value!r} ({where})")
-    raise ParameterError(f"{key}: unsupported parameter type {expected}")
+            if isinstance(value, str):
+                try:
+                    return kind(value)
+                except ValueError:
+                    pass
+        raise ParameterError(f"{key}: expected {what}, got {value!r} ({where})")
+    return convert
+
+
+def _coerce_str(key: str, value: Any, where: str) -> str:
+    if isinstance(value, (str, Path)):
+        return str(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key in ("config",):
+        return str(value)
+    raise ParameterError(f"{key}: expected a string, got {value!r} ({where})")
+
+
+def _coerce_dict(key: str, value: Any, where: str) -> dict:
+    if isinstance(value, dict):
+        return value
+    raise ParameterError(f"{key}: expected a mapping, got {value!r} ({where})")
+
+
+# annotation -> check-and-coerce function for the plain types parameters have
+_SCALARS = {bool: _coerce_bool, int: _coerce_number(int, "an integer"), float: _coerce_number(float, "a number"),
+            str: _coerce_str, dict: _coerce_dict}
 
 
 def _suggest(key: str, names: set[str]) -> str:
@@ -327,8 +354,38 @@ def user_assigned_names(namespace: dict[str, Any]) -> set[str] | None:
     return names
 
 
+def _renamed(name: str) -> str:
+    """The canonical name for an alias that is a plain rename (no value transform); other names unchanged."""
+    alias = ALIASES.get(name)
+    return alias[0] if alias is not None and alias[1] is None else name
+
+
 class Params(dict):
-    """Resolved parameters with attribute access, the run's folders, and dataclass builders."""
+    """Resolved parameters with attribute access, the run's folders, and dataclass builders.
+
+    Renamed parameters work under either name: `P.save_steps` reads `save_interval`, and
+    `P["save_steps"] = 5` sets it (the canonical key is the one stored).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.update(*args, **kwargs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        super().__setitem__(_renamed(name), value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def __missing__(self, name: str) -> Any:
+        canonical = _renamed(name)
+        if canonical != name and canonical in self:
+            return self[canonical]
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self or _renamed(name) in self else default
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -336,21 +393,16 @@ class Params(dict):
         except KeyError:
             raise AttributeError(name) from None
 
-    def build(self, cls):
-        names = {f.name for f in dataclasses.fields(cls)}
+    def build(self, cls: type[T]) -> T:
+        """`cls` from the parameters that are its fields (flat names for a grouped config such as TrainConfig)."""
+        names = _field_types(cls)
         return cls(**{k: v for k, v in self.items() if k in names and v is not None})
 
     @property
     def paths(self) -> dict[str, Path]:
+        """The run's folders: run, data, tokenizer, tokens, pretrain, sft."""
         run = Path(self["run_dir"])
-        return {
-            "run": run,
-            "data": run / "data",
-            "tokenizer": run / "tokenizer",
-            "tokens": run / "tokens",
-            "pretrain": run / "pretrain",
-            "sft": run / "sft",
-        }
+        return {"run": run, **{name: run / name for name in ("data", "tokenizer", "tokens", "pretrain", "sft")}}
 
 
 def load_params(section: str, namespace: dict[str, Any] | None = None, **explicit: Any) -> Params:
@@ -358,19 +410,7 @@ def load_params(section: str, namespace: dict[str, Any] | None = None, **explici
     namespace = dict(namespace or {})
     namespace.update(explicit)
     reg = registry(section)
-    known_anywhere = all_parameter_names()
-
-    assigned = user_assigned_names(namespace)
-    if assigned is None:
-        assigned = {k for k in namespace if k in known_anywhere or k in SECTIONS} | set(explicit)
-    for name in sorted(assigned):
-        if name in SECTIONS or name.startswith("_"):
-            continue
-        if name not in known_anywhere:
-            raise ParameterError(f"unknown parameter '{name}' for notebook {SECTIONS[section][0]}{_suggest(name, set(reg))}")
-        if name not in reg and namespace.get(name) is not None:
-            logger.warning("parameter '%s' does not apply to notebook %s; ignored", name, SECTIONS[section][0])
-
+    assigned = _check_assigned_names(section, namespace, explicit)
     aliases = section_aliases(section)
     given = {k: namespace[k] for k in assigned if (k in reg or k in aliases) and namespace.get(k) is not None}
     given = resolve_aliases(section, given, "explicit parameter")
@@ -379,15 +419,48 @@ def load_params(section: str, namespace: dict[str, Any] | None = None, **explici
     config = given.get("config") or os.environ.get("MINIGPT_CONFIG") or COMMON["config"][1]
     file_values = read_config_file(str(config))
     where_file = file_values.pop("__path__")
-
-    merged: dict[str, Any] = {k: d for k, (t, d) in reg.items()}
-    sources: dict[str, str] = {k: "default" for k in reg}
     layers = [
         (resolve_aliases(section, {k: v for k, v in file_values.items() if k not in SECTIONS}, where_file), where_file),
         (resolve_aliases(section, file_values.get(section) or {}, where_file), f"{where_file} [{section}]"),
         (resolve_aliases(section, injected_section or {}, "injected"), f"injected [{section}]"),
         (given, "explicit parameter"),
     ]
+    merged, sources = _merge_layers(reg, layers, given)
+    merged["config"] = str(config)
+
+    out = Params()
+    for k, (t, _) in reg.items():
+        v = merged[k]
+        out[k] = None if v is None else coerce(k, v, t, sources[k])
+    _clamp_preset_warmup(out, sources)
+    run_dir = Path(out["run_dir"])
+    out["run_dir"] = run_dir if run_dir.is_absolute() else repo_root() / run_dir
+    logging.getLogger("minigpt").setLevel(str(out["log_level"]).upper())
+    return out
+
+
+def _check_assigned_names(section: str, namespace: dict[str, Any], explicit: dict[str, Any]) -> set[str]:
+    """The names the user set; an unknown one is an error, one for another notebook a warning."""
+    reg = registry(section)
+    known_anywhere = all_parameter_names()
+    assigned = user_assigned_names(namespace)
+    if assigned is None:
+        assigned = {k for k in namespace if k in known_anywhere or k in SECTIONS} | set(explicit)
+    for name in sorted(assigned):
+        if name in SECTIONS or name.startswith("_"):
+            continue
+        if name not in known_anywhere:
+            raise ParameterError(f"unknown parameter '{name}' for notebook {SECTIONS[section][0]}{_suggest(name, set(reg))}")
+        if name not in reg and name not in section_aliases(section) and namespace.get(name) is not None:
+            logger.warning("parameter '%s' does not apply to notebook %s; ignored", name, SECTIONS[section][0])
+    return assigned
+
+
+def _merge_layers(reg: dict[str, tuple[Any, Any]], layers: list[tuple[dict[str, Any], str]],
+                  given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Defaults, then each layer on top (lowest first); returns (values, where each value came from)."""
+    merged: dict[str, Any] = {k: d for k, (t, d) in reg.items()}
+    sources: dict[str, str] = {k: "default" for k in reg}
     for values, where in layers:
         for k, v in values.items():
             if k in reg and v is not None:
@@ -397,26 +470,20 @@ def load_params(section: str, namespace: dict[str, Any] | None = None, **explici
         merged["run_dir"] = os.environ["MINIGPT_RUN_DIR"]
         sources["run_dir"] = "MINIGPT_RUN_DIR"
     elif sources["run_dir"] == "default" and merged.get("run_name"):
-        merged["run_dir"] = f"runs/{merged['run_name']}"  # seed 003's --run_name names the run's folder
+        merged["run_dir"] = f"runs/{merged['run_name']}"  # run_name names the run's folder
     if "wandb_run_name" in merged and not merged.get("wandb_run_name") and merged.get("run_name"):
         merged["wandb_run_name"] = merged["run_name"]
-    merged["config"] = str(config)
+    return merged, sources
 
-    out = Params()
-    for k, (t, _) in reg.items():
-        v = merged[k]
-        out[k] = None if v is None else coerce(k, v, t, sources[k])
-    # A preset's warmup longer than an explicit, shorter max_steps (a smoke test) is shortened, not an error;
-    # an explicit warmup_steps > max_steps still fails validation, naming the key.
+
+def _clamp_preset_warmup(out: Params, sources: dict[str, str]) -> None:
+    """A preset's warmup longer than an explicit, shorter max_steps (a smoke test) is shortened, not an error;
+    an explicit warmup_steps > max_steps still fails validation, naming the key."""
     if ("warmup_steps" in out and out.get("max_steps") and out["warmup_steps"] > out["max_steps"]
             and sources["warmup_steps"] != "explicit parameter"):
         logger.warning("warmup_steps=%s from %s exceeds max_steps=%s; using warmup_steps=%s",
                        out["warmup_steps"], sources["warmup_steps"], out["max_steps"], out["max_steps"])
         out["warmup_steps"] = out["max_steps"]
-    run_dir = Path(out["run_dir"])
-    out["run_dir"] = run_dir if run_dir.is_absolute() else repo_root() / run_dir
-    logging.getLogger("minigpt").setLevel(str(out["log_level"]).upper())
-    return out
 
 
 def jsonable(P: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -129,7 +129,7 @@ def save_checkpoint(
 
 
 @contextlib.contextmanager
-def atomic_folder(folder: str | Path):
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
     """Build a folder under a temporary name, fsync it, then rename it into place.
 
     A crash at any point leaves either the old complete folder or the new one, never a mix; a failed
@@ -209,7 +209,8 @@ def load_optimizer_state(folder: str | Path) -> dict[str, Any] | None:
         raise CheckpointError(f"{path}: refused to load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True, use_ema: bool = False):
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True,
+                    use_ema: bool = False) -> tuple[GPT, Any, ModelConfig]:
     """Load (model, tokenizer, model_config) from a checkpoint folder. Nothing is unpickled."""
     from ..data.tokenizer import MiniTokenizer
 

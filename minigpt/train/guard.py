@@ -1,4 +1,4 @@
-"""Resource guard (seed 001's --max-cpu / --max-memory / --disable-monitoring): pause training between
+"""Resource guard (max_cpu / max_memory / max_gpu_memory / disable_monitoring): pause training between
 steps while the machine is overloaded, and resume when usage falls back below the limit minus a margin.
 
 It never kills anything. Readings come from psutil (CPU %, memory %) and torch.cuda (GPU memory %);
@@ -11,7 +11,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
+
+from ..config import GuardConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +73,13 @@ class ResourceGuard:
             read_usage()  # prime psutil's cpu_percent so the first real reading covers a real interval
 
     @classmethod
-    def from_config(cls, cfg, **kw) -> "ResourceGuard | None":
-        """None when monitoring is disabled or no limit is set (then there is nothing to do, at zero cost)."""
-        if getattr(cfg, "disable_monitoring", False):
+    def from_config(cls, cfg: TrainConfig | GuardConfig, **kw: Any) -> "ResourceGuard | None":
+        """From a TrainConfig's guard group (or a GuardConfig); None when monitoring is disabled or no limit
+        is set (then there is nothing to do, at zero cost)."""
+        g = cfg.guard if isinstance(cfg, TrainConfig) else cfg
+        if g.disable_monitoring or not any(0 < v < 100 for v in (g.max_cpu, g.max_memory, g.max_gpu_memory)):
             return None
-        if not any(0 < v < 100 for v in (cfg.max_cpu, cfg.max_memory, cfg.max_gpu_memory)):
-            return None
-        return cls(cfg.max_cpu, cfg.max_memory, cfg.max_gpu_memory, interval=cfg.guard_interval, **kw)
+        return cls(g.max_cpu, g.max_memory, g.max_gpu_memory, interval=g.guard_interval, **kw)
 
     def check(self, force: bool = False) -> list[tuple[str, float, float]]:
         """Take a reading if `interval` has passed since the last one; return the limits it exceeds."""

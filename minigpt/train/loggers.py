@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..config import TrainConfig
+
 logger = logging.getLogger(__name__)
 
 _NUMERIC = (int, float)
@@ -69,10 +71,12 @@ class TensorBoardLogger:
             self.writer = None
 
 
-def optional_loggers(cfg, output_dir: str | Path) -> list[Any]:
+def optional_loggers(cfg: TrainConfig, output_dir: str | Path) -> list[Any]:
+    """The experiment loggers cfg.logging asks for, as Trainer callbacks."""
+    log = cfg.logging
     out: list[Any] = []
-    if cfg.use_wandb:
-        out.append(WandbLogger(cfg.wandb_project, cfg.wandb_run_name))
-    if cfg.use_tensorboard:
+    if log.use_wandb:
+        out.append(WandbLogger(log.wandb_project, log.wandb_run_name))
+    if log.use_tensorboard:
         out.append(TensorBoardLogger(Path(output_dir) / "tensorboard"))
     return out

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def model_config_from_params(P: Params, vocab_size: int | None = None) -> ModelConfig:
-    """The preset's shape with any explicit shape parameter on top (seed 004's overrides)."""
+    """The preset's shape with any explicit shape parameter on top."""
     names = [f.name for f in dataclasses.fields(ModelConfig)]
     overrides = {k: P.get(k) for k in names if P.get(k) is not None}
     if vocab_size is not None:
@@ -30,7 +30,9 @@ def model_config_from_params(P: Params, vocab_size: int | None = None) -> ModelC
 
 
 def train_config_from_params(P: Params, **changes: Any) -> TrainConfig:
-    cfg = dataclasses.replace(P.build(TrainConfig), **changes) if changes else P.build(TrainConfig)
+    """The TrainConfig of resolved parameters (flat names, earlier ones included) with `changes` on top, validated."""
+    cfg = TrainConfig.from_flat(**{**{k: v for k, v in P.items() if k in TrainConfig.FIELD_GROUPS and v is not None},
+                                   **changes})
     validate_dataclass(cfg)
     return cfg
 
@@ -55,20 +57,21 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
     tokenizer = MiniTokenizer.load(tok_dir)
     train_cfg = train_config_from_params(P)
     model_cfg = model_config_from_params(P, tokenizer.vocab_size)
-    seq_len = train_cfg.seq_len or model_cfg.max_seq_len
+    s, opt = train_cfg.schedule, train_cfg.optim
+    seq_len = s.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
         raise ParameterError(f"seq_len: {seq_len} exceeds max_seq_len={model_cfg.max_seq_len}")
     train_tokens, val_tokens, meta = _token_arrays(P, tokenizer)
-    if train_cfg.epochs:
-        per_step = train_cfg.batch_size * seq_len * max(1, train_cfg.accumulation_steps) * world_size
-        train_cfg = dataclasses.replace(train_cfg, max_steps=max(1, train_cfg.epochs * len(train_tokens) // per_step))
-        logger.info("epochs=%d -> max_steps=%d", train_cfg.epochs, train_cfg.max_steps)
-    sampler = WindowSampler(train_tokens, train_cfg.batch_size, seq_len, seed=train_cfg.seed, rank=rank, world_size=world_size)
-    eval_batches = sequential_windows(val_tokens, train_cfg.batch_size, seq_len, train_cfg.num_eval_batches)
-    output_dir = Path(train_cfg.output_dir) if train_cfg.output_dir else paths["pretrain"]
+    if s.epochs:
+        per_step = opt.batch_size * seq_len * max(1, opt.accumulation_steps) * world_size
+        s.max_steps = max(1, s.epochs * len(train_tokens) // per_step)
+        logger.info("epochs=%d -> max_steps=%d", s.epochs, s.max_steps)
+    sampler = WindowSampler(train_tokens, opt.batch_size, seq_len, seed=s.seed, rank=rank, world_size=world_size)
+    eval_batches = sequential_windows(val_tokens, opt.batch_size, seq_len, train_cfg.evaluation.num_eval_batches)
+    output_dir = Path(train_cfg.checkpoints.output_dir) if train_cfg.checkpoints.output_dir else paths["pretrain"]
     import torch
 
-    torch.manual_seed(train_cfg.seed)
+    torch.manual_seed(s.seed)
     model = GPT(model_cfg)
     return Trainer(
         model, train_cfg, sampler, eval_batches, output_dir,
@@ -78,7 +81,7 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
 
 
 def _token_arrays(P: Params, tokenizer):
-    """The run's token files, or user files given as train_data / val_data (seed 004: .npy or raw .bin)."""
+    """The run's token files, or user files given as train_data / val_data (.npy, or raw .bin with token_dtype)."""
     from ..data.packing import load_tokens, read_meta
 
     if not P.get("train_data"):

@@ -9,7 +9,7 @@ def lr_at(step: int, *, learning_rate: float, min_lr: float, warmup_steps: int, 
     """Learning rate for optimizer step `step` (0-based).
 
     Warmup rises linearly from learning_rate/warmup_steps to learning_rate over `warmup_steps` steps, then the
-    schedule decays to `min_lr` at `max_steps`. `decay_lr=False` keeps the peak after warmup (seed 003/004).
+    schedule decays to `min_lr` at `max_steps`. `decay_lr=False` keeps the peak after warmup.
     """
     if warmup_steps > 0 and step < warmup_steps:
         return learning_rate * (step + 1) / warmup_steps

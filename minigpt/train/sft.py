@@ -38,9 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
+
 from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from ..data.chat_data import ChatBatches, build_chat_example, pad_examples
+from ..data.datasets import IGNORE_INDEX
 from ..model.lora import ADAPTER_FILE, LORA_TARGETS, adapter_state, count_trainable, has_lora, inject_lora, load_adapter_state, merged_state
 from ..params import ParameterError, Params, jsonable, validate_dataclass
 from .pretrain import train_config_from_params
@@ -78,9 +81,16 @@ class SFTConfig:
 
 
 class SFTTrainer(Trainer):
-    """The Trainer, with LoRA-aware checkpoints (see the module docstring); without LoRA it is the Trainer."""
+    """The Trainer for chat examples: only assistant tokens count as trained tokens, rows keep whole
+    conversations (no context growth), and checkpoints are LoRA-aware (see the module docstring)."""
 
-    def checkpoint_weights(self, final: bool):
+    def _count_tokens(self, y: torch.Tensor) -> int:
+        return int((y != IGNORE_INDEX).sum())  # the prompt and padding carry no loss
+
+    def _grow_context(self, source) -> None:
+        logger.warning("context_growth applies to pretraining windows; chat batches keep whole conversations")
+
+    def checkpoint_weights(self, final: bool) -> dict[str, dict[str, torch.Tensor]] | None:
         model = ckpt.unwrap(self.model)
         if not has_lora(model):
             return None
@@ -202,10 +212,10 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir} not found: run notebooks/03_pretrain first (or set pretrained_checkpoint)")
     cfg = train_config_from_params(P)
-    if sft_cfg.use_lora and cfg.use_ema:
+    if sft_cfg.use_lora and cfg.optim.use_ema:
         raise ParameterError("use_ema: not supported together with use_lora (the EMA would shadow the frozen base); set one of them false")
     model, tokenizer, model_cfg = load_checkpoint(ckpt_dir)
-    seq_len = cfg.seq_len or model_cfg.max_seq_len
+    seq_len = cfg.schedule.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
         raise ParameterError(f"seq_len: {seq_len} exceeds the pretrained model's max_seq_len={model_cfg.max_seq_len}")
     train_convs, val_convs, source = load_conversations(P, sft_cfg.chat_source)
@@ -218,9 +228,10 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
                         c["dropped_too_long"], seq_len, c["dropped_no_reply"])
     if not val_ex:  # tiny corpora: hold out a few training conversations rather than evaluate on nothing
         val_ex, train_ex = train_ex[: max(1, len(train_ex) // 20)], train_ex[max(1, len(train_ex) // 20):]
-    batches = ChatBatches(train_ex, cfg.batch_size, tokenizer.pad_id, seed=cfg.seed, rank=rank, world_size=world_size,
+    bs = cfg.optim.batch_size
+    batches = ChatBatches(train_ex, bs, tokenizer.pad_id, seed=cfg.schedule.seed, rank=rank, world_size=world_size,
                           pack=sft_cfg.pack_conversations, seq_len=seq_len)
-    eval_batches = [pad_examples(val_ex[i:i + cfg.batch_size], tokenizer.pad_id) for i in range(0, len(val_ex), cfg.batch_size)]
+    eval_batches = [pad_examples(val_ex[i:i + bs], tokenizer.pad_id) for i in range(0, len(val_ex), bs)]
     extra = jsonable(P)
     info: dict[str, Any] = {"checkpoint": str(ckpt_dir), "data": source, "train_examples": len(train_ex),
                             "val_examples": len(val_ex), **train_counts, "packing": sft_cfg.pack_conversations}
@@ -231,7 +242,7 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
         info["lora"] = {"rank": sft_cfg.lora_rank, "alpha": sft_cfg.lora_alpha, "targets": list(sft_cfg.lora_targets),
                         "trainable_params": trainable, "total_params": total}
         logger.info("LoRA: %d of %d parameters trainable (%.2f%%)", trainable, total, 100 * trainable / total)
-    output_dir = Path(cfg.output_dir) if cfg.output_dir else paths["sft"]
+    output_dir = Path(cfg.checkpoints.output_dir) if cfg.checkpoints.output_dir else paths["sft"]
     trainer = SFTTrainer(
         model, cfg, batches, eval_batches, output_dir,
         tokenizer=tokenizer, tokenizer_dir=ckpt_dir, callbacks=callbacks, kind="sft",

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 logging.getLogger(__name__).info("DDP: %d processes, backend %s", world_size, backend)
         result = trainer.fit()
         if rank == 0:
-            print(RESULT_PREFIX + json.dumps(result), flush=True)
+            sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")  # the line launch() parses
+            sys.stdout.flush()
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -1,0 +1,74 @@
+"""The machine side of training: device, dtype and threads, seeds, TF32, autocast and torch.compile."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import threading
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..devices import pick_device, pick_dtype, set_threads
+
+logger = logging.getLogger(__name__)
+
+
+def setup_machine(cfg: TrainConfig) -> tuple[torch.device, torch.dtype, str]:
+    """Threads, device, dtype (with the reason it was picked), TF32 and every RNG seeded: (device, dtype, reason)."""
+    set_threads(cfg.machine.num_threads)
+    device = pick_device(cfg.machine.device)
+    dtype, reason = pick_dtype(cfg.machine.dtype, device)
+    if device.type == "cuda" and not cfg.machine.disable_speedups:
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+ (fp32 runs): near-free speed
+        torch.backends.cudnn.allow_tf32 = True
+    seed = cfg.schedule.seed
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    return device, dtype, reason
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for bf16/fp16 runs; nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def compile_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module | Callable:
+    """torch.compile with a one-line fallback; never raises."""
+    mode = cfg.machine.compile_mode
+    if mode == "auto":
+        mode = {"cuda": "max-autotune", "mps": "reduce-overhead"}.get(device.type, "default")
+    try:
+        compiled = torch.compile(model, mode=None if mode == "default" else mode)
+        logger.info("torch.compile enabled (mode=%s)", mode)
+        return compiled
+    except Exception as e:  # unsupported backend or platform
+        logger.warning("torch.compile unavailable (%s: %s); running eager", type(e).__name__, str(e)[:120])
+        return model
+
+
+def install_stop_signals(on_signal: Callable[[int], None]) -> Callable[[], None]:
+    """Route SIGINT/SIGTERM (Ctrl+C, a kernel interrupt, `kill`) to `on_signal(signum)`; returns a restore function.
+
+    Only the main thread may install handlers; elsewhere (a widget's training thread) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, lambda signum, frame: on_signal(signum))
+        except (ValueError, OSError):
+            pass
+
+    def restore() -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+    return restore

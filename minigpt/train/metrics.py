@@ -1,0 +1,67 @@
+"""What a training step reports: FLOPs per token (for MFU), per-layer gradient norms, one-line summaries."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from ..config import ModelConfig
+
+
+def flops_per_token(model_cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6*N (forward+backward matmuls) + 12*L*d*T for attention scores (PaLM appendix B)."""
+    n = model_cfg.num_params() - model_cfg.vocab_size * model_cfg.d_model  # embeddings lookups are free...
+    n += model_cfg.vocab_size * model_cfg.d_model  # ...but the tied LM head is a matmul, so it counts once
+    return 6 * n + 12 * model_cfg.n_layers * model_cfg.d_model * seq_len
+
+
+def layer_grad_norms(model: torch.nn.Module) -> dict[str, float]:
+    """Gradient norm per block (`layers.i`) and for embeddings / final norm."""
+    sums: dict[str, float] = {}
+    for name, p in ckpt.unwrap(model).named_parameters():
+        if p.grad is None:
+            continue
+        parts = name.split(".")
+        group = ".".join(parts[:2]) if parts[0] == "layers" else parts[0]
+        sums[group] = sums.get(group, 0.0) + float(p.grad.detach().float().pow(2).sum())
+    return {k: math.sqrt(v) for k, v in sums.items()}
+
+
+def format_metrics(rec: dict) -> str:
+    """'step N | loss L | val V | bpc B | lr R | T tok/s' from a metrics record (absent fields left out)."""
+    parts = [f"step {rec.get('step', 0):>6}"]
+    if rec.get("loss") is not None:
+        parts.append(f"loss {rec['loss']:.4f}")
+    if "val_loss" in rec:
+        parts.append(f"val {rec['val_loss']:.4f}")
+    if "val_bpc" in rec:
+        parts.append(f"bpc {rec['val_bpc']:.3f}")
+    if rec.get("lr") is not None:
+        parts.append(f"lr {rec['lr']:.2e}")
+    if rec.get("tokens_per_s"):
+        parts.append(f"{rec['tokens_per_s']:.0f} tok/s")
+    return " | ".join(parts)
+
+
+def mean_eval_loss(model: torch.nn.Module, batches: list, device: torch.device, autocast: Callable,
+                   world_size: int = 1) -> float:
+    """Validation loss per target token over `batches` (summed over DDP ranks); leaves the model in eval mode."""
+    from .batches import unpack_batch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            x, y, extras = unpack_batch(batch, device)
+            with autocast():
+                _, loss = model(x, y, **extras)
+            n = int((y != -100).sum())
+            total += float(loss) * n
+            count += n
+    if world_size > 1:
+        t = torch.tensor([total, count], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        total, count = float(t[0]), float(t[1])
+    return total / max(count, 1)
