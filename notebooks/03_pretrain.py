@@ -32,7 +32,7 @@ max_steps = None
 batch_size = None
 warmup_steps = None
 eval_interval = None
-save_steps = None
+save_interval = None  # steps between checkpoints
 enable_compile = None
 device = None          # auto | cpu | cuda | cuda:N | mps
 dtype = None           # auto | float32 | float16 | bfloat16
@@ -66,6 +66,47 @@ print(f"model: d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_head
       f"d_ff={cfg.d_ff} vocab={cfg.vocab_size} max_seq_len={cfg.max_seq_len}")
 print(f"parameters: {trainer.model.num_params():,}")
 print(f"steps: {trainer.max_steps}, batch {P.batch_size} x {trainer.seq_len} tokens x {trainer.accumulation_steps} accumulation")
+
+# %% [markdown]
+# ## One step by hand
+# Before the `Trainer` takes over, here is one training step in view: a batch of token windows, the
+# forward pass through the model's modules (shapes printed), the cross-entropy loss, one backward pass
+# and one AdamW update. This is all `GPT.forward` (`minigpt/model/gpt.py`) does. It runs on a copy of the
+# model, so the training below starts from the same weights.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+model = copy.deepcopy(trainer.model)                        # a copy: the run below starts from the same weights
+x, y = (t.to(trainer.device) for t in trainer.train_batches.batch_at(0))  # y is x shifted left by one token
+print(f"batch: x {tuple(x.shape)} token ids; row 0 starts {x[0, :6].tolist()} and must predict {y[0, :6].tolist()}")
+
+h = model.embed_tokens(x)                                   # (B, T, d_model): one vector per token
+cos, sin = model.rope(None, 0, x.shape[1])                  # rotary angles of positions 0..T-1
+print(f"embeddings        {tuple(h.shape)}")
+for i, block in enumerate(model.layers):
+    h = block(h, cos, sin)                                  # h + attention(norm(h)), then h + MLP(norm(h))
+    print(f"after block {i}     {tuple(h.shape)}")
+logits = model.lm_head(model.norm(h))                       # (B, T, vocab): a score for every possible next token
+loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+V = logits.shape[-1]
+print(f"logits            {tuple(logits.shape)}")
+print(f"loss {loss.item():.3f} (a uniform guess over {V} tokens would score ln {V} = {math.log(V):.3f})")
+assert logits.shape == (*x.shape, model.config.vocab_size)
+assert torch.allclose(loss, model(x, y)[1])                 # the same computation as GPT.forward
+
+loss.backward()                                             # d loss / d weight, for every weight
+grad_norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm().item()
+torch.optim.AdamW(model.parameters(), lr=P.learning_rate).step()
+with torch.no_grad():
+    after = model(x, y)[1].item()
+print(f"gradient norm {grad_norm:.3f}; after one AdamW step the same batch scores {after:.3f}")
+del model, h, logits, loss
 
 # %% [markdown]
 # ## Train
