@@ -1,11 +1,11 @@
 """A run written by the previous layout (tests/fixtures/run_v1: flat TrainConfig names such as save_steps,
-the fused CPU training path) still loads, resumes and continues the same way.
+the fused CPU training path, since removed) still loads, resumes and continues the same way.
 
 The fixture was made with load_params("pretrain", config="ci", ...) + build_pretrain_trainer(P).fit():
 a 2-layer d32 model, 8 steps, a checkpoint every 4. It is copied to tmp_path before anything writes.
 
 Tolerance: losses after resume are compared with rel 1e-4, not bitwise. The fixture was trained by the
-model's fused fp32 CPU path, which is being removed; the plain PyTorch path computes the same function
+model's fused fp32 CPU path, since removed; the reference model computes the same function
 with a different summation order, so the last bits may differ.
 """
 import json
