@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 	$(PY) -m pip install --quiet --upgrade pip && \
 	$(PY) -m pip install --quiet "$(TORCH)" && \
-	$(PY) -m pip install --quiet -e ".[dev,hf]" && \
+	$(PY) -m pip install --quiet -e ".[dev,hf,serve,eval]" && \
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (minigpt)" >/dev/null && \
 	touch $(STAMP) && echo "setup: .venv ready in $$(( $$(date +%s) - start ))s"
 

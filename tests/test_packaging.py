@@ -15,7 +15,7 @@ def _name(spec: str) -> str:
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     py_specs = list(project["dependencies"])
-    for extra in ("dev", "hf"):
+    for extra in project["optional-dependencies"]:  # every extra: dev, hf, serve, eval
         py_specs += project["optional-dependencies"][extra]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_block = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
