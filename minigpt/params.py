@@ -35,6 +35,7 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
     "pretrain": ("03_pretrain", ["minigpt.config:ModelConfig", "minigpt.config:TrainConfig"]),
     "sft": ("04_sft", ["minigpt.config:TrainConfig", "minigpt.train.sft:SFTConfig"]),
     "generate": ("05_generate", ["minigpt.infer.generate:GenerationConfig"]),
+    "evaluate": ("06_evaluate", ["minigpt.eval.config:EvalConfig"]),
 }
 
 # Parameters every notebook takes.

@@ -1,8 +1,18 @@
 """A system report: the machine, torch, the device and dtype
-chosen (with the reason), and for a preset its parameter count and estimated training memory."""
+chosen (with the reason), and for a preset its parameter count and estimated training memory.
+
+Also the report card's entry point (minigpt/eval/report_card.py):
+
+    python -m minigpt.report RUN_DIR            # RUN_DIR/report.md (evaluates the run first if it has no eval/)
+    python -m minigpt.report RUN_A RUN_B        # RUN_B/compare.md: two runs side by side
+"""
 from __future__ import annotations
 
+import argparse
+import logging
 import platform
+import sys
+from pathlib import Path
 
 import psutil
 import torch
@@ -49,3 +59,37 @@ def system_report(preset: str | None = None, device: str = "auto", dtype: str = 
                   f"{'weights':>20}: {mem['weights_mb']:.1f} MB",
                   f"{'training memory':>20}: ~{mem['total_mb']:.0f} MB at batch {batch_size} x {cfg.max_seq_len}"]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m minigpt.report RUN_DIR [RUN_B]`: the report card, or two runs compared."""
+    ap = argparse.ArgumentParser(prog="python -m minigpt.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run (report card) or two (comparison)")
+    ap.add_argument("--no-eval", action="store_true", help="do not evaluate a run that has no eval/results.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from .atomic import atomic_write_text
+    from .eval.report_card import compare, write_report
+    from .eval.runner import RESULTS, evaluate_run
+
+    runs = [Path(r) for r in args.runs]
+    if len(runs) > 2:
+        ap.error(f"expected one or two run directories, got {len(runs)}")
+    for r in runs:
+        if not r.is_dir():
+            ap.error(f"{r}: run directory not found")
+    if len(runs) == 2:
+        md = compare(*runs)
+        atomic_write_text(runs[1] / "compare.md", md)
+        print(md)
+        print(f"wrote {runs[1] / 'compare.md'}")
+        return 0
+    if not args.no_eval and not (runs[0] / RESULTS).is_file():
+        evaluate_run(runs[0])
+    print(write_report(runs[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,8 +1,8 @@
-"""Run notebooks 01 -> 05 with papermill into one run directory, once per pytest process.
+"""Run notebooks 01 -> 06 with papermill into one run directory, once per pytest process.
 
 Shared by tests/test_notebooks.py and tests/test_browser.py: the notebooks depend on each other, so they run in
 order, in one directory, never in parallel. `MINIGPT_TEST_RUN_DIR` may name a finished run made with the same
-config (e.g. the one nbval just wrote); the browser test then uses a copy of it instead of running 01 -> 05 again.
+config (e.g. the one nbval just wrote); the browser test then uses a copy of it instead of running 01 -> 06 again.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate")
+NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate")
 CONFIG = "ci"
 
 _runs: dict[str, Path] = {}
@@ -38,7 +38,7 @@ def execute(run_dir: Path, config: str = CONFIG, names=NOTEBOOKS, timeout: int =
 
 
 def executed_run(config: str = CONFIG) -> Path:
-    """A run directory made by this process's papermill run of all five notebooks (made on first use)."""
+    """A run directory made by this process's papermill run of all the notebooks (made on first use)."""
     if config not in _runs:
         run_dir = Path(tempfile.mkdtemp(prefix=f"minigpt-nb-{config}-")) / "run"
         execute(run_dir, config)

@@ -2,6 +2,7 @@
 
     python tests/notebook_tools.py outputs [--config ci] [--run-dir runs/nb-outputs]   # `make notebooks-outputs`
     python tests/notebook_tools.py outputs --from runs/demo/notebooks                  # reuse `make demo`'s run
+    python tests/notebook_tools.py outputs --only 06_evaluate --run-dir runs/nbval     # one notebook, on a finished run
     python tests/notebook_tools.py config                                              # the config they came from
 
 nbval compares the `# NBVAL_CHECK_OUTPUT` cells of the committed notebooks with a fresh run, so that fresh run
@@ -24,7 +25,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
-NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate")
+NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate")
 DEFAULT_CONFIG = "ci"
 
 # Bounds on committed notebooks (tests/test_notebooks.py checks them).
@@ -38,7 +39,7 @@ PANEL_NOTE = "(an interactive panel: open the notebook in JupyterLab and run it 
 
 
 def outputs_config(nb_dir: Path = NB_DIR) -> str:
-    """The config the committed outputs came from; one value for all five notebooks."""
+    """The config the committed outputs came from; one value for all the notebooks."""
     found = set()
     for name in NOTEBOOKS:
         nb = nbformat.read(nb_dir / f"{name}.ipynb", as_version=4)
@@ -93,10 +94,12 @@ def _write(nb, path: Path) -> None:
 
 
 def execute_in_place(config: str, run_dir: Path, names=NOTEBOOKS, timeout: int = 1800) -> None:
-    """Run each committed notebook (in order, one fresh run dir) with MINIGPT_CONFIG, as nbval does; write back."""
+    """Run each committed notebook (in order, one fresh run dir) with MINIGPT_CONFIG, as nbval does; write back.
+
+    With only some of the notebooks (`--only`), run_dir must hold what the earlier ones wrote, and is kept."""
     from nbclient import NotebookClient
 
-    if run_dir.exists():
+    if tuple(names) == NOTEBOOKS and run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: resumable stages must not pick up an old one
     os.environ.update(MINIGPT_CONFIG=config, MINIGPT_RUN_DIR=str(run_dir))
     for name in names:
@@ -142,16 +145,19 @@ def main(argv=None) -> int:
     o.add_argument("--config", default=DEFAULT_CONFIG)
     o.add_argument("--run-dir", default="runs/nb-outputs")
     o.add_argument("--from", dest="from_dir", help="copy outputs from executed notebooks in this folder instead")
+    o.add_argument("--only", nargs="+", choices=NOTEBOOKS, metavar="NAME",
+                   help="only these notebooks, on a --run-dir that holds what the earlier ones wrote (kept as it is)")
     sub.add_parser("config", help="print the config the committed outputs came from")
     args = ap.parse_args(argv)
     if args.cmd == "config":
         print(outputs_config())
         return 0
+    names = tuple(n for n in NOTEBOOKS if n in (args.only or NOTEBOOKS))
     if args.from_dir:
-        copy_from_executed(Path(args.from_dir))
+        copy_from_executed(Path(args.from_dir), names)
     else:
         run_dir = Path(args.run_dir)
-        execute_in_place(args.config, run_dir if run_dir.is_absolute() else ROOT / run_dir)
+        execute_in_place(args.config, run_dir if run_dir.is_absolute() else ROOT / run_dir, names)
     print("[outputs] now: .venv/bin/jupytext --sync notebooks/*.ipynb  (the .py files do not hold outputs; this only checks the pairs)")
     return 0
 
