@@ -143,3 +143,48 @@ def decode(model: GPT, native: NativeDecoder | None, prompts: Sequence[Sequence[
                 sampler.history.keep(keep)
             sampler.history.push(toks)
             logits = step(model, native, toks, cache, batch)
+
+
+# --------------------------------------------------------------------------- joining a running batch
+
+
+def realign(cache: KVCache, batch: Batch, length: int, capacity: int) -> KVCache:
+    """A copy of `cache` in buffers of `capacity` slots whose filled slots end at `length`.
+
+    Moving the rows right (length > cache.length) adds left padding to every row; moving them left
+    drops leading slots that are padding in every row (never a real key). `batch.pads` follows; each
+    row's positions are unchanged, so it decodes exactly as before. New slots are zeros: a masked slot
+    must still hold a finite number (a softmax weight of 0 times NaN is NaN)."""
+    shift = length - cache.length
+    if shift < -min(batch.pads, default=0) or capacity < length:
+        raise ValueError(f"cannot move a cache of {cache.length} filled slots (pads {batch.pads}) to end at "
+                         f"{length} in {capacity} slots")
+    src = max(0, -shift)
+    n = cache.length - src
+
+    def moved(buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for t in buffers:
+            new = t.new_zeros((t.shape[0], t.shape[1], capacity, t.shape[3]))
+            new[:, :, length - n:length] = t[:, :, src:cache.length]
+            out.append(new)
+        return out
+
+    batch.pads = [p + shift for p in batch.pads]
+    return KVCache(moved(cache.keys), moved(cache.values), length)
+
+
+def join(running: tuple[KVCache, Batch], joining: tuple[KVCache, Batch], spare: int
+         ) -> tuple[KVCache, Batch]:
+    """One batch of the rows of both: `joining`'s rows come after `running`'s.
+
+    Both are realigned to end at the same slot (the longer of the two, after dropping padding common
+    to all rows of each), in new buffers with room for `spare` more steps. A joined row decodes exactly
+    as it would alone: its keys keep their values and positions, and its pad slots are masked."""
+    (ca, ba), (cb, bb) = running, joining
+    length = max(ca.length - min(ba.pads, default=0), cb.length - min(bb.pads, default=0))
+    capacity = length + spare
+    ca, cb = realign(ca, ba, length, capacity), realign(cb, bb, length, capacity)
+    cache = KVCache([torch.cat(p) for p in zip(ca.keys, cb.keys)], [torch.cat(p) for p in zip(ca.values, cb.values)],
+                    length)
+    return cache, Batch(ba.rows + bb.rows, ba.positions + bb.positions, ba.pads + bb.pads)
