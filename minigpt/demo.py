@@ -1,4 +1,5 @@
-"""`make demo`: run notebooks 01 -> 05 with papermill on one config, then say where everything is.
+"""`make demo`: run notebooks 01 -> 06 with papermill on one config, then say where everything is, and end with
+the report card's path and the demo model's cloze accuracy against random.
 
     python -m minigpt.demo --config tiny --run-dir runs/demo
 """
@@ -15,7 +16,7 @@ from .params import repo_root
 
 logger = logging.getLogger(__name__)
 
-NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate")
+NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate")
 
 
 def run_notebooks(config: str, run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS, extra: dict | None = None,
@@ -53,6 +54,8 @@ def summary(run_dir: Path) -> str:
         ("sft/", "the chat model: final_model/, metrics.jsonl, plots/"),
         ("samples.md", "generated samples with the parameters used"),
         ("hf/", "the model exported as a transformers Llama folder"),
+        ("eval/", "benchmark items (cloze.jsonl, cloze_chat.jsonl) and results.json"),
+        ("report.md", "the report card (PNGs beside it)"),
     ]:
         mark = "ok " if (run_dir / rel).exists() else "-- "
         lines.append(f"  {mark}{rel:<12} {what}")
@@ -72,6 +75,21 @@ def summary(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def closing_lines(run_dir: Path) -> str:
+    """The report card's path and the run's cloze accuracy against random (the last lines of `make demo`)."""
+    results = run_dir / "eval" / "results.json"
+    if not results.is_file():
+        return f"\nreport card: not written (no {results}; notebook 06 writes it)"
+    data = json.loads(results.read_text(encoding="utf-8"))
+    lines = [f"\nreport card: {run_dir / 'report.md'}"]
+    for r in data.get("benchmarks", []):
+        if r["benchmark"] == "cloze" and r["model"] in (data.get("main_model"), "pretrain", "untrained"):
+            lo, hi = r["ci95"]
+            lines.append(f"cloze accuracy ({r['model']}): {r['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, "
+                         f"{r['n']} items) vs random {r['random']:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigpt.demo", description=__doc__)
     ap.add_argument("--config", default="tiny")
@@ -88,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summary(run_dir))
     print(f"\n[demo] total {time.perf_counter() - t:.0f}s")
+    print(closing_lines(run_dir))
     return 0
 
 

@@ -1,5 +1,5 @@
 """The notebooks as a product: paired .py files in sync, small committed outputs that nbval can compare,
-and (slow) a papermill run of 01 -> 05 on params/ci.yaml with checks on what the executed notebooks show."""
+and (slow) a papermill run of 01 -> 06 on params/ci.yaml with checks on what the executed notebooks show."""
 from __future__ import annotations
 
 import ast
@@ -89,7 +89,7 @@ def test_outputs_come_from_one_config():
             assert f"config: {config} " in "".join(o.get("text", "") for o in first.outputs)
 
 
-# ---- papermill: 01 -> 05 on params/ci.yaml (slow) ------------------------------------------------------------------
+# ---- papermill: 01 -> 06 on params/ci.yaml (slow) ------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def executed():
@@ -153,6 +153,24 @@ def test_generate_writes_samples_and_export(executed):
     assert (run_dir / "hf" / "config.json").is_file()
     panel = outputs_of(nb, "GenerationPanel(")
     assert len(panel) == 1 and WIDGET_MIME in panel[0]["data"]
+
+
+@pytest.mark.slow
+def test_evaluate_writes_benchmarks_and_the_report_card(executed):
+    run_dir, nbs = executed
+    results = json.loads((run_dir / "eval" / "results.json").read_text(encoding="utf-8"))
+    models = {r["model"] for r in results["benchmarks"] if r["benchmark"] == "cloze"}
+    assert models == {"untrained", "pretrain", "sft"}, models
+    assert (run_dir / "eval" / "cloze.jsonl").is_file() and (run_dir / "eval" / "cloze_chat.jsonl").is_file()
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    for section in ("## Environment", "## Data", "## Tokenizer", "## Model", "## Training", "## Validation",
+                    "## Benchmarks", "## SFT: answers before and after", "## Samples", "## Generation speed",
+                    "## Parameters"):
+        assert section in report, section
+    assert "*Not run" not in report, "every stage ran in this run"
+    assert "| cloze | sft |" in report and (run_dir / "report_benchmarks.png").is_file()
+    shown = text_of(outputs_of(nbs["06_evaluate"], "write_report(P.run_dir)"))
+    assert "report.md" in shown
 
 
 @pytest.mark.slow
