@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 # Shapes of the presets. `small` is MiniMind2-small's shape (d512, 8 layers, 8 heads, 2 KV heads).
@@ -18,6 +21,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=2, max_seq_len=512),
     "medium": dict(d_model=768, n_layers=16, n_heads=12, n_kv_heads=4, max_seq_len=1024),
 }
+
+
+GUARD_RESUME_MARGIN = 5.0  # percent under a limit that usage must fall to before a paused run resumes
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def non_finite_fields(obj: Any) -> list[str]:
+    """Names of a dataclass's float fields holding NaN or an infinity."""
+    return [f.name for f in dataclasses.fields(obj)
+            if isinstance(getattr(obj, f.name), float) and not math.isfinite(getattr(obj, f.name))]
 
 
 def _swiglu_hidden(d_model: int) -> int:
@@ -67,6 +80,8 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     def validate(self) -> None:
+        for key in non_finite_fields(self):
+            raise ValueError(f"{key}: expected a finite number, got {getattr(self, key)}")
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             if int(getattr(self, key)) <= 0:
                 raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
@@ -213,6 +228,7 @@ class CheckpointConfig:
     """Where checkpoints go, how often, which are kept, and what a run resumes from."""
 
     save_interval: int = 100  # steps between resumable checkpoints (checkpoint_step_N/)
+    save_minutes: float = 15.0  # also a checkpoint when this many minutes passed since the last one (0 = off)
     keep_last_n_checkpoints: int = 3  # newer checkpoints kept; older ones are deleted
     permanent_checkpoints: list[int] = field(default_factory=list)  # steps whose checkpoints are never deleted
     output_dir: str = ""  # "" = <run_dir>/pretrain (or sft)
@@ -223,6 +239,7 @@ class CheckpointConfig:
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
             (self.save_interval > 0, "save_interval", f"a positive integer, got {self.save_interval}"),
+            (self.save_minutes >= 0, "save_minutes", f"a number of minutes >= 0 (0 = off), got {self.save_minutes}"),
             (self.keep_last_n_checkpoints > 0, "keep_last_n_checkpoints",
              f"a positive integer, got {self.keep_last_n_checkpoints}"),
         ]
@@ -261,15 +278,17 @@ class MachineConfig:
     COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "auto")
 
     def checks(self) -> list[tuple[bool, str, str]]:
-        d = self.device
+        most = 4 * (os.cpu_count() or 1)  # more threads than this only thrash (or crash the thread pool)
         return [
             (self.dtype in self.DTYPES, "dtype", f"one of {self.DTYPES}, got {self.dtype!r}"),
             (self.compile_mode in self.COMPILE_MODES, "compile_mode",
              f"one of default / reduce-overhead / max-autotune / auto, got {self.compile_mode!r}"),
-            (self.num_threads >= 0, "num_threads", f"0 (auto) or a positive integer, got {self.num_threads}"),
-            (self.dataloader_workers >= 0, "dataloader_workers", f"a non-negative integer, got {self.dataloader_workers}"),
-            (d in ("auto", "cpu", "mps", "cuda") or d.startswith("cuda:"), "device",
-             f"auto / cpu / cuda / cuda:N / mps, got {d!r}"),
+            (0 <= self.num_threads <= most, "num_threads",
+             f"0 (auto) or at most {most} (4 x the {os.cpu_count()} CPU cores here), got {self.num_threads}"),
+            (0 <= self.dataloader_workers <= most, "dataloader_workers",
+             f"0 to {most} (4 x the {os.cpu_count()} CPU cores here), got {self.dataloader_workers}"),
+            (bool(DEVICE_PATTERN.match(str(self.device))), "device",
+             f"auto, cpu, mps, cuda or cuda:N (N a GPU number such as 0), got {self.device!r}"),
         ]
 
 
@@ -288,8 +307,13 @@ class GuardConfig:
     guard_interval: float = 2.0  # seconds between resource readings
 
     def checks(self) -> list[tuple[bool, str, str]]:
-        out = [(0 <= getattr(self, k) <= 100, k, f"a percentage in [0, 100] (0 = no limit), got {getattr(self, k)}")
-               for k in ("max_cpu", "max_memory", "max_gpu_memory")]
+        out = []
+        for k in ("max_cpu", "max_memory", "max_gpu_memory"):
+            v = getattr(self, k)
+            out.append((0 <= v <= 100, k, f"a percentage in [0, 100] (0 = no limit), got {v}"))
+            out.append((not 0 < v <= GUARD_RESUME_MARGIN, k,
+                        f"0 (no limit) or a limit above the guard's {GUARD_RESUME_MARGIN:g}% resume margin (a paused run "
+                        f"resumes below limit - {GUARD_RESUME_MARGIN:g}%, which {v:g}% never reaches), got {v}"))
         return out + [(self.guard_interval > 0, "guard_interval", f"a positive number of seconds, got {self.guard_interval}")]
 
 
@@ -375,10 +399,15 @@ class TrainConfig:
         """Stop bad values before any compute, naming the key (and its earlier name, if it had one)."""
         old = {new: old for old, new in RENAMED_TRAIN_FIELDS.items() if new != "grad_clip"}
         for group in TRAIN_GROUPS:
-            for ok, key, expected in getattr(self, group).checks():
-                if not ok:
-                    shown = f"{key} ({old[key]})" if key in old else key
-                    raise ValueError(f"{shown}: expected {expected}")
+            for key in non_finite_fields(getattr(self, group)):
+                raise ValueError(f"{key}: expected a finite number, got {getattr(getattr(self, group), key)}")
+        checks = [c for group in TRAIN_GROUPS for c in getattr(self, group).checks()]
+        lr, min_lr = self.optim.learning_rate, self.schedule.min_lr
+        checks.append((min_lr <= lr, "min_lr", f"at most learning_rate={lr:g} (the decay ends there), got {min_lr:g}"))
+        for ok, key, expected in checks:
+            if not ok:
+                shown = f"{key} ({old[key]})" if key in old else key
+                raise ValueError(f"{shown}: expected {expected}")
 
 
 def canonical_train_fields(flat: dict[str, Any]) -> dict[str, Any]:
@@ -414,3 +443,40 @@ for _name, _group in TrainConfig.FIELD_GROUPS.items():
     setattr(TrainConfig, _name, _flat_property(_name, _group))
 for _old, _new in RENAMED_TRAIN_FIELDS.items():
     setattr(TrainConfig, _old, _flat_property(_new, TrainConfig.FIELD_GROUPS[_new]))
+
+
+# ----- checks on where parameters come from (params.py): YAML files and run names ---------------------------
+
+
+def load_yaml_strict(path: Path) -> Any:
+    """A YAML file's content (safe types only); ValueError saying what is wrong, with the line of a key given
+    twice (plain YAML silently keeps the last)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ValueError(f"line {line}: key '{key}' appears twice (first on line {seen[key]}); keep one")
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    loader = StrictLoader(Path(path).read_text(encoding="utf-8"))
+    loader.name = str(path)  # named in the parser's error marks
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ValueError(str(e)) from e
+    finally:
+        loader.dispose()
+
+
+def check_run_name(name: str, error: type[Exception] = ValueError) -> str:
+    """`name`, if it is a plain folder name (run_name names a folder under runs/); a path raises `error`."""
+    if name in (".", "..") or Path(name).name != name or "/" in name or "\\" in name or name.startswith("~"):
+        raise error(f"run_name: {name!r} is a path; expected a plain folder name such as 'demo' "
+                    "(set run_dir for a folder elsewhere)")
+    return name

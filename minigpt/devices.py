@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 
@@ -20,9 +21,14 @@ def pick_device(requested: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if not re.match(r"^(cpu|mps|cuda(:\d+)?)$", str(requested)):
+        raise ValueError(f"device: expected auto, cpu, mps, cuda or cuda:N (N a GPU number such as 0), got {requested!r}")
     dev = torch.device(requested)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {requested!r} requested but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {requested!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), numbered from 0")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device: {requested!r} requested but MPS is not available on this machine")
     return dev
@@ -60,6 +66,10 @@ def physical_cores() -> int:
 
 def set_threads(num_threads: int = 0) -> int:
     """Set torch's intra-op threads (0 = physical cores). Also sets OMP/MKL env for child processes."""
+    most = 4 * (os.cpu_count() or 1)
+    if not 0 <= num_threads <= most:  # a huge pool crashes torch's thread pool without a message
+        raise ValueError(f"num_threads: expected 0 (auto) or at most {most} (4 x the {os.cpu_count()} CPU cores here), "
+                         f"got {num_threads}")
     n = num_threads or int(os.environ.get("OMP_NUM_THREADS", 0) or 0) or physical_cores()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if num_threads:  # an explicit value wins over the environment (torchrun sets OMP_NUM_THREADS=1)
@@ -79,8 +89,10 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     key = f"{device}-{dtype}-{n}"
     if key in _PEAK_CACHE:
         return _PEAK_CACHE[key]
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # its own generator: the measurement must not move the global RNG a resumed run has just restored
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     (a @ b).sum().item()
     best = float("inf")
     for _ in range(repeats):

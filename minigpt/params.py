@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .config import check_run_name, load_yaml_strict
 
 logger = logging.getLogger(__name__)
 
@@ -312,8 +312,8 @@ def read_config_file(config: str) -> dict[str, Any]:
         available = sorted(q.stem for q in (repo_root() / "params").glob("*.yaml"))
         raise ParameterError(f"config: {path} not found; expected one of {available} or a path to a .yaml file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
+        data = load_yaml_strict(path) or {}
+    except ValueError as e:  # a syntax error, or a key given twice
         raise ParameterError(f"config: {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ParameterError(f"config: {path} must hold a mapping of parameter names to values")
@@ -471,7 +471,7 @@ def _merge_layers(reg: dict[str, tuple[Any, Any]], layers: list[tuple[dict[str, 
         merged["run_dir"] = os.environ["MINIGPT_RUN_DIR"]
         sources["run_dir"] = "MINIGPT_RUN_DIR"
     elif sources["run_dir"] == "default" and merged.get("run_name"):
-        merged["run_dir"] = f"runs/{merged['run_name']}"  # run_name names the run's folder
+        merged["run_dir"] = f"runs/{check_run_name(merged['run_name'], ParameterError)}"  # run_name names the run's folder
     if "wandb_run_name" in merged and not merged.get("wandb_run_name") and merged.get("run_name"):
         merged["wandb_run_name"] = merged["run_name"]
     return merged, sources

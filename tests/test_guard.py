@@ -71,7 +71,7 @@ def test_stop_request_ends_a_pause():
 
     g = ResourceGuard(max_cpu=50, read=read, clock=clock, sleep=clock.sleep)
     g.wait_if_needed(stop)
-    assert g.events[-1]["event"] == "resume"
+    assert g.events[-1]["event"] == "stopped"  # what really happened: the stop request, not a resume
 
 
 def test_from_config():

@@ -40,6 +40,8 @@ import numpy as np
 from ..atomic import atomic_write_text
 from .tokenizer import EOS_ID, MiniTokenizer
 from .tokenizer.corpus import DATA_NOTEBOOK, count_lines, iter_texts, require_file
+from .normalize import VERSION_KEY, check_same_version
+from .tokenizer.training import data_version
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +185,11 @@ def pack_corpus(
         "doc_separator": DOC_SEPARATOR,
         "tokenizer_sha256": tok.sha256,
         "tokenizer_path": tok.source,
+        # text normalisation of the data and of the tokenizer's training text (1 = not recorded)
+        VERSION_KEY: data_version(data_dir),
+        "tokenizer_" + VERSION_KEY: tok.normalize_version,
     }
+    check_same_version(tok.normalize_version, header[VERSION_KEY], str(tok.source), str(data_dir))
     meta = {**header, "splits": _reusable_splits(tokens_dir, tok, dtype)}
 
     t0 = time.perf_counter()
@@ -229,10 +235,53 @@ def read_meta(tokens_dir: str | os.PathLike) -> dict:
         meta = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{f}: invalid JSON ({e.msg})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{f}: expected a JSON object, got {type(meta).__name__}")
     for key in ("dtype", "vocab_size", "tokenizer_sha256", "splits"):
         if key not in meta:
             raise ValueError(f"{f}: missing key {key!r}")
+    vocab = meta["vocab_size"]
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
+        raise ValueError(f"{f}: vocab_size {vocab!r}; expected a positive integer")
+    if not isinstance(meta["splits"], dict):
+        raise ValueError(f"{f}: splits: expected a mapping of split name to file entry")
+    dt = unsigned_dtype(meta["dtype"], f)
+    if vocab > np.iinfo(dt).max + 1:
+        raise ValueError(f"{f}: vocab_size {vocab} does not fit in dtype {dt.name}; expected uint32 above 65536")
     return meta
+
+
+def unsigned_dtype(name: Any, where: Path) -> np.dtype:
+    """The numpy dtype a token file's meta.json names: an unsigned integer of 16 bits or more."""
+    try:
+        dt = np.dtype(name)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "u" or dt.itemsize < 2:
+        raise ValueError(f"{where}: dtype {name!r} is not a token dtype; token files are uint16 or uint32 (unsigned integers)")
+    return dt
+
+
+def check_token_ids(arr: np.ndarray, vocab_size: int, path: Path, chunk: int = 1 << 24) -> None:
+    """Every id of a token file is < vocab_size (and >= 0), read once in chunks; the error names the first bad one."""
+    for start in range(0, len(arr), chunk):
+        block = np.asarray(arr[start:start + chunk])
+        if block.size and (int(block.max()) >= vocab_size or int(block.min()) < 0):
+            bad = np.flatnonzero((block >= vocab_size) | (block < 0))[0]
+            raise ValueError(f"{path}: token id {int(block[bad])} at position {start + int(bad)} is outside the "
+                             f"vocabulary (0..{vocab_size - 1}); re-run notebooks/02_tokenizer to re-pack the tokens")
+
+
+def _split_entry(meta_path: Path, split: str, entry: Any) -> tuple[str, int]:
+    """(file name, token count) of a split's entry in meta.json; the file must be a name inside the folder."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{meta_path}: splits.{split}: expected an object with file and num_tokens, got {entry!r}")
+    name, n = entry.get("file"), entry.get("num_tokens")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"{meta_path}: splits.{split}.file {name!r}: expected a file name inside {meta_path.parent}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{meta_path}: splits.{split}.num_tokens {n!r}: expected a whole number >= 0")
+    return name, n
 
 
 def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -267,8 +316,8 @@ def _load_packed(p: Path, split: str, tokenizer: MiniTokenizer | None, dtype: st
     meta = read_meta(p)
     if split not in meta["splits"]:
         raise KeyError(f"{p / 'meta.json'}: no split {split!r} (have {sorted(meta['splits'])})")
-    entry = meta["splits"][split]
-    path = p / entry["file"]
+    name, num_tokens = _split_entry(p / "meta.json", split, meta["splits"][split])
+    path = p / name
     if tokenizer is not None and meta["tokenizer_sha256"] != tokenizer.sha256:
         raise TokenizerMismatchError(
             f"{path} was made by tokenizer sha256 {meta['tokenizer_sha256'][:16]}… "
@@ -278,12 +327,14 @@ def _load_packed(p: Path, split: str, tokenizer: MiniTokenizer | None, dtype: st
         )
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (listed in {p / 'meta.json'}): re-run notebooks/02_tokenizer")
-    dt = np.dtype(meta["dtype"])
+    dt = unsigned_dtype(meta["dtype"], p / "meta.json")
     if dtype is not None and np.dtype(dtype) != dt:
         raise ValueError(f"{path}: dtype={dtype} given but meta.json says {dt.name}")
     arr = _memmap(path, dt)
-    if arr.size != entry["num_tokens"]:
-        raise ValueError(f"{path}: {arr.size} tokens on disk but meta.json says {entry['num_tokens']} (truncated?)")
+    if arr.size != num_tokens:
+        raise ValueError(f"{path}: {arr.size} tokens on disk but meta.json says {num_tokens} (truncated?)")
+    vocab = min(meta["vocab_size"], tokenizer.vocab_size) if tokenizer is not None else meta["vocab_size"]
+    check_token_ids(arr, vocab, path)
     return arr
 
 
@@ -312,10 +363,9 @@ def _load_foreign(p: Path, split: str, tokenizer: MiniTokenizer | None, dtype: s
         arr = _memmap(path, dt)
     if tokenizer is not None and arr.size:
         # No recorded hash to compare: at least every id must exist in this tokenizer.
-        hi, lo = int(arr.max()), int(arr.min())
-        if lo < 0 or hi >= tokenizer.vocab_size:
-            raise TokenizerMismatchError(
-                f"{path}: token ids span [{lo}, {hi}] but the tokenizer in use has vocab {tokenizer.vocab_size}"
-            )
+        try:
+            check_token_ids(arr, tokenizer.vocab_size, path)
+        except ValueError as e:
+            raise TokenizerMismatchError(f"{e} (the tokenizer in use has vocab {tokenizer.vocab_size})") from None
         logger.warning("%s has no meta.json: can't verify which tokenizer made it", path)
     return arr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,10 @@ class GenerationConfig:
 
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
             raise bad("max_new_tokens", "a positive integer")
+        for key in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise bad(key, "a finite number")
         if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
             raise bad("temperature", "a number >= 0 (0 = greedy)")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:

@@ -11,7 +11,8 @@ A checkpoint folder (`checkpoint_step_N/` or `final_model/`) holds:
 """
 from __future__ import annotations
 
-import contextlib
+import errno
+import pickle
 import hashlib
 import json
 import logging
@@ -19,24 +20,22 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..atomic import atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
+from ..atomic import atomic_folder, atomic_write_json, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from ..config import ModelConfig
 from ..model.gpt import GPT
+from .checkpoint_checks import MANIFEST, CheckpointError, check_model_shape, check_trainer_state, manifest_files, read_json
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _STEP_DIR = re.compile(r"^checkpoint_step_(\d+)$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete, corrupt or incompatible."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -88,17 +87,11 @@ def write_manifest(folder: Path) -> dict:
 
 
 def verify_checkpoint(folder: str | Path) -> None:
-    """Raise CheckpointError naming the file when the manifest is absent or any file differs from it."""
+    """Raise CheckpointError naming the file when the manifest is absent, malformed, or any file differs from it."""
     folder = Path(folder)
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
+    if not (folder / MANIFEST).is_file():
         raise CheckpointError(f"{folder}: no {MANIFEST} (an incomplete or interrupted save)")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from e
-    for name, meta in files.items():
+    for name, meta in manifest_files(folder).items():
         p = folder / name
         if not p.is_file():
             raise CheckpointError(f"{p}: listed in the manifest but missing")
@@ -128,74 +121,94 @@ def save_checkpoint(
     return Path(folder)
 
 
-@contextlib.contextmanager
-def atomic_folder(folder: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary name, fsync it, then rename it into place.
+class DiskFullError(OSError):
+    """No space left on the device while writing a checkpoint file (the previous checkpoint is untouched)."""
 
-    A crash at any point leaves either the old complete folder or the new one, never a mix; a failed
-    build removes its temporary folder. Checkpoints and the Hugging Face export both write this way.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+
+def _is_disk_full(e: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception chain (torch.save wraps it in a RuntimeError about a stream position)."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def open_for_write(path: Path):
+    """The file object every checkpoint file is written through."""
+    return open(path, "wb")
+
+
+def _write_file(path: Path, write: Callable[[Any], None]) -> None:
+    """write(f) into a new file at `path`, flushed and fsynced; a full disk becomes DiskFullError naming the file."""
     try:
-        yield tmp
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        if folder.exists():
-            # Replacing a folder is two renames; the old one is moved aside first so a crash leaves one complete copy.
-            old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with open_for_write(path) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        if _is_disk_full(e):
+            raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {path}") from None
         raise
-    _fsync_dir(folder.parent)
 
 
 def _write_checkpoint_files(tmp: Path, model, config, tokenizer_dir, ema_state, optimizer_state, trainer_state, weights) -> None:
+    from safetensors.torch import save as safetensors_bytes
+
+    def json_bytes(obj: Any, indent: int | None = None) -> Callable[[Any], None]:
+        return lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=indent).encode("utf-8"))
+
     for name, state in (weights if weights is not None else {"model.safetensors": model_state(model)}).items():
-        save_file(state, str(tmp / name))
+        _write_file(tmp / name, lambda f, st=state: f.write(safetensors_bytes(st)))
     if ema_state is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
+        ema = {k: v.detach().contiguous().cpu() for k, v in ema_state.items()}
+        _write_file(tmp / "ema.safetensors", lambda f: f.write(safetensors_bytes(ema)))
     if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
+        _write_file(tmp / "optimizer.pt", lambda f: torch.save(optimizer_state, f))
     if trainer_state is not None:
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state), encoding="utf-8")
-    (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        _write_file(tmp / "trainer_state.json", json_bytes(trainer_state))
+    _write_file(tmp / "config.json", json_bytes(config, indent=2))
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name
             if src.is_file():
-                shutil.copy2(src, tmp / name)
-    write_manifest(tmp)  # last: its presence means every file above is complete
-
-
-def _fsync_dir(path: Path) -> None:
+                _write_file(tmp / name, lambda f, src=src: f.write(src.read_bytes()))
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_manifest(tmp)  # last: its presence means every file above is complete
+    except BaseException as e:
+        if _is_disk_full(e):
+            raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {tmp / MANIFEST}") from None
+        raise
 
 
-def read_config(folder: str | Path) -> dict[str, Any]:
+def read_config(folder: str | Path, check_weights: bool = True) -> dict[str, Any]:
+    """config.json, checked: an object whose "model" is a valid ModelConfig that the weights file can hold."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; expected a minigpt checkpoint folder (final_model/ or checkpoint_step_N/)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    meta = read_json(path, "config")
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"{path}: expected an object with a \"model\" entry (a minigpt checkpoint's config)")
+    check_model_shape(path, meta["model"], Path(folder) / "model.safetensors" if check_weights else None)
+    return meta
+
+
+def read_trainer_state(folder: str | Path) -> dict[str, Any]:
+    """trainer_state.json, checked (counters >= 0 and equal to the folder's step, sampler position, RNG states)."""
+    folder = Path(folder)
+    path = folder / "trainer_state.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; resuming needs a checkpoint_step_N folder (final_model holds no training state)")
+    m = _STEP_DIR.match(folder.name)
+    return check_trainer_state(path, read_json(path, "trainer state"), int(m.group(1)) if m else None)
+
+
+def check_resumable(folder: str | Path) -> None:
+    """Everything resume reads, checked without building anything: manifest, config, trainer state."""
+    verify_checkpoint(folder)
+    read_config(folder)
+    read_trainer_state(folder)
 
 
 def load_optimizer_state(folder: str | Path) -> dict[str, Any] | None:
@@ -206,7 +219,12 @@ def load_optimizer_state(folder: str | Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler raises UnpicklingError or RuntimeError depending on the payload
-        raise CheckpointError(f"{path}: refused to load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        if isinstance(e, pickle.UnpicklingError) or "weights only" in str(e).lower():
+            raise CheckpointError(
+                f"{path}: refused to load: it holds more than plain tensors, numbers and strings (pickled Python "
+                "objects, which could run code when loaded). minigpt never loads such files; delete this checkpoint "
+                "or resume from another one.") from None
+        raise CheckpointError(f"{path}: not a readable optimizer state (truncated or corrupt: {type(e).__name__})") from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True,
@@ -247,10 +265,11 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_valid_checkpoint(output_dir: str | Path) -> Path | None:
-    """Newest checkpoint that verifies; corrupt or partial ones are skipped with a warning naming them."""
+    """Newest checkpoint that verifies and whose config and trainer state check out; corrupt, partial or
+    malformed ones are skipped with a warning naming the file and the problem."""
     for step, folder in reversed(list_checkpoints(output_dir)):
         try:
-            verify_checkpoint(folder)
+            check_resumable(folder)
             return folder
         except CheckpointError as e:
             logger.warning("skipping checkpoint %s: %s", folder, e)
@@ -265,6 +284,8 @@ def prune_checkpoints(output_dir: str | Path, keep_last_n: int, permanent: list[
     for p in Path(output_dir).glob(".checkpoint_step_*"):
         m = re.search(r"\.(?:tmp|old)(\d+)$", p.name)
         if m and int(m.group(1)) != os.getpid() and p.is_dir():
+            if ".old" in p.name[-len(m.group(0)):] and not (p.parent / p.name[1:-len(m.group(0))]).exists():
+                continue  # the only copy of a folder whose replacement was cut short: clean_stale_temporaries restores it
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     for step, folder in ckpts[:-keep_last_n] if keep_last_n > 0 else []:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import GuardConfig, TrainConfig
+from ..config import GUARD_RESUME_MARGIN, GuardConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +57,15 @@ class ResourceGuard:
     """Call `wait_if_needed(stop_event)` between steps; it returns at once unless a limit is exceeded."""
 
     def __init__(self, max_cpu: float = 0.0, max_memory: float = 0.0, max_gpu_memory: float = 0.0,
-                 interval: float = 2.0, margin: float = 5.0, poll: float = 1.0,
+                 interval: float = 2.0, margin: float = GUARD_RESUME_MARGIN, poll: float = 1.0,
                  read: Callable[[], Reading] = read_usage, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] | None = None) -> None:
         self.limits = Limits(max_cpu, max_memory, max_gpu_memory)
+        for name in ("cpu", "memory", "gpu_memory"):
+            limit = getattr(self.limits, name)
+            if 0 < limit < 100 and limit <= margin:  # usage would have to fall below zero to resume
+                raise ValueError(f"max_{name}: a limit of {limit:g}% is at or under the resume margin ({margin:g}%): "
+                                 f"a paused run would never resume; use a limit above {margin:g} or 0 for no limit")
         self.interval, self.margin, self.poll = interval, margin, poll
         self.read, self.clock = read, clock
         self._sleep = sleep
@@ -113,6 +118,11 @@ class ResourceGuard:
         paused = self.clock() - t0
         self.paused_s += paused
         reading = ", ".join(f"{k} {v:.0f}%" for k, v in self.last_reading.items())
+        if self.limits.over(self.last_reading, self.margin):  # the loop ended on the stop request, not on usage
+            logger.warning("resource guard: stop requested while paused (%.1fs, still %s); not resuming, "
+                           "the run saves and stops", paused, reading)
+            self.events.append({"event": "stopped", "reading": dict(self.last_reading), "paused_s": paused})
+            return paused
         logger.warning("resource guard: resuming after %.1fs (%s)", paused, reading)
         self.events.append({"event": "resume", "reading": dict(self.last_reading), "paused_s": paused})
         return paused

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from ..atomic import clean_stale_temporaries
+from .run_lock import RunLock
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -95,15 +98,46 @@ def save_final(trainer: Trainer) -> Path:
 
 
 def checkpoint_to_resume(trainer: Trainer) -> Path | None:
-    """resume_from (verified), else with auto_resume the newest checkpoint that verifies, else None."""
+    """resume_from (checked), else with auto_resume the newest checkpoint that checks out, else None."""
     c = trainer.cfg.checkpoints
     if c.resume_from:
-        ckpt.verify_checkpoint(c.resume_from)
+        ckpt.check_resumable(c.resume_from)
         return Path(c.resume_from)
     folder = ckpt.latest_valid_checkpoint(trainer.output_dir)
     if folder is None:
         logger.info("auto_resume: no checkpoint in %s; starting fresh", trainer.output_dir)
     return folder
+
+
+def prepare_run(trainer: Trainer) -> None:
+    """Before the first step: take the folder's lock (rank 0), clean leftovers of interrupted writes, measure
+    peak FLOPs (before any RNG state is restored), resume if asked, else archive an earlier run; run_config.json."""
+    from ..devices import measure_peak_flops
+
+    cfg = trainer.cfg
+    if trainer.is_main:
+        trainer.run_lock = RunLock(trainer.output_dir).acquire()
+        clean_stale_temporaries(trainer.output_dir)
+    if trainer.peak_flops is None:
+        trainer.peak_flops = measure_peak_flops(trainer.device, torch.bfloat16 if trainer.device.type == "cuda" else torch.float32)
+    if cfg.checkpoints.resume_from or cfg.checkpoints.auto_resume:
+        folder = checkpoint_to_resume(trainer)
+        if folder is not None:
+            trainer.resume(folder)
+    trainer.output_dir.mkdir(parents=True, exist_ok=True)
+    if trainer.step == 0 and trainer.is_main:
+        archive_previous_run(trainer.output_dir)  # a fresh run starts a fresh log and checkpoint series
+    if trainer.is_main and cfg.logging.plot_loss:
+        (trainer.output_dir / "plots").mkdir(exist_ok=True)
+    if trainer.is_main and cfg.checkpoints.save_config:
+        write_run_config(trainer)
+
+
+def release_run(trainer: Trainer) -> None:
+    lock = getattr(trainer, "run_lock", None)
+    if lock is not None:
+        lock.release()
+        trainer.run_lock = None
 
 
 def check_compatible(trainer: Trainer, folder: Path, meta: dict[str, Any]) -> None:
@@ -126,7 +160,7 @@ def resume(trainer: Trainer, folder: str | Path) -> None:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    check_compatible(trainer, folder, ckpt.read_config(folder))
+    check_compatible(trainer, folder, ckpt.read_config(folder))  # checked: shape bounded by the weights file
     trainer.load_weights(folder)
     if trainer.ema is not None and (folder / "ema.safetensors").is_file():
         trainer.ema.shadow = {k: v.float() for k, v in load_file(str(folder / "ema.safetensors")).items()}
@@ -137,7 +171,7 @@ def resume(trainer: Trainer, folder: str | Path) -> None:
         torch.set_rng_state(opt["torch_rng"])
         if opt.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(opt["cuda_rng"])
-    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    state = ckpt.read_trainer_state(folder)
     trainer.step = int(state["step"])
     trainer.tokens_seen = int(state["tokens_seen"])
     trainer.train_batches.load_state_dict(state["sampler"])
@@ -147,8 +181,20 @@ def resume(trainer: Trainer, folder: str | Path) -> None:
     trainer.faults_total = int(state.get("faults_total", 0))
     trainer.history = state.get("history", [])
     if trainer.is_main:
+        start_branch(trainer.output_dir, folder, trainer.step)
         truncate_metrics(trainer.metrics_path, trainer.step)
     logger.info("resumed from %s at step %d", folder, trainer.step)
+
+
+def _archive_folder(output_dir: Path, label: str = "") -> Path:
+    """A new, empty previous/<time>[-label]/ folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S") + (f"-{label}" if label else "")
+    dest, n = output_dir / "previous" / stamp, 0
+    while dest.exists():
+        n += 1
+        dest = output_dir / "previous" / f"{stamp}_{n}"
+    dest.mkdir(parents=True)
+    return dest
 
 
 def archive_previous_run(output_dir: Path) -> Path | None:
@@ -162,16 +208,53 @@ def archive_previous_run(output_dir: Path) -> Path | None:
         if output_dir.is_dir() else []
     if not old:
         return None
-    dest = output_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
-    n = 0
-    while dest.exists():
-        n += 1
-        dest = dest.with_name(f"{dest.name.split('_')[0]}_{n}")
-    dest.mkdir(parents=True)
+    dest = _archive_folder(output_dir)
     for p in old:
         os.replace(p, dest / p.name)
     logger.warning("%s held an earlier run (%d items); moved to %s (set auto_resume=True to continue a run instead)",
                    output_dir, len(old), dest)
+    return dest
+
+
+def _saved_step(folder: Path) -> int | None:
+    """The step a checkpoint folder's config.json records (None when unreadable)."""
+    try:
+        step = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("step")
+        return step if isinstance(step, int) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def start_branch(output_dir: Path, source: Path, step: int) -> Path | None:
+    """Resuming from `source` (step `step`) starts a branch: nothing of what the folder holds is lost.
+
+    From a checkpoint of this folder, its checkpoints past `step`, a final_model of another step and a copy of
+    metrics.jsonl and run_config.json move to previous/<time>-branch-from-step-N/; the checkpoints up to `step`
+    (the branch's own history) stay. From a checkpoint elsewhere, the folder's run is archived whole, as a
+    fresh run does, and the source run's metric lines up to `step` start this folder's log.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if source.resolve().parent != output_dir.resolve():
+        dest = archive_previous_run(output_dir)
+        src_metrics = source.parent / "metrics.jsonl"
+        if src_metrics.is_file() and not (output_dir / "metrics.jsonl").exists():
+            shutil.copy2(src_metrics, output_dir / "metrics.jsonl")  # truncated to `step` by the caller
+        return dest
+    later = [p for s, p in ckpt.list_checkpoints(output_dir) if s > step]
+    final = output_dir / "final_model"
+    if final.is_dir() and _saved_step(final) != step:
+        later.append(final)
+    if not later:
+        return None
+    dest = _archive_folder(output_dir, f"branch-from-step-{step}")
+    for name in ("metrics.jsonl", "run_config.json"):
+        if (output_dir / name).is_file():
+            shutil.copy2(output_dir / name, dest / name)
+    for p in later:
+        os.replace(p, dest / p.name)
+    logger.warning("resuming %s at step %d starts a branch: the run this folder held went on past it; its %s "
+                   "moved to %s (with a copy of its metrics); nothing was deleted",
+                   source.name, step, ", ".join(p.name for p in later), dest)
     return dest
 
 

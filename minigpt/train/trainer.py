@@ -28,8 +28,9 @@ from .machine import autocast, compile_model, install_stop_signals, setup_machin
 from .metrics import flops_per_token, format_metrics, layer_grad_norms, mean_eval_loss
 from .optim import EMA, build_optimizer, param_groups
 from .schedules import lr_at
+from .timing import RunTimer
 from ..config import ModelConfig, TrainConfig
-from ..devices import measure_peak_flops, memory_mb
+from ..devices import memory_mb
 
 __all__ = ["Trainer", "TrainingStopped", "BatchSource", "EMA", "build_optimizer", "param_groups", "flops_per_token",
            "format_metrics", "unpack_batch", "compile_model"]
@@ -106,6 +107,8 @@ class Trainer:
         self._compiled = None
         self.peak_flops: float | None = None
         self._last_saved_step = -1
+        self.run_lock = None  # the output folder's lock while fit() runs (rank 0)
+        self.timer: RunTimer | None = None
 
     def _build_callbacks(self, callbacks: Iterable[Any]) -> list[Any]:
         out = list(callbacks)
@@ -178,7 +181,13 @@ class Trainer:
     # ----- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train until max_steps, early stop, a stop request or a signal; always leaves a checkpoint."""
-        self._prepare_run()
+        try:
+            self._prepare_run()
+            return self._fit()
+        finally:
+            run_state.release_run(self)  # the folder's lock (the OS drops it too if this process dies)
+
+    def _fit(self) -> dict[str, Any]:
         fpt = flops_per_token(self.model_cfg, self.seq_len)
         logger.info("training on %s, dtype %s (%s), accumulation %d, %d steps",
                     self.device, str(self.dtype).replace("torch.", ""), self.dtype_reason, self.accumulation_steps, self.max_steps)
@@ -187,6 +196,7 @@ class Trainer:
         # saving only repeats the stop request, it cannot cut the save short.
         restore = install_stop_signals(self._on_signal)
         t_start = time.perf_counter()
+        self.timer = RunTimer(self, t_start)
         try:
             self._loop(fpt, t_start)
             self._save_at_end()
@@ -204,19 +214,8 @@ class Trainer:
         return result
 
     def _prepare_run(self) -> None:
-        """Resume if asked, else archive an earlier run in the folder; write run_config.json; measure peak FLOPs."""
-        cfg = self.cfg
-        if cfg.checkpoints.resume_from or cfg.checkpoints.auto_resume:
-            self._maybe_resume()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.step == 0 and self.is_main:
-            run_state.archive_previous_run(self.output_dir)  # a fresh run starts a fresh log and checkpoint series
-        if self.is_main and cfg.logging.plot_loss:
-            (self.output_dir / "plots").mkdir(exist_ok=True)
-        if self.is_main and cfg.checkpoints.save_config:
-            run_state.write_run_config(self)
-        if self.peak_flops is None:
-            self.peak_flops = measure_peak_flops(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        """Lock the folder, clean leftovers, measure peak FLOPs, resume or archive, write run_config.json."""
+        run_state.prepare_run(self)
 
     def _save_at_end(self) -> None:
         """Whatever ended the loop, leave a resumable checkpoint at the current step (and the final model)."""
@@ -281,7 +280,8 @@ class Trainer:
             rec.update(self.evaluate())
             self._track_early_stopping(rec)
         self._log(rec)
-        if self.step % cfg.checkpoints.save_interval == 0 and not last:
+        self.timer.step_done(self.step)
+        if (self.step % cfg.checkpoints.save_interval == 0 or self.timer.save_due()) and not last:
             self.save_step_checkpoint()
         if cfg.evaluation.sample_interval and self.step % cfg.evaluation.sample_interval == 0:
             self._sample()
@@ -470,6 +470,8 @@ class Trainer:
             return None
         folder = run_state.save_step_checkpoint(self)
         self._last_saved_step = self.step
+        if self.timer is not None:
+            self.timer.saved()
         self._emit("on_save", folder)
         return folder
 
@@ -489,8 +491,7 @@ class Trainer:
         ckpt.load_model_state(ckpt.unwrap(self.model), load_file(str(folder / "model.safetensors")), str(folder))
 
     def _maybe_resume(self) -> None:
-        folder = run_state.checkpoint_to_resume(self)
-        if folder is not None:
+        if (folder := run_state.checkpoint_to_resume(self)) is not None:
             self.resume(folder)
 
     def resume(self, folder: str | Path) -> None:
