@@ -6,6 +6,7 @@ minigpt's parameter names already mirror `modeling_llama.py`, so the export is a
 `tie_word_embeddings: true` transformers ties `lm_head.weight` to `model.embed_tokens.weight` on load.
 
     python -m minigpt.infer.export runs/demo/sft/final_model runs/demo/hf
+    python -m minigpt.export runs/demo/sft/final_model runs/demo/gguf --format gguf --outtype q8_0   # see gguf.py
 """
 from __future__ import annotations
 
@@ -127,12 +128,23 @@ def export_hf(checkpoint_dir: str | Path, out_dir: str | Path, dtype: str = "flo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigpt.infer.export", description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", help="minigpt checkpoint folder, e.g. runs/demo/sft/final_model")
-    ap.add_argument("out_dir", help="folder to write the transformers model to")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("out_dir", help="folder to write the transformers model (or the GGUF file and Modelfile) to")
+    ap.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                    help="hf: a transformers Llama folder; gguf: a GGUF file for llama.cpp plus an Ollama Modelfile")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="for --format hf")
+    ap.add_argument("--outtype", default="f32", choices=["f32", "f16", "q8_0"], help="for --format gguf")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out = export_hf(args.checkpoint, args.out_dir, dtype=args.dtype)
+        if args.format == "gguf":
+            from .gguf import export_gguf
+
+            out = export_gguf(args.checkpoint, args.out_dir, outtype=args.outtype)
+        else:
+            out = export_hf(args.checkpoint, args.out_dir, dtype=args.dtype)
+    except ImportError as e:
+        print(f"error: {e.name} is missing: install the serve extra (pip install -e '.[serve]')", file=sys.stderr)
+        return 1
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
