@@ -240,8 +240,8 @@ def _coerce_union(key: str, value: Any, t: Any, where: str) -> Any:
 def _coerce_list(key: str, value: Any, t: Any, where: str) -> list:
     args = typing.get_args(t)
     inner = args[0] if args else str
-    if isinstance(value, str):  # "-p data_files a.jsonl,b.jsonl" from the command line
-        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, str):  # -p data_files a.jsonl,b.jsonl or '["a.jsonl", "b.jsonl"]' (a JSON list)
+        value = [v.strip().strip("\"'") for v in value.strip().strip("[]").split(",") if v.strip().strip("\"'")]
     value = list(value) if isinstance(value, tuple) else value
     if not isinstance(value, list):
         raise ParameterError(f"{key}: expected a list of {inner.__name__}, got {value!r} ({where})")

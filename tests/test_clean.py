@@ -170,9 +170,12 @@ def _cleaner(**kw) -> C.Cleaner:
 
 STEP_CASES = [
     # (flag / counter, input, output with the step on, output with it off)
-    ("fullwidth_to_halfwidth", "ＡＢＣ１２３，测试！", "ABC123,测试!", "ＡＢＣ１２３，测试！"),
+    # Chinese punctuation stays full-width; letters, digits and other symbols become ASCII
+    ("fullwidth_to_halfwidth", "ＡＢＣ１２３，测试！＃", "ABC123，测试！#", "ＡＢＣ１２３，测试！＃"),
     ("nfkc", "①号文件ﬁle", "1号文件file", "①号文件ﬁle"),
     ("strip_control", "测试\u200b文本\x07内容\ufeff", "测试文本内容", "测试\u200b文本\x07内容\ufeff"),
+    ("cjk_punctuation", "12月31日,中共中央 你好? ok, 3.5", "12月31日，中共中央 你好？ ok, 3.5",
+     "12月31日,中共中央 你好? ok, 3.5"),
     ("collapse_whitespace", "  测试  文本\t\t内容\n\n\n\n下一段 \n 末行 ", "测试 文本 内容\n\n下一段\n末行",
      "  测试  文本\t\t内容\n\n\n\n下一段 \n 末行 "),
     ("remove_urls", "请访问https://example.com/a?b=1了解www.abc.cn更多", "请访问了解更多",
@@ -185,8 +188,8 @@ STEP_CASES = [
 @pytest.mark.parametrize("step, text, on, off", STEP_CASES, ids=[c[0] for c in STEP_CASES])
 def test_each_cleaning_step_can_be_switched_off_and_is_counted(step, text, on, off):
     # every other step off, so each case shows exactly what one step does
-    flags = {f: False for f in ("fullwidth_to_halfwidth", "nfkc", "strip_control", "collapse_whitespace",
-                                "remove_urls", "remove_html")}
+    flags = {f: False for f in ("fullwidth_to_halfwidth", "nfkc", "strip_control", "cjk_punctuation",
+                                "collapse_whitespace", "remove_urls", "remove_html")}
     c_on = _cleaner(**{**flags, step: True})
     assert c_on.normalize(text) == on
     assert c_on.steps[step] == 1
@@ -209,8 +212,8 @@ def test_switching_a_step_off_changes_the_run_output(tmp_path):
     f = write_lines(tmp_path / "in.jsonl", [text_line("访问https://example.com看看这家店，非常好吃的东西")])
     on = run_cleaning(config(f), tmp_path / "on")
     off = run_cleaning(config(f, remove_urls=False), tmp_path / "off")
-    assert kept_texts(tmp_path / "on") == ["访问看看这家店,非常好吃的东西"]
-    assert kept_texts(tmp_path / "off") == ["访问https://example.com看看这家店,非常好吃的东西"]
+    assert kept_texts(tmp_path / "on") == ["访问看看这家店，非常好吃的东西"]
+    assert kept_texts(tmp_path / "off") == ["访问https://example.com看看这家店，非常好吃的东西"]
     assert on["steps"]["remove_urls"] == 1 and off["steps"]["remove_urls"] == 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ..data.tokenizer.special import harden_hf_folder
 from ..train.checkpoint import TOKENIZER_FILES, atomic_folder
 from ..model.gpt import GPT
 
@@ -106,6 +107,7 @@ def export_model(model: GPT, tokenizer_dir: str | Path, out_dir: str | Path, dty
             json.dumps(_generation_config([_EOS_ID, _IM_END_ID]), indent=2), encoding="utf-8")
         for name in TOKENIZER_FILES:
             shutil.copy2(tokenizer_dir / name, tmp / name)
+        harden_hf_folder(tmp)  # the escaping chat template, also for tokenizers saved before it existed
         # The model cannot read past its context: tell the tokenizer so, keep its chat template.
         tc_path = tmp / "tokenizer_config.json"
         tc = json.loads(tc_path.read_text(encoding="utf-8"))

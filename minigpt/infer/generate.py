@@ -19,11 +19,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..data import normalize as textnorm
+from ..data.normalize import NORMALIZE_VERSION
 from ..model.gpt import GPT
 from .backends import DECODE_BACKENDS, DecodeSteps
 from .config import GenerationConfig
 from .decode import decode
-from .sampling import Sampler
+from .sampling import Sampler, utf8_table
 from .streaming import RowText
 
 __all__ = ["DECODE_BACKENDS", "ChatSession", "GenerationConfig", "TextGenerator", "read_prompts_file"]
@@ -47,11 +49,16 @@ class TextGenerator:
     """Generate text from a minigpt `GPT` and its tokenizer."""
 
     def __init__(self, model: GPT, tokenizer: Any, device: str | torch.device | None = None,
-                 quantize: str | None = None, decode_backend: str = "auto") -> None:
+                 quantize: str | None = None, decode_backend: str = "auto", valid_utf8: bool = True) -> None:
         """quantize: None (the model's weights as they are) or "int8" (per-row int8 weights, for the
         prompt and every new token). decode_backend: "auto" (the C step of native_decode.py on a
         float32 CPU model, when it builds; else the model's forward), "native" (the C step or an
-        error) or "model" (the model's forward; "torch" is accepted too)."""
+        error) or "model" (the model's forward; "torch" is accepted too). valid_utf8: never sample a
+        token that makes the text invalid UTF-8 (sampling.Utf8Table); False samples from the model's
+        distribution as it is, as transformers' generate does.
+
+        Prompts and chat messages go through ``minigpt.data.normalize.normalize`` in the version the
+        tokenizer's training data had, so the model reads them in the form it was trained on."""
         self.steps = DecodeSteps(model, quantize, decode_backend)
         self.quantize, self.decode_backend = self.steps.quantize, self.steps.backend
         self.model = model
@@ -70,6 +77,8 @@ class TextGenerator:
         self.im_end_id = getattr(tokenizer, "im_end_id", _IM_END_ID)
         self.special_ids = set(getattr(tokenizer, "special_ids", {_EOS_ID, _IM_START_ID, _IM_END_ID, _PAD_ID}))
         self.last_stats: dict[str, Any] = {}
+        self.valid_utf8 = valid_utf8
+        self.normalize_version = getattr(tokenizer, "normalize_version", NORMALIZE_VERSION)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tokenizer: Any | None = None, device: str | None = None,
@@ -91,12 +100,22 @@ class TextGenerator:
     def encode_prompt(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt: expected a string, got {type(prompt).__name__}")
+        prompt = self.normalize(prompt)
         ids = self.tokenizer.encode(prompt) if prompt else []
         if not ids:
             logger.warning("empty prompt: generating from <|endoftext|> (id %d), i.e. the start of a new document",
                            self.eos_id)
             ids = [self.eos_id]
         return ids
+
+    def normalize(self, text: str) -> str:
+        """``text`` as the model's training data was normalised (see ``minigpt.data.normalize``)."""
+        return textnorm.normalize(text, version=self.normalize_version)
+
+    def normalize_messages(self, messages: Sequence[dict]) -> list[dict]:
+        """Chat messages with normalised contents (anything else in a message is left to the template's checks)."""
+        return [{**m, "content": self.normalize(m["content"])} if isinstance(m, dict) and isinstance(m.get("content"), str)
+                else m for m in messages]
 
     def _fit_context(self, ids: list[int], max_new_tokens: int) -> list[int]:
         """Cut a prompt that leaves no room in the context from the left, keeping room to generate."""
@@ -143,7 +162,8 @@ class TextGenerator:
         prompts = [self._fit_context(p, cfg.max_new_tokens) for p in prompts]
         budget = self._budget(prompts, cfg)
         model, native = self.steps.forward_model(), self.steps.native_step()
-        sampler = Sampler(cfg, prompts, self.cfg.vocab_size, self.device)
+        sampler = Sampler(cfg, prompts, self.cfg.vocab_size, self.device,
+                          utf8=utf8_table(self.tokenizer, self.cfg.vocab_size) if self.valid_utf8 else None)
         t0, n_new = time.perf_counter(), 0
         try:
             for n in decode(model, native, prompts, self.pad_id, budget, sampler, rows):
@@ -217,7 +237,7 @@ class TextGenerator:
     def chat_prompt_ids(self, messages: list[dict], config: GenerationConfig | None = None) -> list[int]:
         """The ChatML prompt; the oldest turns (after a system message) are dropped when it overflows the context."""
         cfg = config or GenerationConfig()
-        msgs = list(messages)
+        msgs = self.normalize_messages(messages)
         room = self.cfg.max_seq_len - max(1, min(cfg.max_new_tokens, self.cfg.max_seq_len // 2))
         ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
         first = 1 if msgs and msgs[0].get("role") == "system" else 0
@@ -262,7 +282,7 @@ class ChatSession:
 
     def stream(self, user_text: str, config: GenerationConfig | None = None) -> Iterator[str]:
         """Stream the reply; the user message and the full reply join the history when it ends."""
-        self.history.append({"role": "user", "content": user_text})
+        self.history.append({"role": "user", "content": self.generator.normalize(user_text)})
         pieces = []
         try:
             for piece in self.generator.chat_stream(self.messages(), config or self.config):

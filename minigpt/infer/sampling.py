@@ -4,6 +4,11 @@ A processor is a pure function `Scores -> Scores`. `logits_processors(cfg, histo
 `GenerationConfig` switches on, in Hugging Face's order: repetition penalty, no-repeat n-grams,
 temperature, top-k, top-p. `Sampler` applies the list to each step's logits and picks one token a row.
 
+With a tokenizer that knows each token's bytes, `Utf8Table` masks every token that would make the generated
+bytes invalid UTF-8 (the bytes 0xC0, 0xC1, 0xF5-0xFF that no UTF-8 text has; a continuation byte where a
+character should start; a new character, or a special token, before the current one is complete): the
+generated text never shows U+FFFD unless the model writes that character itself.
+
 `Scores` is either the whole vocabulary (`ids` None: column = token id) or, after top-k, each row's
 k best tokens, best first (`ids` names them). Top-p then sorts and sums only those k, and the draw
 is among k values: the same distribution as filtering the whole vocabulary (every other token
@@ -11,9 +16,11 @@ would be -inf), without sorting and scattering a vocabulary-sized row each step.
 """
 from __future__ import annotations
 
+import weakref
 from functools import partial
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from .config import GenerationConfig
@@ -128,6 +135,124 @@ def keep_top_p(s: Scores, p: float) -> Scores:
     return Scores(_top_p_sorted(s.logits, p), s.ids)
 
 
+# --------------------------------------------------------------------------- valid UTF-8 only
+
+# A row's UTF-8 state: continuation bytes still needed and the range the next one must be in
+# (RFC 3629: E0 A0-BF, ED 80-9F, F0 90-BF, F4 80-8F exclude overlong forms, surrogates and > U+10FFFF).
+_RANGES = [(0x80, 0xBF), (0xA0, 0xBF), (0x80, 0x9F), (0x90, 0xBF), (0x80, 0x8F)]
+UTF8_STATES = [(0, 0x80, 0xBF)] + [(n, lo, hi) for n in (1, 2, 3) for lo, hi in _RANGES]
+_STATE_ID = {s: i for i, s in enumerate(UTF8_STATES)}
+
+
+def _lead(b: int) -> tuple[int, int, int] | None:
+    """The state after a byte that starts a character (None: no character starts with it)."""
+    if b < 0x80:
+        return UTF8_STATES[0]
+    if 0xC2 <= b <= 0xDF:
+        return (1, 0x80, 0xBF)
+    if 0xE0 <= b <= 0xEF:
+        return (2, 0xA0, 0xBF) if b == 0xE0 else (2, 0x80, 0x9F) if b == 0xED else (2, 0x80, 0xBF)
+    if 0xF0 <= b <= 0xF4:
+        return (3, 0x90, 0xBF) if b == 0xF0 else (3, 0x80, 0x8F) if b == 0xF4 else (3, 0x80, 0xBF)
+    return None  # a continuation byte, or C0, C1, F5-FF
+
+
+def _scan(data: bytes, state: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    """The state after ``data`` from ``state``; None if the bytes are not valid UTF-8 there."""
+    need, lo, hi = state
+    for b in data:
+        if need:
+            if not lo <= b <= hi:
+                return None
+            need, lo, hi = need - 1, 0x80, 0xBF
+        else:
+            nxt = _lead(b)
+            if nxt is None:
+                return None
+            need, lo, hi = nxt
+    return (need, lo, hi)
+
+
+class Utf8Table:
+    """For every token and UTF-8 state: may the token come next, and the state after it.
+
+    Built once per tokenizer (`utf8_table`) from each token's bytes; ids the tokenizer does not have are
+    never allowed, special tokens only between characters.
+    """
+
+    def __init__(self, token_bytes: Sequence[bytes | None], special: Iterable[int], vocab_size: int) -> None:
+        special = set(special)
+        n_states = len(UTF8_STATES)
+        allowed = np.zeros((n_states, vocab_size), dtype=bool)
+        self.next_state = np.zeros((n_states, vocab_size), dtype=np.int8)
+        for t in range(vocab_size):
+            data = token_bytes[t] if t < len(token_bytes) else None
+            if data is None:
+                continue
+            if t in special:
+                allowed[0, t] = True
+                continue
+            # a token that starts a character can only follow a complete one (state 0)
+            states = UTF8_STATES if data and 0x80 <= data[0] <= 0xBF else UTF8_STATES[:1]
+            for s, state in enumerate(states):
+                end = _scan(data, state)
+                if end is not None:
+                    allowed[s, t] = True
+                    self.next_state[s, t] = _STATE_ID[end]
+        self.allowed = torch.from_numpy(allowed)
+        self._on: dict[str, torch.Tensor] = {}
+
+    def allowed_on(self, device: torch.device | str) -> torch.Tensor:
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = self.allowed.to(device)
+        return self._on[key]
+
+
+_TABLES: "weakref.WeakKeyDictionary[Any, dict[int, Utf8Table]]" = weakref.WeakKeyDictionary()
+
+
+def utf8_table(tokenizer: Any, vocab_size: int) -> Utf8Table | None:
+    """The tokenizer's `Utf8Table` for a model of `vocab_size` (memoised), or None for a tokenizer that
+    cannot tell a token's bytes."""
+    if not hasattr(tokenizer, "token_bytes"):
+        return None
+    try:
+        per = _TABLES.setdefault(tokenizer, {})
+    except TypeError:  # not weakly referenceable: build each time
+        per = {}
+    if vocab_size not in per:
+        n = min(vocab_size, int(getattr(tokenizer, "vocab_size", vocab_size)))
+        per[vocab_size] = Utf8Table([tokenizer.token_bytes(i) for i in range(n)],
+                                    getattr(tokenizer, "special_ids", ()), vocab_size)
+    return per[vocab_size]
+
+
+class Utf8Rows:
+    """Each row's UTF-8 state while generating (a row starts between characters)."""
+
+    def __init__(self, table: Utf8Table, rows: int, device: torch.device | str) -> None:
+        self.table, self.states, self.device = table, [0] * rows, device
+
+    def allowed(self) -> torch.Tensor:
+        """(B, V) bool: the tokens each row may take next."""
+        allowed = self.table.allowed_on(self.device)
+        if not any(self.states):
+            return allowed[0].expand(len(self.states), -1)
+        return allowed[torch.tensor(self.states, device=self.device)]
+
+    def keep(self, slots: Sequence[int]) -> None:
+        self.states = [self.states[b] for b in slots]
+
+    def push(self, tokens: Sequence[int]) -> None:
+        self.states = [int(self.table.next_state[s, t]) for s, t in zip(self.states, tokens)]
+
+
+def mask_invalid_utf8(s: Scores, rows: Utf8Rows) -> Scores:
+    """-inf for every token that would make a row's bytes invalid UTF-8 (whole-vocabulary scores)."""
+    return Scores(s.logits.masked_fill(~rows.allowed(), float("-inf")), s.ids)
+
+
 # --------------------------------------------------------------------------- per-row history
 
 
@@ -160,10 +285,12 @@ class NgramIndex:
 
 
 class History:
-    """What the penalties need of each row's tokens so far: a seen mask (B, V) and n-gram indexes."""
+    """What the processors need of each row's tokens so far: a seen mask (B, V), n-gram indexes and,
+    with a `Utf8Table`, each row's UTF-8 state."""
 
     def __init__(self, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, vocab_size: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", utf8: Utf8Table | None = None) -> None:
+        self.utf8 = Utf8Rows(utf8, len(prompts), device) if utf8 is not None else None
         self.seen: torch.Tensor | None = None
         if cfg.repetition_penalty != 1.0:
             self.seen = torch.zeros((len(prompts), vocab_size), dtype=torch.bool, device=device)
@@ -177,6 +304,8 @@ class History:
 
     def keep(self, slots: Sequence[int]) -> None:
         """Only the rows at `slots` stay (finished rows leave the batch)."""
+        if self.utf8 is not None:
+            self.utf8.keep(slots)
         if self.seen is not None:
             self.seen = self.seen[torch.tensor(list(slots), device=self.seen.device)]
         if self.ngrams is not None:
@@ -184,6 +313,8 @@ class History:
 
     def push(self, tokens: Sequence[int]) -> None:
         """Each remaining row's new token."""
+        if self.utf8 is not None:
+            self.utf8.push(tokens)
         if self.seen is not None:
             rows = torch.arange(len(tokens), device=self.seen.device)
             self.seen[rows, torch.tensor(list(tokens), device=self.seen.device)] = True
@@ -198,6 +329,8 @@ def logits_processors(cfg: GenerationConfig, history: History | None = None) -> 
     """The processors `cfg` switches on, in order. Penalties need a `history`; greedy decoding skips
     temperature, top-k and top-p, which never change a row's best token."""
     procs: list[Processor] = []
+    if history is not None and history.utf8 is not None:
+        procs.append(partial(mask_invalid_utf8, rows=history.utf8))
     if history is not None and history.seen is not None:
         procs.append(lambda s: penalize_repeats(s, history.seen, cfg.repetition_penalty))
     if history is not None and history.ngrams is not None:
@@ -263,8 +396,9 @@ class Sampler:
     """Picks each row's next token: the processors of `cfg`, then an argmax or a seeded draw."""
 
     def __init__(self, cfg: GenerationConfig, prompts: Sequence[Sequence[int]], vocab_size: int,
-                 device: torch.device | str = "cpu") -> None:
-        self.history = History(prompts, cfg, vocab_size, device)
+                 device: torch.device | str = "cpu", utf8: Utf8Table | None = None) -> None:
+        """utf8: the tokenizer's `Utf8Table` (see `utf8_table`) to keep the output valid UTF-8; None = off."""
+        self.history = History(prompts, cfg, vocab_size, device, utf8)
         self.processors = logits_processors(cfg, self.history)
         self.greedy = cfg.greedy
         self.generator = None

@@ -31,8 +31,6 @@ section default is the full fine-tune's, so set learning_rate explicitly with us
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,8 @@ import torch
 from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from ..data.chat_data import ChatBatches, build_chat_example, pad_examples
+from ..data.chat_source import BUILTIN_CHAT, ChatReport, load_chat_source, no_chat_message, read_chat_file
+from ..data.chat_source import split_conversations  # noqa: F401  (its former address)
 from ..data.datasets import IGNORE_INDEX
 from ..model.lora import ADAPTER_FILE, LORA_TARGETS, adapter_state, count_trainable, has_lora, inject_lora, load_adapter_state, merged_state
 from ..params import ParameterError, Params, jsonable, validate_dataclass
@@ -50,9 +50,6 @@ from .pretrain import train_config_from_params
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
-
-BUILTIN_CHAT = ("chinese", "english", "both")
-
 
 @dataclass
 class SFTConfig:
@@ -122,69 +119,19 @@ class SFTTrainer(Trainer):
         load_adapter_state(model, load_file(str(adapter)), str(adapter))
 
 
-def split_conversations(convs: Iterable[list[dict]]) -> tuple[list[list[dict]], list[list[dict]]]:
-    """Validate (as 01 does), drop exact duplicates, and hold out ~5% by a hash of each conversation: (train, val)."""
-    from ..data.sources import validate_conversation
-
-    train, val, seen = [], [], set()
-    for conv in convs:
-        turns, reason = validate_conversation(conv)
-        if reason:
-            continue
-        key = json.dumps(turns, ensure_ascii=False, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
-        (val if h % 20 == 0 else train).append(turns)
-    return train, val
-
-
-def builtin_conversations(language: str) -> tuple[list[list[dict]], list[list[dict]]]:
-    """(train, val) from the built-in chatterbot dialogues of `language` (chinese | english | both)."""
-    from ..data.sources import chatterbot_paths, iter_chatterbot
-
-    langs = ["chinese", "english"] if language == "both" else [language]
-    return split_conversations(item.value for lang in langs for path in chatterbot_paths(lang)
-                               for item in iter_chatterbot(str(path)) if item.kind == "chat")
-
-
-def load_conversations(P: Params, chat_source: str) -> tuple[list[list[dict]], list[list[dict]], str]:
-    """(train, val, description) for notebook 04's chat_source."""
-    if chat_source in BUILTIN_CHAT:
-        train, val = builtin_conversations(chat_source)
-        return train, val, f"built-in chatterbot dialogues ({chat_source})"
-    if chat_source != "run":
-        path = Path(chat_source)
-        if not path.is_absolute() and not path.exists():
-            path = P.paths["run"] / path
-        if not path.is_file():
-            raise FileNotFoundError(f"chat_source: {chat_source} not found (expected a chat JSONL file, or run/chinese/english/both)")
-        train, val = split_conversations(read_conversations(path))
-        return train, val, str(path)
-    data = P.paths["data"]
-    val_path = data / "sft_val.jsonl"
-    return (read_conversations(data / "sft.jsonl"), read_conversations(val_path) if val_path.is_file() else [],
-            str(data / "sft.jsonl"))
+def load_conversations(P: Params, chat_source: str) -> tuple[list[list[dict]], list[list[dict]], ChatReport]:
+    """(train, val, report) for notebook 04's chat_source; the reading, accounting and normalising live
+    in ``minigpt.data.chat_source``."""
+    return load_chat_source(chat_source, P.paths["data"], P.paths["run"])
 
 
 def read_conversations(path: str | Path) -> list[list[dict]]:
-    """Conversations from a chat JSONL file (minimind format); malformed lines are reported and skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebooks/01_data_clean first (it writes the chat data)")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                conv = json.loads(line)["conversations"]
-            except (ValueError, KeyError, TypeError) as e:
-                logger.warning("%s:%d: skipped, expected {\"conversations\": [...]} (%s)", path, lineno, e)
-                continue
-            out.append(conv)
-    return out
+    """Conversations from a chat JSONL file (minimind format); other lines are counted and logged."""
+    report = ChatReport(str(path))
+    convs = read_chat_file(path, report)
+    if report.rejected:
+        logger.warning("chat data %s", report.message())
+    return convs
 
 
 def build_examples(tokenizer, conversations: list[list[dict]], max_len: int) -> tuple[list, dict[str, int]]:
@@ -218,7 +165,10 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
     seq_len = cfg.schedule.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
         raise ParameterError(f"seq_len: {seq_len} exceeds the pretrained model's max_seq_len={model_cfg.max_seq_len}")
-    train_convs, val_convs, source = load_conversations(P, sft_cfg.chat_source)
+    train_convs, val_convs, report = load_conversations(P, sft_cfg.chat_source)
+    if not train_convs and not val_convs:
+        raise ValueError(no_chat_message(report))
+    source = report.source
     train_ex, train_counts = build_examples(tokenizer, train_convs, seq_len)
     val_ex, val_counts = build_examples(tokenizer, val_convs, seq_len)
     for split, c in (("train", train_counts), ("val", val_counts)):
@@ -234,8 +184,10 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
     eval_batches = [pad_examples(val_ex[i:i + bs], tokenizer.pad_id) for i in range(0, len(val_ex), bs)]
     extra = jsonable(P)
     info: dict[str, Any] = {"checkpoint": str(ckpt_dir), "data": source, "train_examples": len(train_ex),
-                            "val_examples": len(val_ex), **train_counts, "packing": sft_cfg.pack_conversations}
+                            "val_examples": len(val_ex), **train_counts, "packing": sft_cfg.pack_conversations,
+                            "chat_data": report.as_dict()}
     if sft_cfg.use_lora:
+        torch.manual_seed(cfg.schedule.seed)  # the adapters' random init depends on the seed alone, not on what ran before
         inject_lora(model, sft_cfg.lora_rank, sft_cfg.lora_alpha, sft_cfg.lora_dropout, sft_cfg.lora_targets)
         extra["lora_base"] = {"checkpoint": str(ckpt_dir), "model_sha256": ckpt.sha256_file(ckpt_dir / "model.safetensors")}
         trainable, total = count_trainable(model)

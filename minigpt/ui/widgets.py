@@ -128,7 +128,8 @@ class GenerationPanel(W.VBox):
         pieces: list[str] = []
         try:
             if self.mode.value == "chat":
-                user = self.prompt.value.strip()
+                # shown as the model reads it (minigpt.data.normalize: Chinese punctuation, widths)
+                user = self.generator.normalize(self.prompt.value.strip())
                 if not user:
                     self._show(self.transcript + "(type a message first)\n")
                     return ""
@@ -136,8 +137,8 @@ class GenerationPanel(W.VBox):
                 stream = self.session.stream(user, cfg)
                 self.prompt.value = ""
             else:
-                head = self.prompt.value
-                stream = self.generator.stream(self.prompt.value, cfg)
+                head = self.generator.normalize(self.prompt.value)
+                stream = self.generator.stream(head, cfg)
             self._show(head)
             for piece in stream:
                 pieces.append(piece)
@@ -175,7 +176,7 @@ class GenerationPanel(W.VBox):
     def on_batch(self) -> list[str]:
         """Generate for every line of the prompts file, as one batch; show prompt → continuation pairs."""
         try:
-            prompts = read_prompts_file(self.prompts_file.value)
+            prompts = [self.generator.normalize(p) for p in read_prompts_file(self.prompts_file.value)]
             results = self.generator.batch_generate(prompts, self.config())
         except (OSError, ValueError) as e:
             self._show(f"error: {e}\n")

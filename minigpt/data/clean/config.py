@@ -19,8 +19,11 @@ class CleanConfig:
     after a cap is reached are counted as ``over_cap``; a file stops being read once every kind
     of record it has produced is full, and later sources of a full kind are skipped.
 
-    Full-width -> half-width runs before NFKC, which would map the same characters, so switching
-    ``fullwidth_to_halfwidth`` off changes the output only when ``nfkc`` is off as well.
+    ``fullwidth_to_halfwidth``, ``nfkc``, ``strip_control`` and ``cjk_punctuation`` are the steps of
+    ``minigpt.data.normalize.normalize``, the normalisation prompts and chat data get as well: switching
+    one off makes the training text differ from what generation feeds the model. Full-width -> half-width
+    runs before NFKC, which would map the same characters (the protected Chinese punctuation aside), so
+    switching ``fullwidth_to_halfwidth`` off changes the output only when ``nfkc`` is off as well.
     Quality filters and near dedup apply to pretrain documents; dialogues get the cleaning steps,
     ``max_chars`` (on all turns together) and exact dedup. Near dedup declares a duplicate when
     one LSH band of the MinHash signature collides with a kept document's (no pairwise check),
@@ -38,11 +41,12 @@ class CleanConfig:
     max_line_bytes: int = 1_000_000  # longer input lines are rejected without being read whole
     # cleaning steps, in the order they run
     strip_pos_tags: bool = True  # People's Daily word/TAG -> word
-    fullwidth_to_halfwidth: bool = True
-    nfkc: bool = True
     remove_html: bool = True
     remove_urls: bool = True
+    fullwidth_to_halfwidth: bool = True  # letters and digits; Chinese punctuation stays full-width
+    nfkc: bool = True  # compatibility folding, Chinese punctuation and the ellipsis kept
     strip_control: bool = True
+    cjk_punctuation: bool = True  # ASCII , ; : ! ? . next to Chinese characters -> ，；：！？。
     collapse_whitespace: bool = True
     # quality filters (Gopher / C4 style, adapted to characters because Chinese has no spaces)
     quality_filter: bool = True
@@ -57,7 +61,7 @@ class CleanConfig:
     exact_dedup: bool = True
     near_dedup: bool = True
     near_dedup_threshold: float = 0.8  # estimated Jaccard similarity of character shingles
-    near_dedup_ngram: int = 5
+    near_dedup_ngram: int = 5  # shingle size from 80 characters on; shorter texts get shorter ones (>= 2)
     near_dedup_num_perm: int = 128
     checkpoint_every: int = 20_000  # records between resume checkpoints
     progress: bool = True

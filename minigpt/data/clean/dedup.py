@@ -37,59 +37,84 @@ def is_val(h: int, val_fraction: float) -> bool:
 
 
 class HashSet64:
-    """A set of non-zero uint64 keys in one numpy array (open addressing, linear probing).
+    """A set of non-zero uint64 keys in one numpy array (open addressing, linear probing), optionally
+    with a uint64 value per key (where the key was first seen, to name it in a reject).
 
-    ~12-23 bytes per key instead of ~70 for a Python set of ints, which is what keeps memory
-    flat on large inputs; all operations are vectorised over arrays of keys.
+    ~12-23 bytes per key (twice that with values) instead of ~70 for a Python set of ints, which is
+    what keeps memory flat on large inputs; all operations are vectorised over arrays of keys.
     """
 
     MAX_LOAD = 0.7  # linear probing stays short below this; above it the table doubles
 
-    def __init__(self, capacity: int = 1 << 16):
+    def __init__(self, capacity: int = 1 << 16, values: bool = False):
         cap = 1 << max(4, (capacity - 1).bit_length())
         self.table = np.zeros(cap, dtype=np.uint64)
+        self.values = np.zeros(cap, dtype=np.uint64) if values else None
         self.mask = U64(cap - 1)
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        """A bool per key: is it in the set."""
+    def _find(self, keys: np.ndarray) -> np.ndarray:
+        """The slot of each key, -1 where it is absent."""
         keys = np.asarray(keys, dtype=np.uint64)
-        found = np.zeros(keys.shape[0], dtype=bool)
+        slot = np.full(keys.shape[0], -1, dtype=np.int64)
         idx = keys & self.mask
         active = np.arange(keys.shape[0])
         while active.size:
             cur = self.table[idx[active]]
             hit = cur == keys[active]
-            found[active[hit]] = True
+            slot[active[hit]] = idx[active[hit]].astype(np.int64)
             active = active[~hit & (cur != 0)]
             idx[active] = (idx[active] + U64(1)) & self.mask
-        return found
+        return slot
 
-    def add(self, keys: np.ndarray) -> np.ndarray:
-        """Insert keys; returns the ones that were new (sorted)."""
-        keys = np.unique(np.asarray(keys, dtype=np.uint64))
-        keys = keys[~self.contains(keys)]
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """A bool per key: is it in the set."""
+        return self._find(keys) >= 0
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        """The value stored with each key (0 where absent or where the set keeps no values)."""
+        slot = self._find(keys)
+        out = np.zeros(slot.shape[0], dtype=np.uint64)
+        if self.values is not None:
+            out[slot >= 0] = self.values[slot[slot >= 0]]
+        return out
+
+    def add(self, keys: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """Insert keys (with their values: the first one given for a key wins); returns the ones that
+        were new (sorted); ``last_added_values`` holds their values in the same order."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        vals = np.zeros(keys.shape[0], dtype=np.uint64) if values is None else np.asarray(values, dtype=np.uint64)
+        keys, first = np.unique(keys, return_index=True)
+        vals = vals[first]
+        new = ~self.contains(keys)
+        keys, vals = keys[new], vals[new]
+        self.last_added_values = vals
         if keys.size == 0:
             return keys
         if self.size + keys.size > self.MAX_LOAD * self.table.size:
-            old = self.table
-            cap = old.size
-            while self.size + keys.size > self.MAX_LOAD * cap:
-                cap *= 2
-            self.table = np.zeros(cap, dtype=np.uint64)
-            self.mask = U64(cap - 1)
-            self.size = 0
-            for i in range(0, old.size, 1 << 20):  # rehash in slices: no full copy of the old keys
-                part = old[i:i + (1 << 20)]
-                self._insert_new(part[part != 0])
-            del old
-        self._insert_new(keys)
+            self._grow(self.size + keys.size)
+        self._insert_new(keys, vals)
         return keys
 
-    def _insert_new(self, keys: np.ndarray) -> None:
+    def _grow(self, need: int) -> None:
+        old, old_vals = self.table, self.values
+        cap = old.size
+        while need > self.MAX_LOAD * cap:
+            cap *= 2
+        self.table = np.zeros(cap, dtype=np.uint64)
+        self.values = None if old_vals is None else np.zeros(cap, dtype=np.uint64)
+        self.mask = U64(cap - 1)
+        self.size = 0
+        for i in range(0, old.size, 1 << 20):  # rehash in slices: no full copy of the old keys
+            part = old[i:i + (1 << 20)]
+            used = part != 0
+            self._insert_new(part[used], None if old_vals is None else old_vals[i:i + (1 << 20)][used])
+        del old, old_vals
+
+    def _insert_new(self, keys: np.ndarray, vals: np.ndarray | None) -> None:
         idx = keys & self.mask
         pending = np.arange(keys.size)
         while pending.size:
@@ -100,6 +125,8 @@ class HashSet64:
                 _, first = np.unique(slot[empty], return_index=True)  # one winner per free slot
                 w = empty[first]
                 self.table[slot[w]] = keys[pending[w]]
+                if self.values is not None and vals is not None:
+                    self.values[slot[w]] = vals[pending[w]]
                 won[w] = True
             pending = pending[~won]
             idx[pending] = (idx[pending] + U64(1)) & self.mask
@@ -125,9 +152,19 @@ def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
     return best
 
 
+def shingle_size(length: int, ngram: int) -> int:
+    """Characters per shingle for a text of ``length`` characters: ``ngram`` from 16*ngram characters on,
+    less for shorter texts (one per 16 characters, at least 2). A one-character edit changes up to n of
+    a text's shingles, so with 5-grams a 31-character sentence edited once keeps a Jaccard similarity
+    of only ~0.7 (below the 0.8 threshold); with the 2-grams it gets here it keeps ~0.88."""
+    return max(2, min(ngram, length // 16)) if ngram > 2 else ngram
+
+
 class MinHashLSH:
     """MinHash over character n-gram shingles, banded LSH; a document is a near duplicate when one
-    of its band keys was produced by an earlier kept document."""
+    of its band keys was produced by an earlier kept document. Shorter documents get shorter shingles
+    (``shingle_size``), each size hashed apart, so a small edit of a short text is still caught; an edit
+    that moves a text across a size boundary (a multiple of 16 characters) is not."""
 
     def __init__(self, num_perm: int, threshold: float, ngram: int, seed: int = 1234):
         self.num_perm, self.ngram = num_perm, ngram
@@ -140,16 +177,25 @@ class MinHashLSH:
 
     def signatures(self, texts: list[str]) -> np.ndarray:
         """(len(texts), num_perm) uint32 MinHash signatures, computed for the whole batch at once."""
-        n = self.ngram
-        # a text shorter than the shingle is one shingle, padded with NUL (never in cleaned text)
-        padded = [t if len(t) >= n else t + "\x00" * (n - len(t)) for t in texts]
+        sizes = np.fromiter((shingle_size(len(t), self.ngram) for t in texts), dtype=np.int64, count=len(texts))
+        # a text shorter than its shingle is one shingle, padded with NUL (never in cleaned text)
+        padded = [t if len(t) >= n else t + "\x00" * (n - len(t)) for t, n in zip(texts, sizes.tolist())]
         cp, lens, starts = codepoints(padded)
-        hv, counts = ngram_hashes(cp, lens, starts, n, np.arange(len(padded)))
+        sig = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        for n in np.unique(sizes).tolist():
+            docs = np.nonzero(sizes == n)[0]
+            hv, counts = ngram_hashes(cp, lens, starts, n, docs)
+            hv = mix64(hv ^ U64(n))  # shingles of different sizes hash apart
+            sig[docs] = self._minhash(hv, counts)
+        return sig
+
+    def _minhash(self, hv: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """(docs, num_perm) minima over each doc's run of shingle hashes."""
         seg = np.cumsum(counts) - counts
         # one affine permutation a*x+b mod 2**32 per hash function over the mixed 32-bit shingle
         # hashes: uint32 arithmetic is faster than uint64 and the inputs are already random
         h32 = (hv >> U64(32)).astype(np.uint32)
-        sig = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        sig = np.empty((len(counts), self.num_perm), dtype=np.uint32)
         chunk = max(1, min(self.num_perm, 8_000_000 // max(1, h32.size)))  # bound the temporary matrix
         for j in range(0, self.num_perm, chunk):
             mat = h32[None, :] * self.a32[j:j + chunk, None]
@@ -164,4 +210,3 @@ class MinHashLSH:
         keys = mix64(keys)
         keys[keys == 0] = 1
         return keys
-

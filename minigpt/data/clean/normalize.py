@@ -1,27 +1,18 @@
-"""Text normalisation: the cleaning steps that rewrite a document, in the order they run.
-
-POS tags (People's Daily only), full-width -> half-width, NFKC, HTML, URLs, control characters,
-whitespace. Each step is switched by the CleanConfig field of the same name and counts, in
-``steps``, the documents it changed (stats.json "steps").
+"""Cleaning's rewriting steps, in the order they run: POS tags (People's Daily only), HTML, URLs, then the
+one text normalisation every other part of minigpt uses too (``minigpt.data.normalize.normalize``: width,
+compatibility folding, control characters, Chinese punctuation), then whitespace. Each step is switched by
+the CleanConfig field of the same name and counts, in ``steps``, the documents it changed (stats.json "steps").
 """
 
 from __future__ import annotations
 
 import html
 import re
-import unicodedata
 
-import numpy as np
-
+from .. import normalize as textnorm
 from .. import sources as S
-from .chars import codepoints
 from .config import CleanConfig
 
-# C0/C1 controls except \t \n \r, zero-width and bidi format characters, BOM, surrogates
-_CONTROL_RE = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
-    "\ufeff\ufff9-\ufffb\ud800-\udfff]+"
-)
 _HTML_TAG_RE = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]{0,500})?/?>|<!--.*?-->", re.S)
 _HTML_ENTITY_RE = re.compile(r"&(?:[A-Za-z]{2,8}|#\d{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 # ASCII-only URL body so a URL glued to Chinese text stops where the Chinese starts
@@ -29,15 +20,20 @@ _URL_RE = re.compile(r"(?:https?://|ftp://|www\.)[A-Za-z0-9\-._~:/?#\[\]@!$&'()*
 _HSPACE_RE = re.compile(r"[^\S\n]{2,}|[^\S\n ]")
 _NEWLINES_RE = re.compile(r" ?\n[ \n]*")
 _BLOCK_TAGS = {"br", "p", "div", "li", "tr", "td", "th", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol"}
+_NORMALIZE_STEPS = ("fullwidth_to_halfwidth", "nfkc", "strip_control", "cjk_punctuation")
 
 
 def normalize_batch(texts: list[str], pos_tagged: list[bool], cfg: CleanConfig, steps: dict[str, int]) -> list[str]:
     """Every enabled cleaning step for each text, in order; ``pos_tagged[i]`` marks People's Daily lines."""
     if cfg.strip_pos_tags and any(pos_tagged):
         texts = _strip_pos_tags(texts, pos_tagged, steps)
-    if cfg.fullwidth_to_halfwidth and texts:
-        texts = _halfwidth(texts, steps)
-    return [_normalize_rest(t, cfg, steps) for t in texts]
+    texts = [_markup(t, cfg, steps) for t in texts]
+    switches = {k: getattr(cfg, k) for k in _NORMALIZE_STEPS}
+    if texts and any(switches.values()):
+        texts = textnorm.normalize(texts, counts=steps, **switches)
+    if cfg.collapse_whitespace:
+        texts = [_count_change(t, _collapse_whitespace(t), "collapse_whitespace", steps) for t in texts]
+    return texts
 
 
 def _strip_pos_tags(texts: list[str], pos_tagged: list[bool], steps: dict[str, int]) -> list[str]:
@@ -51,39 +47,12 @@ def _strip_pos_tags(texts: list[str], pos_tagged: list[bool], steps: dict[str, i
     return texts
 
 
-def _halfwidth(texts: list[str], steps: dict[str, int]) -> list[str]:
-    """Full-width ASCII (U+FF01..FF5E) and the ideographic space -> ASCII, over the whole batch with
-    numpy: per string, both a regex and str.translate cost more than every other step together."""
-    cp, lens, starts = codepoints(texts)
-    hit = ((cp >= 0xFF01) & (cp <= 0xFF5E)) | (cp == 0x3000)
-    if not hit.any():
-        return texts
-    cp = np.where(hit, np.where(cp == 0x3000, 0x20, cp - 0xFEE0), cp).astype(np.uint32)
-    changed = np.bincount(np.repeat(np.arange(len(texts)), lens), weights=hit, minlength=len(texts)) > 0
-    steps["fullwidth_to_halfwidth"] += int(changed.sum())
-    joined = cp.tobytes().decode("utf-32-le", "surrogatepass")  # 1:1 mapping: lengths unchanged
-    return [joined[s0:s0 + n] if c else t
-            for t, s0, n, c in zip(texts, starts.tolist(), lens.tolist(), changed.tolist())]
-
-
-def _normalize_rest(s: str, cfg: CleanConfig, steps: dict[str, int]) -> str:
-    """NFKC, HTML, URLs, control characters and whitespace for one string."""
-    # is_normalized is a quick check; the full NFKC pass is slow, so it runs only when needed
-    if cfg.nfkc and not unicodedata.is_normalized("NFKC", s):
-        steps["nfkc"] += 1
-        s = unicodedata.normalize("NFKC", s)
+def _markup(s: str, cfg: CleanConfig, steps: dict[str, int]) -> str:
+    """HTML tags and entities, then URLs."""
     if cfg.remove_html and ("<" in s or "&" in s):
         s = _count_change(s, _remove_html(s), "remove_html", steps)
     if cfg.remove_urls and ("://" in s or "www." in s or "WWW." in s):
         s = _count_change(s, _URL_RE.sub("", s), "remove_urls", steps)
-    # isprintable() is a fast C scan that is False for every control, format or non-space
-    # whitespace character; newlines aside, most documents are printable and skip the regexes
-    odd = not s.isprintable() and not s.replace("\n", " ").isprintable()
-    if cfg.strip_control and odd and _CONTROL_RE.search(s):
-        s = _CONTROL_RE.sub("", s)
-        steps["strip_control"] += 1
-    if cfg.collapse_whitespace:
-        s = _count_change(s, _collapse_whitespace(s, odd), "collapse_whitespace", steps)
     return s
 
 
@@ -106,9 +75,9 @@ def _html_tag(m: re.Match) -> str:
     return "\n" if name and name.group(1).lower() in _BLOCK_TAGS else ""
 
 
-def _collapse_whitespace(s: str, odd: bool) -> str:
+def _collapse_whitespace(s: str) -> str:
     """Runs of horizontal space -> one space, blank-line runs -> one blank line, ends stripped."""
-    if ("  " in s or odd) and _HSPACE_RE.search(s):
+    if ("  " in s or not s.replace("\n", " ").isprintable()) and _HSPACE_RE.search(s):
         s = _HSPACE_RE.sub(" ", s)
     if " \n" in s or "\n " in s or "\n\n" in s:
         s = _NEWLINES_RE.sub(_collapse_newlines, s)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ...atomic import atomic_write_text
 from .. import sources as S
+from ..normalize import NORMALIZE_VERSION, VERSION_KEY
 from .cleaner import Cleaner
 from .config import CleanConfig
 from .dedup import HashSet64, MinHashLSH, chat_dedup_key, dedup_key, is_val, text_hash
@@ -33,7 +34,10 @@ logger = logging.getLogger(__name__)
 
 OUTPUTS = {"train": "train.jsonl", "val": "val.jsonl", "sft": "sft.jsonl", "sft_val": "sft_val.jsonl",
            "rejects": "rejects.jsonl"}
-KEYLOGS = {"exact": ".exact_keys.bin", "lsh": ".lsh_keys.bin"}
+# dedup key logs (the tables are rebuilt from them on resume) and, beside each, where every key was first seen
+KEYLOGS = {"exact": ".exact_keys.bin", "lsh": ".lsh_keys.bin", "exact_where": ".exact_where.bin",
+           "lsh_where": ".lsh_where.bin"}
+_LINE_BITS = 40  # a "where" value: (source index + 1) << 40 | line
 STATE_FILE = ".clean_state.json"
 BATCH = 512
 HIST_BINS = 24  # length histogram bins: [0], [1], [2,4), [4,8), ... by bit length
@@ -71,7 +75,7 @@ def run_cleaning(cfg: CleanConfig, out_dir: str | Path, resume: bool = True) -> 
     else:
         stats, sizes = state["stats"], state["sizes"]
         logger.info("resuming %s at source %d, line %d", out, state["source"], state["line"])
-    result = _run_sources(_Run(cfg, out, stats, state), srcs, sizes)
+    result = _run_sources(_Run(cfg, out, stats, state, srcs), srcs, sizes)
     logger.info("cleaning done: %s kept, %s rejected, %.1f s", result["kept"], result["rejected_total"],
                 result["elapsed_s"])
     return result
@@ -112,6 +116,7 @@ def _fingerprint(cfg: CleanConfig, srcs: list[S.Source]) -> str:
 
 def _new_stats(cfg: CleanConfig, srcs: list[S.Source]) -> dict:
     return {
+        VERSION_KEY: NORMALIZE_VERSION,  # the text normalisation of every kept text (tokenizers check it)
         "records": 0,
         "kept": {"train": 0, "val": 0, "sft": 0, "sft_val": 0},
         "chars": {"train": 0, "val": 0, "sft": 0, "sft_val": 0},
@@ -238,13 +243,15 @@ def _finalize(out: Path, stats: dict, state: dict) -> dict:
 class _Run:
     """State of one cleaning run: open outputs, dedup tables, counters, the checkpoint."""
 
-    def __init__(self, cfg: CleanConfig, out: Path, stats: dict, state: dict):
+    def __init__(self, cfg: CleanConfig, out: Path, stats: dict, state: dict, srcs: list[S.Source]):
         self.cfg, self.out, self.stats, self.state = cfg, out, stats, state
+        self.srcs = srcs
+        self.src_index = {(s.path, s.fmt): i for i, s in enumerate(srcs)}
         self.cleaner = Cleaner(cfg, stats["steps"])
-        self.exact = HashSet64()
+        self.exact = HashSet64(values=True)
         self.lsh = MinHashLSH(cfg.near_dedup_num_perm, cfg.near_dedup_threshold, cfg.near_dedup_ngram) \
             if cfg.near_dedup else None
-        self.lsh_table = HashSet64()
+        self.lsh_table = HashSet64(values=True)
         self.files: dict[str, Any] = {}
         self.cap = cfg.max_data_size or None
         self.t0, self.elapsed0 = time.perf_counter(), stats["elapsed_s"]
@@ -262,9 +269,9 @@ class _Run:
                     f.truncate(sizes.get(key, 0))
             self.files[key] = open(path, "ab", buffering=1 << 20)
         if sizes is not None:  # rebuild the dedup tables from their logs
-            self.exact.add(np.fromfile(names["exact"], dtype=np.uint64))
+            self.exact.add(*_read_log(names["exact"], names["exact_where"]))
             if self.lsh is not None:
-                self.lsh_table.add(np.fromfile(names["lsh"], dtype=np.uint64))
+                self.lsh_table.add(*_read_log(names["lsh"], names["lsh_where"]))
         self.t0 = time.perf_counter()
 
     def sizes(self) -> dict[str, int]:
@@ -285,6 +292,14 @@ class _Run:
         self.stop_clock()
         self.state.update(source=source, pos=pos, line=line, sizes=self.sizes(), stats=self.stats)
         atomic_write_text(self.out / STATE_FILE, json.dumps(self.state, ensure_ascii=False))
+
+    # ---- where a record was first seen, for the detail of a duplicate
+    def where(self, src: S.Source, line: int) -> int:
+        return ((self.src_index.get((src.path, src.fmt), -1) + 1) << _LINE_BITS) | line
+
+    def describe_where(self, where: int) -> str:
+        si, line = (where >> _LINE_BITS) - 1, where & ((1 << _LINE_BITS) - 1)
+        return f"{self.srcs[si].path}:{line}" if 0 <= si < len(self.srcs) else "an earlier record"
 
     # ---- accounting
     def reject(self, src: S.Source, line: int, reason: str, excerpt: str, detail: str = "") -> None:
@@ -349,7 +364,7 @@ class _Run:
         verdicts: list[Verdict] = []
         for _, item in batch:
             if item.kind == "reject":
-                verdicts.append(("reject", item.value, ""))
+                verdicts.append(("reject", item.value, getattr(item.value, "detail", "")))
                 continue
             fst["parsed"] += 1
             fst[item.kind] = fst.get(item.kind, 0) + 1  # which kinds this file holds (for the cap)
@@ -395,43 +410,58 @@ class _Run:
 
     def _dedup_and_keep(self, cands: list[Candidate]) -> None:
         """Drop exact and near duplicates (of earlier records, this batch's included); keep the rest."""
-        dup = self._exact_duplicates(cands)
+        dup, dup_of = self._exact_duplicates(cands)
         band, near_prev = self._band_lookup(cands, dup)
-        seen_in_batch: set[int] = set()
-        kept_bands = []
+        seen_in_batch: dict[int, int] = {}  # band key -> where, for this batch's kept documents
+        kept_bands, kept_where = [], []
         for i, (src, item, kind, value, h, nchars) in enumerate(cands):
             if dup[i]:
                 self.stats["exact_duplicates"] += 1
-                self.reject(src, item.line, EXACT_DUPLICATE, item.excerpt)
+                self.reject(src, item.line, EXACT_DUPLICATE, item.excerpt,
+                            f"same text (after cleaning) as {self.describe_where(dup_of[i])}")
                 continue
             if self.full(kind):
                 self.over_cap(src)
                 continue
             if band is not None and kind == "text":
                 keys = band[i].tolist()
-                if near_prev[i] or not seen_in_batch.isdisjoint(keys):
+                prev = near_prev[i] or next((seen_in_batch[k] for k in keys if k in seen_in_batch), 0)
+                if prev:
                     self.stats["near_duplicates"] += 1
-                    self.reject(src, item.line, NEAR_DUPLICATE, item.excerpt)
+                    self.reject(src, item.line, NEAR_DUPLICATE, item.excerpt,
+                                f"shares a MinHash band with {self.describe_where(prev)} (estimated character-shingle "
+                                f"Jaccard similarity near or above {self.cfg.near_dedup_threshold})")
                     continue
-                seen_in_batch.update(keys)
+                w = self.where(src, item.line)
+                seen_in_batch.update((k, w) for k in keys)
                 kept_bands.append(band[i])
+                kept_where.append(np.full(len(keys), w, dtype=np.uint64))
             self.keep(src, kind, value, h, nchars)
         if kept_bands:
-            self.lsh_table.add(np.concatenate(kept_bands)).tofile(self.files["lsh"])
+            new = self.lsh_table.add(np.concatenate(kept_bands), np.concatenate(kept_where))
+            new.tofile(self.files["lsh"])
+            self.lsh_table.last_added_values.tofile(self.files["lsh_where"])
 
-    def _exact_duplicates(self, cands: list[Candidate]) -> np.ndarray:
-        """A bool per candidate; the new hashes go into the table and its key log."""
+    def _exact_duplicates(self, cands: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+        """A bool per candidate and, for a duplicate, where its text was first seen; the new hashes go
+        into the table and its key log."""
         dup = np.zeros(len(cands), dtype=bool)
         if not self.cfg.exact_dedup:
-            return dup
+            return dup, np.zeros(len(cands), dtype=np.uint64)
         hashes = np.fromiter((c[4] for c in cands), dtype=np.uint64, count=len(cands))
+        where = np.fromiter((self.where(c[0], c[1].line) for c in cands), dtype=np.uint64, count=len(cands))
         # first occurrence within the batch and not seen before == the sequential rule
-        _, first = np.unique(hashes, return_index=True)
+        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        dup_of = where[first][inverse.reshape(-1)]
         dup[:] = True
         dup[first] = False
-        dup |= self.exact.contains(hashes)
-        self.exact.add(hashes[~dup]).tofile(self.files["exact"])
-        return dup
+        before = self.exact.get(hashes)
+        seen = self.exact.contains(hashes)
+        dup |= seen
+        dup_of = np.where(seen, before, dup_of)
+        self.exact.add(hashes[~dup], where[~dup]).tofile(self.files["exact"])
+        self.exact.last_added_values.tofile(self.files["exact_where"])
+        return dup, dup_of
 
     def _band_lookup(self, cands: list[Candidate], dup: np.ndarray) -> tuple[dict | None, dict | None]:
         """LSH band keys of the non-duplicate texts, and whether one of them was kept before this batch."""
@@ -440,9 +470,20 @@ class _Run:
             return None, None
         sig = self.lsh.signatures([dedup_key(cands[i][3]) for i in text_rows])
         band = dict(zip(text_rows, self.lsh.band_keys(sig)))
-        hit = self.lsh_table.contains(np.concatenate([band[i] for i in text_rows]))
-        hit = hit.reshape(len(text_rows), self.lsh.bands).any(axis=1)
-        return band, dict(zip(text_rows, hit.tolist()))
+        found = self.lsh_table.get(np.concatenate([band[i] for i in text_rows]))
+        # where the first colliding band's document was (0: no collision)
+        found = found.reshape(len(text_rows), self.lsh.bands).max(axis=1)
+        return band, dict(zip(text_rows, found.tolist()))
+
+
+def _read_log(keys_path: Path, where_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A dedup key log and its "where" log (a checkpoint from before the where logs existed: duplicates
+    then say "an earlier record")."""
+    keys = np.fromfile(keys_path, dtype=np.uint64)
+    where = np.fromfile(where_path, dtype=np.uint64) if where_path.exists() else None
+    if where is None or where.size != keys.size:
+        where = np.ones(keys.size, dtype=np.uint64)  # non-zero: "seen", at an unknown place
+    return keys, where
 
 
 def _texts_to_normalize(batch: list[tuple[S.Source, S.Item]]) -> tuple[list[str], list[bool]]:

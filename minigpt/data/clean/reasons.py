@@ -25,5 +25,5 @@ REASONS = [
     REPEATED_CHAR_RUN, DUPLICATE_LINES, DUPLICATE_NGRAMS, EXACT_DUPLICATE, NEAR_DUPLICATE,
 ]
 # stats["steps"]: how many records each step changed, in the order the steps run
-STEPS = ["bom_stripped", "strip_pos_tags", "fullwidth_to_halfwidth", "nfkc", "remove_html", "remove_urls",
-         "strip_control", "collapse_whitespace", "trailing_user_turn_dropped"]
+STEPS = ["bom_stripped", "strip_pos_tags", "remove_html", "remove_urls", "fullwidth_to_halfwidth", "nfkc",
+         "strip_control", "cjk_punctuation", "collapse_whitespace", "trailing_user_turn_dropped"]

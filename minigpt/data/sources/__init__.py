@@ -24,14 +24,14 @@ from .readers import (
 )
 from .records import (
     BAD_CONVERSATION, BAD_ROLE, BAD_ROLE_ORDER, BLANK_LINE, EXCERPT_CHARS, INVALID_CSV, INVALID_JSON, INVALID_UTF8,
-    LINE_TOO_LONG, MISSING_TEXT, NO_ASSISTANT_TURN, NOT_AN_OBJECT, NUL_BYTE, ROLES, TEXT_NOT_STRING, Item, Source,
+    LINE_TOO_LONG, MISSING_TEXT, NO_ASSISTANT_TURN, NOT_AN_OBJECT, NUL_BYTE, ROLES, TEXT_NOT_STRING, Item, Reason, Source,
     check_text, make_excerpt, parse_record, validate_conversation,
 )
 
 __all__ = [
     "BAD_CONVERSATION", "BAD_ROLE", "BAD_ROLE_ORDER", "BLANK_LINE", "EXCERPT_CHARS", "INVALID_CSV", "INVALID_JSON",
     "INVALID_UTF8", "LINE_TOO_LONG", "MISSING_TEXT", "NOT_AN_OBJECT", "NO_ASSISTANT_TURN", "NUL_BYTE", "ROLES",
-    "TEXT_NOT_STRING", "Item", "Source", "builtin_sources", "chatterbot_paths", "chatterbot_to_chat", "check_text",
+    "TEXT_NOT_STRING", "Item", "Reason", "Source", "builtin_sources", "chatterbot_paths", "chatterbot_to_chat", "check_text",
     "file_source", "iter_chatterbot", "iter_csv", "iter_jsonl", "iter_lines", "iter_parquet", "iter_source",
     "iter_txt", "make_excerpt", "parse_record", "peoples_daily_path", "review_paths", "strip_pos_tags",
     "validate_conversation",

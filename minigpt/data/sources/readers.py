@@ -12,7 +12,7 @@ from typing import Iterator
 
 from .records import (
     BAD_CONVERSATION, BLANK_LINE, EXCERPT_CHARS, INVALID_CSV, INVALID_JSON, INVALID_UTF8, LINE_TOO_LONG,
-    MISSING_TEXT, NO_ASSISTANT_TURN, NUL_BYTE, TEXT_NOT_STRING, Item, Source, check_text, make_excerpt, parse_record,
+    MISSING_TEXT, NO_ASSISTANT_TURN, NUL_BYTE, TEXT_NOT_STRING, Item, Reason, Source, check_text, make_excerpt, parse_record,
 )
 
 _BOM = b"\xef\xbb\xbf"
@@ -123,8 +123,9 @@ def iter_jsonl(
             continue
         try:
             obj = json.loads(text)
-        except (ValueError, RecursionError):
-            yield Item(line_no, pos, "reject", INVALID_JSON, make_excerpt(text))
+        except (ValueError, RecursionError) as e:
+            detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            yield Item(line_no, pos, "reject", Reason(INVALID_JSON, detail), make_excerpt(text))
             continue
         kind, value = parse_record(obj, text_key)
         if kind == "chat" and counters is not None and len(value) < len(obj["conversations"]):

@@ -27,6 +27,17 @@ EXCERPT_CHARS = 200
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+class Reason(str):
+    """A reject reason: equal to its name (``"bad_conversation"``), with ``detail`` saying what was wrong."""
+
+    detail: str
+
+    def __new__(cls, name: str, detail: str = "") -> "Reason":
+        r = super().__new__(cls, name)
+        r.detail = detail
+        return r
+
+
 class Item(NamedTuple):
     """One record of a source (see the ``sources`` package docstring)."""
 
@@ -66,30 +77,50 @@ def check_text(text: str) -> str:
     return ""
 
 
+def _kind(x: object) -> str:
+    return "null" if x is None else {dict: "an object", list: "a list", str: "a string"}.get(type(x), type(x).__name__)
+
+
+def _check_turn(k: int, turn: object) -> Reason | None:
+    """What is wrong with turn number ``k`` (1-based), or None."""
+    if not isinstance(turn, dict):
+        return Reason(BAD_CONVERSATION, f"turn {k} is {_kind(turn)}; expected an object with 'role' and 'content'")
+    if not isinstance(turn.get("content"), str):
+        got = "missing" if "content" not in turn else f"{_kind(turn['content'])}"
+        return Reason(BAD_CONVERSATION, f"turn {k}: 'content' is {got}; expected a string")
+    if turn.get("role") not in ROLES:
+        return Reason(BAD_ROLE, f"turn {k}: role {turn.get('role')!r}; expected one of {', '.join(ROLES)}")
+    bad = check_text(turn["content"])
+    return Reason(bad, f"turn {k}: content has {'a NUL character' if bad == NUL_BYTE else 'a lone surrogate'}") \
+        if bad else None
+
+
 def validate_conversation(conv: object) -> tuple[list[dict] | None, str]:
-    """Check a minimind ``conversations`` list. Returns (turns, '') or (None, reason).
+    """Check a minimind ``conversations`` list. Returns (turns, '') or (None, reason); the reason is a
+    ``Reason`` whose ``detail`` says which turn is wrong and how.
 
     Allowed: an optional leading system turn, then user/assistant alternating from user, with at
     least one assistant turn. A trailing user turn (nothing answers it) is dropped, not rejected.
     """
     if not isinstance(conv, list) or not conv:
-        return None, BAD_CONVERSATION
+        what = "an empty list" if isinstance(conv, list) else _kind(conv)
+        return None, Reason(BAD_CONVERSATION, f"'conversations' is {what}; expected a list of "
+                                              "{'role', 'content'} objects")
     turns = []
-    for turn in conv:
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
-            return None, BAD_CONVERSATION
-        role = turn.get("role")
-        if role not in ROLES:
-            return None, BAD_ROLE
-        if check_text(turn["content"]):
-            return None, check_text(turn["content"])
-        turns.append({"role": role, "content": turn["content"]})
-    body = turns[1:] if turns[0]["role"] == "system" else turns
+    for k, turn in enumerate(conv, 1):
+        bad = _check_turn(k, turn)
+        if bad is not None:
+            return None, bad
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    first = 1 if turns[0]["role"] == "system" else 0
+    body = turns[first:]
     for i, turn in enumerate(body):
-        if turn["role"] != ("user" if i % 2 == 0 else "assistant"):
-            return None, BAD_ROLE_ORDER
+        want = "user" if i % 2 == 0 else "assistant"
+        if turn["role"] != want:
+            return None, Reason(BAD_ROLE_ORDER, f"turn {first + i + 1} is {turn['role']!r} where {want!r} was "
+                                                "expected (an optional system turn, then user and assistant alternate)")
     if len(body) < 2:
-        return None, NO_ASSISTANT_TURN
+        return None, Reason(NO_ASSISTANT_TURN, f"roles {[t['role'] for t in turns]}: no assistant reply")
     if body[-1]["role"] == "user":
         turns = turns[:-1]
     return turns, ""
@@ -108,5 +139,6 @@ def parse_record(obj: object, text_key: str = "text") -> tuple[str, object]:
     if "conversations" in obj:
         turns, reason = validate_conversation(obj["conversations"])
         return ("reject", reason) if reason else ("chat", turns)
-    return "reject", MISSING_TEXT
+    return "reject", Reason(MISSING_TEXT, f"keys {sorted(obj)[:10]}; expected {text_key!r} (a document) or "
+                                          "'conversations' (a dialogue)")
 

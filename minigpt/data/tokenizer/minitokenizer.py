@@ -34,6 +34,16 @@ def _bytes_to_unicode() -> dict[int, str]:
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 
+def _recorded_version(config_file: Path) -> int:
+    """The normalisation version tokenizer_config.json records (1 when it records none, or is missing)."""
+    from ..normalize import version_of
+
+    try:
+        return version_of(json.loads(config_file.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return 1
+
+
 def _canonical_json(s: str) -> str:
     return json.dumps(json.loads(s), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
@@ -41,9 +51,11 @@ def _canonical_json(s: str) -> str:
 class MiniTokenizer:
     """A thin wrapper over a ``tokenizers.Tokenizer`` with minigpt's special tokens and ChatML."""
 
-    def __init__(self, tokenizer: Any, source: str | None = None) -> None:
+    def __init__(self, tokenizer: Any, source: str | None = None, normalize_version: int = 1) -> None:
         self._tok = tokenizer
         self.source = source  # folder it was loaded from / saved to, for messages
+        # the text normalisation (minigpt.data.normalize) of the data it was trained on; 1 = not recorded
+        self.normalize_version = normalize_version
         self.train_seconds: float | None = None  # set by train_tokenizer
         for i, s in enumerate(SPECIAL_TOKENS):
             got = tokenizer.token_to_id(s)
@@ -86,7 +98,7 @@ class MiniTokenizer:
             tok = Tokenizer.from_file(str(f))
         except Exception as e:  # tokenizers raises a plain Exception on bad JSON
             raise ValueError(f"{f}: not a valid tokenizers JSON file ({e})") from None
-        return cls(tok, source=str(p))
+        return cls(tok, source=str(p), normalize_version=_recorded_version(f.parent / "tokenizer_config.json"))
 
     def to_json(self) -> str:
         """Canonical tokenizer.json content (special tokens matched, as HF expects)."""
@@ -96,7 +108,7 @@ class MiniTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / "tokenizer.json", json.dumps(json.loads(self._canonical), ensure_ascii=False, indent=1))
-        atomic_write_text(folder / "tokenizer_config.json", json.dumps(hf_tokenizer_config(), ensure_ascii=False, indent=2))
+        atomic_write_text(folder / "tokenizer_config.json", json.dumps(hf_tokenizer_config(self.normalize_version), ensure_ascii=False, indent=2))
         atomic_write_text(folder / "special_tokens_map.json", json.dumps(special_tokens_map(), ensure_ascii=False, indent=2))
         self.source = str(folder)
         logger.info("saved tokenizer (vocab %d, sha256 %s) to %s", self.vocab_size, self.sha256[:12], folder)
@@ -197,7 +209,8 @@ class MiniTokenizer:
         return out
 
     def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-        """The ChatML string (what the Jinja template renders)."""
+        """The ChatML string (what the Jinja template renders for content without ``<|``, which the
+        template escapes; see ``special.CHAT_TEMPLATE``)."""
         self._check_messages(messages)
         s = "".join(f"{IM_START_TOKEN}{m['role']}\n{m['content']}{IM_END_TOKEN}\n" for m in messages)
         return s + (f"{IM_START_TOKEN}assistant\n" if add_generation_prompt else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -12,18 +13,23 @@ from typing import Iterable, Iterator
 from .config import TokenizerConfig
 from .corpus import DATA_NOTEBOOK, conversation_text, count_lines, iter_jsonl, require_file
 from .minitokenizer import MiniTokenizer
-from .special import SPECIAL_TOKENS, TOKENIZER_FILES
+from ..normalize import NORMALIZE_VERSION, check_same_version, version_of
+from .special import ESCAPE_MARK, SPECIAL_TOKENS, TOKENIZER_FILES
 
 logger = logging.getLogger(__name__)
 
 
-def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> MiniTokenizer:
-    """Train a byte-level BPE on ``texts`` (consumed once, streamed)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, normalize_version: int = NORMALIZE_VERSION
+                    ) -> MiniTokenizer:
+    """Train a byte-level BPE on ``texts`` (consumed once, streamed), which were normalised as
+    ``normalize_version`` (recorded in the saved folder)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     cfg.validate()
     tok = Tokenizer(models.BPE())
-    tok.normalizer = None  # no normalisation: decode(encode(x)) must be exactly x
+    # decode(encode(x)) must be exactly x: the one normalizer removes only the chat template's escape
+    # mark U+FDD0, a noncharacter that minigpt.data.normalize removes from every text anyway
+    tok.normalizer = normalizers.Replace(ESCAPE_MARK, "")
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -35,7 +41,7 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> MiniTokenizer
     )
     t0 = time.perf_counter()
     tok.train_from_iterator((t for t in texts if t), trainer=trainer)
-    mt = MiniTokenizer(tok)
+    mt = MiniTokenizer(tok, normalize_version=normalize_version)
     mt.train_seconds = time.perf_counter() - t0
     logger.info("trained tokenizer: vocab %d in %.1fs", mt.vocab_size, mt.train_seconds)
     return mt
@@ -73,6 +79,15 @@ def training_texts(data_dir: str | os.PathLike, cfg: TokenizerConfig) -> Iterato
         offset += n
 
 
+def data_version(data_dir: str | os.PathLike) -> int:
+    """The normalisation version of a cleaned data folder (its stats.json); 1 when not recorded."""
+    stats = Path(data_dir) / "stats.json"
+    try:
+        return version_of(json.loads(stats.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return 1
+
+
 def build_tokenizer(data_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, cfg: TokenizerConfig) -> MiniTokenizer:
     """Train on ``data_dir`` and save to ``tokenizer_dir``, or reuse it (``retrain_tokenizer=False``)."""
     cfg.validate()
@@ -89,9 +104,10 @@ def build_tokenizer(data_dir: str | os.PathLike, tokenizer_dir: str | os.PathLik
         missing = [f for f in TOKENIZER_FILES[1:] if not (tokenizer_dir / f).is_file()]
         if missing:  # e.g. only tokenizer.json was copied in: complete the HF folder
             tok.save(tokenizer_dir)
+        check_same_version(tok.normalize_version, data_version(data_dir), str(tokenizer_dir), str(data_dir))
         return tok
     require_file(Path(data_dir) / "train.jsonl")
-    tok = train_tokenizer(training_texts(data_dir, cfg), cfg)
+    tok = train_tokenizer(training_texts(data_dir, cfg), cfg, normalize_version=data_version(data_dir))
     if tok.vocab_size < cfg.tokenizer_vocab_size:
         logger.warning(
             "vocab is %d < tokenizer_vocab_size=%d: not enough text/pairs at min_frequency=%d",
