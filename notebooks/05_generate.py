@@ -150,3 +150,59 @@ from minigpt.ui.widgets import GenerationPanel
 if P.show_widgets:
     panel = GenerationPanel(gen, gen_cfg, prompt=P.prompt, prompts_file=P.prompts_file)
     display(panel)
+
+# %% [markdown]
+# ## Use it elsewhere
+# **An OpenAI-compatible server.** In a terminal, `python -m minigpt.serve CKPT` serves the model on
+# `http://127.0.0.1:8000/v1` (chat and text completions, streaming, `/v1/models`, `/health`). Requests that
+# arrive while others are decoding join the running batch. Options: `--quantize int8`, `--max-batch 8`,
+# `--max-queue 64` (past it: 429), `--api-key KEY`. The command for this checkpoint:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"python -m minigpt.serve {ckpt_dir}")
+
+# %% [markdown]
+# Any OpenAI client can talk to it. This cell asks the server when one is running on port 8000;
+# otherwise (under papermill, for example) it only prints what to start.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import httpx
+
+server_url = "http://127.0.0.1:8000"
+try:
+    server_up = httpx.get(server_url + "/health", timeout=0.5).status_code == 200
+except httpx.TransportError:
+    server_up = False
+if server_up:
+    import openai
+
+    client = openai.OpenAI(base_url=server_url + "/v1", api_key="unused")
+    reply = client.chat.completions.create(model="minigpt", messages=[{"role": "user", "content": "你好"}], max_tokens=50)
+    print(reply.choices[0].message.content)
+else:
+    print(f"no server at {server_url}; start one with: python -m minigpt.serve {ckpt_dir}")
+
+# %% [markdown]
+# **llama.cpp and Ollama.** `python -m minigpt.export CKPT OUT --format gguf --outtype f32|f16|q8_0` writes a GGUF
+# file (llama.cpp's llama architecture; the tokenizer as byte-level BPE with the `gpt-2` pre-tokenizer, which
+# splits text exactly as minigpt's tokenizer does) and an Ollama `Modelfile` with the ChatML template and the
+# `<|im_end|>` stop. Here with 8-bit weights:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from minigpt.infer.gguf import export_gguf
+
+gguf_file = export_gguf(ckpt_dir, P.run_dir / "gguf", outtype="q8_0")
+assert sorted(p.name for p in gguf_file.parent.iterdir()) == ["Modelfile", "minigpt-q8_0.gguf"]
+print(gguf_file, f"{gguf_file.stat().st_size / 1e6:.1f} MB")
+print((gguf_file.parent / "Modelfile").read_text(encoding="utf-8"))
+
+# %% [markdown]
+# Then, outside Python:
+#
+# ```
+# llama-cli -m runs/default/gguf/minigpt-q8_0.gguf -p "长江、" -n 50      # llama.cpp
+# cd runs/default/gguf && ollama create minigpt -f Modelfile && ollama run minigpt
+# ```

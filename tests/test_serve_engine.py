@@ -42,7 +42,7 @@ def greedy(cfg_tokens: int = 20, **kw) -> GenerationConfig:
 
 
 def alone(model, tok, ids, n, backend="model"):
-    return TextGenerator(model, tok, decode_backend=backend).generate_ids(ids, greedy(n))
+    return TextGenerator(model, tok, decode_backend=backend, valid_utf8=False).generate_ids(ids, greedy(n))
 
 
 def _argmax(logits):

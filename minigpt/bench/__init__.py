@@ -12,6 +12,9 @@
   two medians (a load that drifts during the pair then weighs on both sides alike).
 - `--profile PRESET` prints a torch.profiler table (CPU, top ops by self time) of one minigpt training step.
 - generate: greedy decode tokens/s at batch 1 and 8 against HF `generate` on the exported model.
+- serve: `python -m minigpt.serve` on `tiny` with 8 concurrent streaming clients, against one client alone
+  and a baseline server calling HF `generate` per request (aggregate tokens/s, time to first token,
+  inter-token latency p50/p99, errors).
 - tokenizer: encode MB/s and training time; clean: cleaning MB/s.
 - time to quality (full mode): val bits per character after 10 minutes of `tiny` training, with a PNG curve.
 
@@ -35,6 +38,7 @@ from .table import format_table
 from .train import TRAIN_SHAPES, bench_train, profile_step, time_to_quality, train_step_case
 from .generate import bench_generation
 from .text import bench_text_tools
+from .serve import bench_serving
 
 
 def peak_flops(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
@@ -65,6 +69,8 @@ def run(quick: bool, out_dir: Path, skip: set[str]) -> dict[str, Any]:
     if "generate" not in skip:
         results["generate"] = bench_generation(["tiny"] if quick else ["tiny", "small"], new_tokens=16 if quick else 64,
                                                repeats=1 if quick else 3)
+    if "serve" not in skip:
+        results["serve"] = bench_serving("tiny", clients=8, new_tokens=16 if quick else 64, rounds=1 if quick else 3)
     if "text" not in skip:
         results["text"] = bench_text_tools(quick)
     if not quick and "ttq" not in skip:
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a < 3 minute run that checks the bench works")
     ap.add_argument("--out", default="runs/bench", help="folder for results.json and PNGs")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,text,ttq")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,serve,text,ttq")
     ap.add_argument("--profile", metavar="PRESET", choices=sorted(TRAIN_SHAPES),
                     help="print a torch.profiler table of one minigpt training step of PRESET and exit")
     ap.add_argument("--profile-impl", default="minigpt", choices=["minigpt", "hf"], help="model for --profile")

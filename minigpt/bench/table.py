@@ -63,6 +63,20 @@ def generation_lines(gen: dict[str, Any]) -> list[str]:
     return lines
 
 
+def serving_lines(s: dict[str, Any]) -> list[str]:
+    lines = ["", f"serving ({s['preset']}, {s['new_tokens']} tokens a request, streamed)   clients  requests"
+                 "   tokens/s  TTFT p50 ms  ITL p50 ms  ITL p99 ms  errors"]
+    for key, label in (("minigpt", "minigpt.serve (continuous batching)"), ("minigpt_alone", "minigpt.serve, one client"),
+                       ("hf", "HF generate per request")):
+        c = s.get(key)
+        if c:
+            lines.append(f"  {label:<44} {c['clients']:>7} {c['requests']:>9} {c['tokens_per_s']:>10.0f} "
+                         f"{c['ttft_p50_ms']:>12.1f} {c['itl_p50_ms']:>11.1f} {c['itl_p99_ms']:>11.1f} {c['errors']:>7}")
+    lines.append(f"  {s['clients']} clients vs one alone: {_x(s.get('vs_alone'))}"
+                 + (f"; vs the HF baseline: {_x(s.get('vs_hf'))}" if s.get("vs_hf") else ""))
+    return lines
+
+
 def format_table(results: dict[str, Any]) -> str:
     lines = []
     p = results.get("peak")
@@ -72,6 +86,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines += train_lines(results["train"])
     if results.get("generate"):
         lines += generation_lines(results["generate"])
+    if results.get("serve"):
+        lines += serving_lines(results["serve"])
     tools = results.get("text", {})
     if tools:
         t = tools["tokenizer"]

@@ -127,12 +127,12 @@ def create_app(engine: Engine, model_name: str = "minigpt", api_key: str | None 
 
     @app.post("/v1/chat/completions")
     async def chat(http: HTTPRequest) -> Any:
-        return await run(parse_chat(await http.body(), engine.tokenizer, engine.context), http)
+        return await run(parse_chat(await http.body(), engine.tokenizer, engine.context, engine.normalize), http)
 
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest) -> Any:
-        return await run(parse_completion(await http.body(), engine.tokenizer, engine.context, engine.vocab_size),
-                         http)
+        return await run(parse_completion(await http.body(), engine.tokenizer, engine.context, engine.vocab_size,
+                                          engine.normalize), http)
 
     _info_routes(app, engine, model_name)
     return app

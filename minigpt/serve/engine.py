@@ -27,7 +27,8 @@ import torch
 from ..infer.backends import DecodeSteps
 from ..infer.config import GenerationConfig
 from ..infer.decode import Batch, join, prefill, realign, step
-from ..infer.sampling import Sampler
+from ..infer.generate import TextGenerator
+from ..infer.sampling import Sampler, utf8_table
 from ..infer.streaming import RowText
 from ..model.gpt import GPT, KVCache
 
@@ -98,11 +99,16 @@ class Engine:
     """Owns `model` (loaded once), serves requests with continuous batching on a background thread."""
 
     def __init__(self, model: GPT, tokenizer: Any, quantize: str | None = None, max_batch: int = 8,
-                 max_queue: int = 64, decode_backend: str = "auto") -> None:
+                 max_queue: int = 64, decode_backend: str = "auto", valid_utf8: bool = True) -> None:
+        """quantize, decode_backend and valid_utf8 mean what they mean for `TextGenerator`, whose prompt
+        normalisation and decode steps the engine shares, so a request's text equals `TextGenerator`'s."""
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.steps = DecodeSteps(model, quantize, decode_backend)
+        self.generator = TextGenerator(model, tokenizer, quantize=quantize, decode_backend=decode_backend,
+                                       valid_utf8=valid_utf8)
+        self.steps: DecodeSteps = self.generator.steps
+        self._utf8 = utf8_table(tokenizer, model.config.vocab_size) if valid_utf8 else None
         self.max_batch, self.max_queue = max_batch, max_queue
         self.context = model.config.max_seq_len
         self.vocab_size = model.config.vocab_size
@@ -150,6 +156,10 @@ class Engine:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def normalize(self, text: str) -> str:
+        """A prompt's text as the model's training data was normalised (as `TextGenerator` does)."""
+        return self.generator.normalize(text)
 
     def stop_ids(self, cfg: GenerationConfig) -> set[int]:
         """End of document and end of turn (unless ignore_eos), the given ids, and special tokens whose
@@ -204,7 +214,8 @@ class Engine:
         for b, req in enumerate(new):
             text = RowText(self.tokenizer, self.stop_ids(req.config), req.config.stop_strings, self.special_ids,
                            req.config.skip_special_tokens)
-            rows.append(_Active(req, text, Sampler(req.config, [req.prompt], self.vocab_size, logits.device)))
+            sampler = Sampler(req.config, [req.prompt], self.vocab_size, logits.device, utf8=self._utf8)
+            rows.append(_Active(req, text, sampler))
         keep = [b for b, a in enumerate(rows) if not a.push(a.sampler(logits[b:b + 1])[0])]
         if not keep:
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..infer.config import GenerationConfig
 from .errors import APIError, bad_request
@@ -165,8 +165,9 @@ def _content(m: Any, k: int) -> str:
                                                 f"got {_type_name(c)}")
 
 
-def chat_messages(body: dict) -> list[dict[str, str]]:
-    """`messages` checked: an array of {"role", "content"} with known roles; "developer" counts as system."""
+def chat_messages(body: dict, normalize: Callable[[str], str] = str) -> list[dict[str, str]]:
+    """`messages` checked: an array of {"role", "content"} with known roles; "developer" counts as system.
+    Contents go through `normalize` (the model's text normalisation)."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise bad_request("messages", f"'messages' must be a non-empty array, got {_type_name(msgs)}")
@@ -178,25 +179,25 @@ def chat_messages(body: dict) -> list[dict[str, str]]:
         if role not in ROLES:
             raise bad_request(f"messages[{k}].role", f"unknown role {role!r}: expected one of "
                                                      f"{', '.join(sorted(ROLES))}")
-        out.append({"role": ROLES[role], "content": _content(m, k)})
+        out.append({"role": ROLES[role], "content": normalize(_content(m, k))})
     return out
 
 
-def parse_chat(raw: bytes, tokenizer: Any, context: int) -> Job:
+def parse_chat(raw: bytes, tokenizer: Any, context: int, normalize: Callable[[str], str] = str) -> Job:
     body = load_json(raw)
-    ids = tokenizer.apply_chat_template(chat_messages(body), add_generation_prompt=True)
+    ids = tokenizer.apply_chat_template(chat_messages(body, normalize), add_generation_prompt=True)
     _fits(len(ids), context, "messages")
     stream, usage = _stream(body)
     return Job("chat", ids, _generation(body, len(ids), context), stream, usage, _model(body))
 
 
-def _prompt_ids(body: dict, tokenizer: Any, vocab_size: int) -> list[int]:
+def _prompt_ids(body: dict, tokenizer: Any, vocab_size: int, normalize: Callable[[str], str]) -> list[int]:
     """`prompt`: a string, one string in an array, or token ids; an empty prompt starts a new document."""
     p = body.get("prompt")
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
         p = p[0]
     if isinstance(p, str):
-        ids = tokenizer.encode(p) if p else []
+        ids = tokenizer.encode(normalize(p)) if p else []
     elif isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
         bad = [t for t in p if not 0 <= t < vocab_size]
         if bad:
@@ -210,9 +211,10 @@ def _prompt_ids(body: dict, tokenizer: Any, vocab_size: int) -> list[int]:
     return ids or [getattr(tokenizer, "eos_id", 0)]
 
 
-def parse_completion(raw: bytes, tokenizer: Any, context: int, vocab_size: int) -> Job:
+def parse_completion(raw: bytes, tokenizer: Any, context: int, vocab_size: int,
+                     normalize: Callable[[str], str] = str) -> Job:
     body = load_json(raw)
-    ids = _prompt_ids(body, tokenizer, vocab_size)
+    ids = _prompt_ids(body, tokenizer, vocab_size, normalize)
     _fits(len(ids), context, "prompt")
     if body.get("suffix") is not None:
         raise bad_request("suffix", "'suffix' is not supported")
