@@ -199,3 +199,15 @@ def test_engine_queue_bound_and_close(model, tok):
         engine.close()
     with pytest.raises(RuntimeError, match="shutting down"):
         engine.submit(Request([1], greedy(2), Collect()))
+
+
+def test_engine_int8_equals_text_generator_int8(model, tok):
+    engine = Engine(model, tok, quantize="int8", max_batch=4).start()
+    gen = TextGenerator(model, tok, quantize="int8")
+    try:
+        sinks = [submit(engine, tok.encode(p), greedy(12))[1] for p in PROMPTS[:4]]
+        assert all(s.done.wait(30) for s in sinks)
+        for p, s in zip(PROMPTS, sinks):
+            assert s.text == "".join(gen.stream_ids(tok.encode(p), greedy(12))), p
+    finally:
+        engine.close()
