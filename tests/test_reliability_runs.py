@@ -173,6 +173,27 @@ def test_exact_resume_with_dropout_and_samples(tmp_path, monkeypatch):
         assert torch.equal(x, y), k
 
 
+def test_exact_resume_of_packed_sft_with_lora_dropout(tmp_path, monkeypatch):
+    """Packing, LoRA dropout and the adapters' random init (seeded, whatever ran before in this process)."""
+    from minigpt import devices
+    from minigpt.train.sft import build_sft_trainer
+    import test_sft
+
+    run, _ = test_sft._make_run(tmp_path, test_sft.tok.__wrapped__())  # the module's tokenizer fixture, called
+    _params = test_sft._params
+    kw = dict(use_lora=True, lora_rank=2, lora_dropout=0.2, pack_conversations=True, max_steps=6, sample_interval=0)
+    straight, _ = build_sft_trainer(_params(run, output_dir=str(tmp_path / "a"), **kw))
+    straight.fit()
+    first, _ = build_sft_trainer(_params(run, output_dir=str(tmp_path / "b"), **kw))
+    first.callbacks.append(StopAt(3))
+    assert first.fit()["step"] == 3
+    monkeypatch.setattr(devices, "_PEAK_CACHE", {})  # as in a fresh process
+    second, _ = build_sft_trainer(_params(run, output_dir=str(tmp_path / "b"), auto_resume=True, **kw))
+    second.fit()
+    assert second.step == 6
+    assert losses(straight.metrics_path) == losses(second.metrics_path)
+
+
 # ----- case 4: replacing a folder is crash-safe at every instant ---------------------------------------
 
 

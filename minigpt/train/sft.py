@@ -150,8 +150,10 @@ def build_examples(tokenizer, conversations: list[list[dict]], max_len: int) -> 
     return examples, counts
 
 
-def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, world_size: int = 1) -> tuple[Trainer, dict[str, Any]]:
-    """Everything notebook 04 needs, checked before any compute: (trainer, info about data and LoRA)."""
+def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, world_size: int = 1,
+                      skip_if_no_chat: bool = False) -> tuple[Trainer | None, dict[str, Any]]:
+    """Everything notebook 04 needs, checked before any compute: (trainer, info about data and LoRA).
+    With ``skip_if_no_chat``, no chat data gives (None, {"skipped": what to do}) instead of an error."""
     paths = P.paths
     sft_cfg = P.build(SFTConfig)
     validate_dataclass(sft_cfg)
@@ -165,8 +167,15 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
     seq_len = cfg.schedule.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
         raise ParameterError(f"seq_len: {seq_len} exceeds the pretrained model's max_seq_len={model_cfg.max_seq_len}")
-    train_convs, val_convs, report = load_conversations(P, sft_cfg.chat_source)
+    try:
+        train_convs, val_convs, report = load_conversations(P, sft_cfg.chat_source)
+    except FileNotFoundError as e:
+        if skip_if_no_chat:
+            return None, {"skipped": str(e)}
+        raise
     if not train_convs and not val_convs:
+        if skip_if_no_chat:
+            return None, {"skipped": no_chat_message(report)}
         raise ValueError(no_chat_message(report))
     source = report.source
     train_ex, train_counts = build_examples(tokenizer, train_convs, seq_len)
