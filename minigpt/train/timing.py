@@ -71,6 +71,8 @@ class RunTimer:
 
     def _estimate(self, step: int, per_step: float) -> None:
         t = self.trainer
+        if not getattr(t, "is_main", True):
+            return  # under DDP rank 0 says it once
         left = max(0, t.max_steps - step)
         total = self.clock() - self.t_start + per_step * left
         self.estimate_s = total
