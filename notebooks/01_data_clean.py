@@ -43,7 +43,7 @@ val_fraction = None
 # %%
 # NBVAL_CHECK_OUTPUT
 from minigpt.params import load_params, validate_dataclass
-from minigpt.data.clean import CleanConfig, run_cleaning, stats_table, example_rejects, plot_clean_stats
+from minigpt.data.clean import CleanConfig, run_cleaning, stats_table, example_rejects, plot_clean_stats, data_plan
 
 P = load_params("clean", globals())
 clean_cfg = P.build(CleanConfig)
@@ -53,7 +53,9 @@ print("config:", P.config, "| run_dir:", P.run_dir.relative_to(P.run_dir.parents
 # %% [markdown]
 # ## Run the pipeline
 # The pipeline streams each file line by line (memory does not grow with the input), normalises
-# (NFKC, full-width → half-width, control characters, whitespace), filters by length and quality,
+# (`minigpt.data.normalize`, the same normalisation prompts get: Chinese punctuation such as `，。！？` stays
+# full-width, full-width letters and digits become ASCII, control characters go; then HTML, URLs and
+# whitespace), filters by length and quality,
 # drops exact and near duplicates (MinHash + LSH), and splits train/val by a hash of the text, so
 # adding data never moves an old document across the split. An interrupted run resumes.
 
@@ -80,11 +82,9 @@ plot_clean_stats(stats, P.paths["data"]);  # shown inline, and saved as PNGs und
 example_rejects(P.paths["data"], per_reason=10)
 
 # %% [markdown]
-# The next notebook trains the tokenizer on `train.jsonl`. A quick check that the files it needs exist:
+# What the next notebooks will do with this data: pretraining documents for 02 and 03, dialogues for 04.
+# Either may be missing (your own data may be one kind only); the lines below say what happens then.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for name in ("train.jsonl", "val.jsonl", "sft.jsonl"):
-    path = P.paths["data"] / name
-    assert path.is_file() and path.stat().st_size > 0, f"{path} is missing or empty"
-print("ok")
+print(data_plan(stats))

@@ -54,8 +54,9 @@ from minigpt.ui.plots import LivePlot
 
 P = load_params("sft", globals())
 live = LivePlot(every=P.live_plot_interval, title="SFT loss")
-trainer, info = build_sft_trainer(P, callbacks=[live])
-print(info)
+# with no chat data the rest of the notebook is skipped, and `info` says how to get some
+trainer, info = build_sft_trainer(P, callbacks=[live], skip_if_no_chat=True)
+print(info.get("skipped") or info)
 
 # %% [markdown]
 # ## Before fine-tuning
@@ -66,7 +67,8 @@ from minigpt.infer.generate import GenerationConfig, TextGenerator
 
 prompts = ["你好", "你叫什么名字？", "你喜欢什么？"]
 greedy = GenerationConfig(max_new_tokens=30, do_sample=False, repetition_penalty=1.2)
-before = [TextGenerator(trainer.model, trainer.tokenizer).chat([{"role": "user", "content": p}], greedy) for p in prompts]
+if trainer is not None:
+    before = [TextGenerator(trainer.model, trainer.tokenizer).chat([{"role": "user", "content": p}], greedy) for p in prompts]
 
 # %% [markdown]
 # ## Train
@@ -76,7 +78,7 @@ before = [TextGenerator(trainer.model, trainer.tokenizer).chat([{"role": "user",
 import logging
 
 logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-result = trainer.fit()
+result = trainer.fit() if trainer is not None else info["skipped"]
 print(result)
 
 # %% [markdown]
@@ -85,10 +87,11 @@ print(result)
 # %%
 import pandas as pd
 
-after = [TextGenerator(trainer.model, trainer.tokenizer).chat([{"role": "user", "content": p}], greedy) for p in prompts]
-pd.DataFrame({"prompt": prompts, "before SFT": before, "after SFT": after})
+if trainer is not None:
+    after = [TextGenerator(trainer.model, trainer.tokenizer).chat([{"role": "user", "content": p}], greedy) for p in prompts]
+    display(pd.DataFrame({"prompt": prompts, "before SFT": before, "after SFT": after}))
 
 # %%
 from IPython.display import Image
 
-Image(filename=str(trainer.output_dir / "plots" / "loss_curve_latest.png"))
+Image(filename=str(trainer.output_dir / "plots" / "loss_curve_latest.png")) if trainer is not None else None

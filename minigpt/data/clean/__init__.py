@@ -25,6 +25,7 @@ from .config import CleanConfig
 from .dedup import HashSet64, MinHashLSH, chat_dedup_key, dedup_key, is_val, lsh_params, text_hash
 from .filters import QUALITY_RULES, check_chat_length, check_text_length, quality_batch
 from .normalize import normalize_batch
+from .outputs import data_plan, ensure_val_split
 from .pipeline import BATCH, HIST_BINS, KEYLOGS, OUTPUTS, STATE_FILE, run_cleaning
 from .reasons import (
     DUPLICATE_LINES, DUPLICATE_NGRAMS, EMPTY_AFTER_CLEAN, EXACT_DUPLICATE, HIGH_SYMBOL_FRACTION, LOW_CJK_FRACTION,
@@ -37,6 +38,6 @@ __all__ = [
     "HIST_BINS", "KEYLOGS", "LOW_CJK_FRACTION", "LOW_LETTER_FRACTION", "NEAR_DUPLICATE", "OUTPUTS", "QUALITY_RULES",
     "REASONS", "REPEATED_CHAR_RUN", "STATE_FILE", "STEPS", "TOO_LONG", "TOO_SHORT",
     "CleanConfig", "Cleaner", "HashSet64", "MinHashLSH",
-    "chat_dedup_key", "check_chat_length", "check_text_length", "dedup_key", "example_rejects", "is_val",
+    "chat_dedup_key", "check_chat_length", "data_plan", "ensure_val_split", "check_text_length", "dedup_key", "example_rejects", "is_val",
     "lsh_params", "normalize_batch", "plot_clean_stats", "quality_batch", "run_cleaning", "stats_table", "text_hash",
 ]

@@ -28,6 +28,7 @@ from .cleaner import Cleaner
 from .config import CleanConfig
 from .dedup import HashSet64, MinHashLSH, chat_dedup_key, dedup_key, is_val, text_hash
 from .filters import check_chat_length, check_text_length
+from .outputs import ensure_val_split
 from .reasons import EXACT_DUPLICATE, NEAR_DUPLICATE, REASONS, STEPS
 
 logger = logging.getLogger(__name__)
@@ -222,10 +223,10 @@ def _finalize(out: Path, stats: dict, state: dict) -> dict:
     """Rename the outputs into place, write stats.json, mark the run done and drop the key logs."""
     state["phase"] = "finalizing"
     atomic_write_text(out / STATE_FILE, json.dumps(state))
+    ensure_val_split({k: out / (v + ".partial") for k, v in OUTPUTS.items()}, stats)
     for v in OUTPUTS.values():
-        part = out / (v + ".partial")
-        if part.exists():
-            os.replace(part, out / v)
+        if (out / (v + ".partial")).exists():
+            os.replace(out / (v + ".partial"), out / v)
     st = stats
     st["kept_total"] = sum(st["kept"].values())
     st["mb_per_s"] = round(st["input_bytes"] / 1e6 / max(st["elapsed_s"], 1e-9), 2)
@@ -245,8 +246,7 @@ class _Run:
 
     def __init__(self, cfg: CleanConfig, out: Path, stats: dict, state: dict, srcs: list[S.Source]):
         self.cfg, self.out, self.stats, self.state = cfg, out, stats, state
-        self.srcs = srcs
-        self.src_index = {(s.path, s.fmt): i for i, s in enumerate(srcs)}
+        self.srcs, self.src_index = srcs, {(s.path, s.fmt): i for i, s in enumerate(srcs)}
         self.cleaner = Cleaner(cfg, stats["steps"])
         self.exact = HashSet64(values=True)
         self.lsh = MinHashLSH(cfg.near_dedup_num_perm, cfg.near_dedup_threshold, cfg.near_dedup_ngram) \

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 from .config import TokenizerConfig
 from .corpus import DATA_NOTEBOOK, conversation_text, count_lines, iter_jsonl, require_file
 from .minitokenizer import MiniTokenizer
+from .. import normalize as textnorm
 from ..normalize import NORMALIZE_VERSION, check_same_version, version_of
 from .special import ESCAPE_MARK, SPECIAL_TOKENS, TOKENIZER_FILES
 
@@ -79,6 +80,19 @@ def training_texts(data_dir: str | os.PathLike, cfg: TokenizerConfig) -> Iterato
         offset += n
 
 
+def normalized(texts: Iterable[str], version: int, batch: int = 512) -> Iterator[str]:
+    """``texts`` through ``minigpt.data.normalize.normalize`` in batches (a no-op on notebook 01's output,
+    which is normalised already; hand-made train.jsonl files get the same form as everything else)."""
+    chunk: list[str] = []
+    for t in texts:
+        chunk.append(t)
+        if len(chunk) >= batch:
+            yield from textnorm.normalize(chunk, version=version)
+            chunk = []
+    if chunk:
+        yield from textnorm.normalize(chunk, version=version)
+
+
 def data_version(data_dir: str | os.PathLike) -> int:
     """The normalisation version of a cleaned data folder (its stats.json); 1 when not recorded."""
     stats = Path(data_dir) / "stats.json"
@@ -107,7 +121,8 @@ def build_tokenizer(data_dir: str | os.PathLike, tokenizer_dir: str | os.PathLik
         check_same_version(tok.normalize_version, data_version(data_dir), str(tokenizer_dir), str(data_dir))
         return tok
     require_file(Path(data_dir) / "train.jsonl")
-    tok = train_tokenizer(training_texts(data_dir, cfg), cfg, normalize_version=data_version(data_dir))
+    version = data_version(data_dir)
+    tok = train_tokenizer(normalized(training_texts(data_dir, cfg), version), cfg, normalize_version=version)
     if tok.vocab_size < cfg.tokenizer_vocab_size:
         logger.warning(
             "vocab is %d < tokenizer_vocab_size=%d: not enough text/pairs at min_frequency=%d",
