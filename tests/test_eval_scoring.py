@@ -108,3 +108,12 @@ def test_summary_and_k_shot_use_other_items(model):
     assert r1["num_fewshot"] == 1 and r1["n"] == 3
     s = summarize([], [])
     assert s["n"] == 0 and math.isnan(s["accuracy"])
+
+
+def test_an_item_longer_than_the_context_is_skipped_and_counted(model, caplog):
+    """max_seq_len is 32: a 40-token choice cannot be scored; the other items still are."""
+    items = [MCItem("a", ["x", "b"], 0), MCItem("a", ["x" * 40, "b"], 1, id="long"), MCItem("a", ["b", "x"], 1)]
+    with caplog.at_level("WARNING", logger="minigpt.eval.scoring"):
+        r = evaluate_items(model, CharTokenizer(), items, prefix_eos=False)
+    assert r["skipped"] == 1 and r["n"] == 2 and r["correct"] == 2 and r["random"] == pytest.approx(0.5)
+    assert "1 of 3 items skipped" in caplog.text and "max_seq_len=32" in caplog.text and "long" in caplog.text

@@ -9,7 +9,7 @@ from minigpt.params import ParameterError, all_parameter_names, load_params, reg
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_SECTIONS = {"01_data_clean": "clean", "02_tokenizer": "tokenizer", "03_pretrain": "pretrain",
-                     "04_sft": "sft", "05_generate": "generate"}
+                     "04_sft": "sft", "05_generate": "generate", "06_evaluate": "evaluate"}
 
 
 def write_yaml(tmp_path, text):

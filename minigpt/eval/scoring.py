@@ -28,6 +28,10 @@ LETTERS = "ABCDEFGHIJ"
 ANSWER_PROMPT = "答案："
 
 
+class DoesNotFit(ValueError):
+    """A choice is longer than the model's context window: the item cannot be scored by this model."""
+
+
 @dataclass
 class MCItem:
     """One question: the context (`question`, or chat `messages` before the answer), its choices, the right one."""
@@ -101,7 +105,7 @@ def continuation_logprobs(model: Any, pairs: Sequence[tuple[list[int], list[int]
             raise ValueError("a choice encodes to no tokens; every choice needs at least one character")
         full = (list(ctx) + list(cont))[-limit:]
         if len(cont) >= len(full):
-            raise ValueError(f"a choice of {len(cont)} tokens does not fit the context window ({limit - 1} tokens)")
+            raise DoesNotFit(f"a choice of {len(cont)} tokens does not fit the context window ({limit - 1} tokens)")
         rows.append(full)
         spans.append((len(full) - len(cont), len(full)))
     width = max(len(r) for r in rows)
@@ -173,17 +177,27 @@ def summarize(scores: Sequence[dict[str, Any]], n_choices: Sequence[int]) -> dic
 def evaluate_items(model: Any, tokenizer: Any, items: Sequence[MCItem], style: str = "cloze", chat: bool = False,
                    num_fewshot: int = 0, shots: Sequence[MCItem] | None = None,
                    prefix_eos: bool = True) -> dict[str, Any]:
-    """Score every item (zero-shot, or k-shot with the first k of `shots` that are not the item itself)."""
+    """Score every item (zero-shot, or k-shot with the first k of `shots` that are not the item itself).
+
+    An item with a choice longer than the model's context is skipped and counted in `skipped`, with a warning:
+    the accuracy and its baseline cover the scored items only."""
     was_training = model.training
     model.eval()
     pool = list(shots) if shots is not None else list(items)
-    scores = []
+    scores, scored, skipped = [], [], []
     try:
         for item in items:
             k_shots = [s for s in pool if s is not item][:num_fewshot]
-            scores.append(score_item(model, tokenizer, item, style, chat, k_shots, prefix_eos))
+            try:
+                scores.append(score_item(model, tokenizer, item, style, chat, k_shots, prefix_eos))
+                scored.append(item)
+            except DoesNotFit:
+                skipped.append(item.id or item.source)
     finally:
         model.train(was_training)
-    out = summarize(scores, [len(i.choices) for i in items])
-    out.update(style=style, chat=chat, num_fewshot=num_fewshot, preds=[s["pred"] for s in scores])
+    if skipped:
+        logger.warning("%d of %d items skipped: a choice is longer than the model's context (max_seq_len=%d), e.g. %s",
+                       len(skipped), len(items), model.config.max_seq_len, skipped[0])
+    out = summarize(scores, [len(i.choices) for i in scored])
+    out.update(style=style, chat=chat, num_fewshot=num_fewshot, preds=[s["pred"] for s in scores], skipped=len(skipped))
     return out
