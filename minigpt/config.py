@@ -38,6 +38,11 @@ def _swiglu_hidden(d_model: int) -> int:
     return 64 * math.ceil(d_model * 8 / 3 / 64)
 
 
+# relu2: 4*d (rounded up to 64); two matrices of 4*d hold about SwiGLU's parameters (three of 8/3*d): equal sizes.
+MLP_HIDDEN = {"swiglu": _swiglu_hidden, "relu2": lambda d_model: 64 * math.ceil(d_model * 4 / 64)}
+VARIANT_DEFAULTS = {"qk_norm": False, "mlp": "swiglu"}  # fields added after checkpoints existed
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 6400
@@ -45,16 +50,19 @@ class ModelConfig:
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int = 2
-    d_ff: int = 0  # 0 = derived from d_model (SwiGLU 8/3 rule)
+    d_ff: int = 0  # 0 = derived from d_model (swiglu: 8/3*d, relu2: 4*d, rounded up to 64)
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     dropout: float = 0.0
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool = True  # False: the LM head has its own matrix
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3's q_norm/k_norm)
+    mlp: str = "swiglu"  # swiglu: down(silu(gate(x)) * up(x)) | relu2: down(relu(up(x))^2)
 
+    MLPS: ClassVar[tuple[str, ...]] = ("swiglu", "relu2")
     def __post_init__(self) -> None:
-        if not self.d_ff:
-            self.d_ff = _swiglu_hidden(self.d_model)
+        if not self.d_ff:  # an unknown mlp is reported by validate()
+            self.d_ff = MLP_HIDDEN.get(self.mlp, _swiglu_hidden)(self.d_model)
         self.validate()
 
     @classmethod
@@ -73,7 +81,8 @@ class ModelConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Variant switches at their default are left out: today's model keeps the config earlier code wrote and reads.
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in VARIANT_DEFAULTS and v == VARIANT_DEFAULTS[k])}
 
     @property
     def head_dim(self) -> int:
@@ -95,13 +104,15 @@ class ModelConfig:
             raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta: expected a positive number, got {self.rope_theta}")
+        if self.mlp not in self.MLPS:
+            raise ValueError(f"mlp: expected one of {self.MLPS}, got {self.mlp!r}")
 
     def num_params(self) -> int:
         """Parameter count from the shapes alone (tied embeddings counted once)."""
         d, kv = self.d_model, self.n_kv_heads * self.head_dim
         attn = d * d * 2 + d * kv * 2
-        mlp = 3 * d * self.d_ff
-        per_layer = attn + mlp + 2 * d
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * self.d_ff
+        per_layer = attn + mlp + 2 * d + (2 * self.head_dim if self.qk_norm else 0)
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.n_layers * per_layer + d + head
 
@@ -139,7 +150,8 @@ class OptimConfig:
     """How each optimizer step is computed: optimizer, batch, clipping, EMA and numerical faults."""
 
     learning_rate: float = 1e-3  # peak learning rate, reached at the end of warmup
-    optimizer_type: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 folded into the gradient)
+    optimizer_type: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 folded into the gradient) | muon
+    # muon: Muon (orthogonalised momentum) for the hidden 2-D weight matrices, AdamW for embeddings, head, norms
     weight_decay: float = 0.1  # applied to matrices only; norms and biases are never decayed
     beta1: float = 0.9  # Adam's first-moment decay
     beta2: float = 0.95  # Adam's second-moment decay
@@ -151,7 +163,7 @@ class OptimConfig:
     ema_decay: float = 0.999  # EMA weight of the old average at each step
     max_faults: int = 5  # non-finite losses/gradients in a row before the run stops and keeps the last good state
 
-    OPTIMIZERS = ("adamw", "adam")
+    OPTIMIZERS = ("adamw", "adam", "muon")
 
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
@@ -175,17 +187,19 @@ class ScheduleConfig:
     max_steps: int = 200  # optimizer steps to train for
     epochs: int = 0  # >0: max_steps is derived from the token count of this many epochs
     warmup_steps: int = 20  # linear warmup from learning_rate/warmup_steps up to learning_rate
-    lr_scheduler: str = "cosine"  # decay after warmup: cosine | linear | polynomial | constant | cosine_with_restarts
+    lr_scheduler: str = "cosine"  # decay after warmup: cosine | linear | polynomial | constant | cosine_with_restarts | wsd
     lr_restarts: int = 1  # cosine cycles for cosine_with_restarts
     min_lr: float = 1e-4  # learning rate at the end of the decay
+    decay_fraction: float = 0.2  # wsd: the share of max_steps (at the end) over which the rate decays linearly
     decay_lr: bool = True  # False keeps the peak learning rate after warmup
     seq_len: int = 0  # tokens per training window (0 = the model's max_seq_len)
     context_growth: bool = False  # grow the training window in doubling stages during the run
     context_growth_from: int = 64  # window length at the first step when context_growth is on
     context_growth_to: int = 0  # window length reached by the last stage (0 = seq_len, else the model's max_seq_len)
     seed: int = 1337  # seeds weight init, batch order, dropout and sampling
+    doc_aligned_batches: bool = False  # pretraining windows start at a document's first token
 
-    SCHEDULERS = ("cosine", "linear", "polynomial", "constant", "cosine_with_restarts")
+    SCHEDULERS = ("cosine", "linear", "polynomial", "constant", "cosine_with_restarts", "wsd")
 
     def checks(self) -> list[tuple[bool, str, str]]:
         growth = self.context_growth
@@ -197,6 +211,7 @@ class ScheduleConfig:
             (self.lr_scheduler in self.SCHEDULERS, "lr_scheduler", f"one of {self.SCHEDULERS}, got {self.lr_scheduler!r}"),
             (self.lr_restarts > 0, "lr_restarts", f"a positive integer, got {self.lr_restarts}"),
             (self.min_lr >= 0, "min_lr", f"a non-negative number, got {self.min_lr}"),
+            (0 < self.decay_fraction <= 1, "decay_fraction", f"a share of the steps in (0, 1], got {self.decay_fraction}"),
             (not growth or self.context_growth_from > 0, "context_growth_from",
              f"a positive integer, got {self.context_growth_from}"),
             (not growth or not self.context_growth_to or self.context_growth_from <= self.context_growth_to,

@@ -113,3 +113,40 @@ def test_untied_head_is_exported(exported, tmp_path):
     ids = torch.tensor([tok.encode("中国的首都是北京。")])
     with torch.no_grad():
         assert (model(ids)[0] - hf(ids).logits).abs().max().item() < 1e-4
+
+
+def test_qk_norm_exports_as_qwen3_with_logit_parity(exported, tmp_path):
+    from minigpt.infer.export import export_model
+
+    _, tok, out = exported
+    torch.manual_seed(2)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
+                      qk_norm=True, tie_word_embeddings=False, rms_norm_eps=1e-6)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # norm weights off 1, so a misplaced or missing q/k norm shows in the logits
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * (0.3 if p.dim() == 1 else 0.1))
+    hf_dir = export_model(model, out, tmp_path / "qwen3")
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and config["model_type"] == "qwen3"
+    assert config["tie_word_embeddings"] is False
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    assert hf.model.layers[1].self_attn.q_norm.weight.shape == (8,)
+    ids = torch.tensor([tok.encode("中国的首都是北京。人工智能")])
+    with torch.no_grad():
+        assert (model(ids)[0] - hf(ids).logits).abs().max().item() < 1e-4
+
+
+def test_relu2_export_is_refused(exported, tmp_path):
+    from minigpt.infer.export import export_model
+
+    _, tok, out = exported
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, mlp="relu2")
+    ckpt = save_checkpoint(tmp_path / "ckpt", GPT(cfg), {"model": cfg.to_dict(), "tokenizer_sha256": tok.sha256},
+                           tokenizer_dir=out)
+    with pytest.raises(ValueError, match="mlp='relu2': no transformers architecture has this MLP"):
+        export_hf(ckpt, tmp_path / "hf")
+    with pytest.raises(ValueError, match="mlp='relu2'"):
+        export_model(GPT(cfg), out, tmp_path / "hf2")
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "hf2").exists()

@@ -192,3 +192,24 @@ def test_llama_cpp_greedy_tokens_equal_minigpt_in_f32(trained, llama_files):
     finally:
         for llm in llms.values():
             llm.close()
+
+
+@pytest.mark.parametrize("variant,message", [
+    (dict(qk_norm=True), "qk_norm=True: llama.cpp's llama architecture has no q/k norms"),
+    (dict(mlp="relu2"), "mlp='relu2': llama.cpp's llama architecture has only the SwiGLU MLP"),
+])
+def test_variants_llama_cpp_cannot_compute_are_refused(variant, message):
+    from minigpt import GPT, ModelConfig
+
+    model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, **variant))
+    with pytest.raises(ValueError, match=message):
+        gguf_tensors(model)
+
+
+def test_untied_head_becomes_the_output_tensor():
+    from minigpt import GPT, ModelConfig
+
+    model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, tie_word_embeddings=False))
+    tensors = gguf_tensors(model)
+    assert torch.equal(tensors["output.weight"], model.lm_head.weight.detach())
+    assert not torch.equal(tensors["output.weight"], tensors["token_embd.weight"])

@@ -15,6 +15,13 @@ import torch
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+EOS_ID = 0  # <|endoftext|>, written after each document in the token file
+
+
+def document_starts(tokens: np.ndarray) -> np.ndarray:
+    """Sorted offsets where a document begins: 0 and every position right after an <|endoftext|>."""
+    after_eos = np.flatnonzero(np.asarray(tokens[:-1]) == EOS_ID) + 1
+    return np.concatenate([[0], after_eos]).astype(np.int64) if tokens[0] != EOS_ID else after_eos.astype(np.int64)
 
 
 class WindowSampler:
@@ -24,10 +31,12 @@ class WindowSampler:
     batch_size * world_size window starts and rank r takes the r-th share. Any batch can be recomputed from
     its index alone, so saving `position` is enough to resume; each DDP rank reads its own windows; and
     N ranks of batch_size B see exactly the windows one process with batch_size N*B sees.
+    With doc_aligned, each window starts at a document's first token (drawn among the document starts that
+    leave room for a full window), still a function of (seed, index) alone.
     """
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 seq_len_at: Callable[[int], int] | None = None):
+                 seq_len_at: Callable[[int], int] | None = None, doc_aligned: bool = False):
         """seq_len_at: optional function batch index -> window length (dynamic_seq_length); a pure function of
         the index, so prefetching and resume stay exact."""
         if len(tokens) <= seq_len + 1:
@@ -40,11 +49,23 @@ class WindowSampler:
         self.world_size = world_size
         self.position = 0
         self.seq_len_at = seq_len_at
+        self.doc_starts = document_starts(tokens) if doc_aligned else None
+        if doc_aligned and self._start_choices(seq_len) == 0:
+            raise ValueError(f"doc_aligned_batches: no document start (a token after <|endoftext|> id {EOS_ID}) leaves "
+                             f"room for a window of seq_len+1={seq_len + 1} tokens in {len(tokens)} tokens; "
+                             "turn doc_aligned_batches off or use a shorter seq_len")
+
+    def _start_choices(self, seq_len: int) -> int:
+        """How many window starts there are for this window length (the first n document starts when aligned)."""
+        last = len(self.tokens) - seq_len - 1  # exclusive bound of a start, as in the unaligned draw
+        return last if self.doc_starts is None else int(np.searchsorted(self.doc_starts, last))
 
     def batch_at(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         seq_len = self.seq_len_at(index) if self.seq_len_at else self.seq_len
         rng = np.random.default_rng([self.seed, index])
-        starts = rng.integers(0, len(self.tokens) - seq_len - 1, size=self.batch_size * self.world_size)
+        starts = rng.integers(0, self._start_choices(seq_len), size=self.batch_size * self.world_size)
+        if self.doc_starts is not None:
+            starts = self.doc_starts[starts]
         starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         buf = np.stack([np.asarray(self.tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts])
         t = torch.from_numpy(buf)

@@ -63,6 +63,15 @@ def unknown_parameters(model: GPT) -> list[str]:
     return [n for n, _ in model.named_parameters() if not KERNEL_PARAMETERS.fullmatch(n)]
 
 
+def missing_parameters(model: GPT) -> list[str]:
+    """Parameter names the C step reads but the model lacks (e.g. mlp.gate_proj of the relu2 MLP)."""
+    have = {n.rsplit(".", 1)[0] for n, _ in model.named_parameters()}
+    need = [f"layers.{i}.{m}" for i in range(model.config.n_layers)
+            for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    return [n for n in need if n not in have]
+
+
 def kernel_mismatch(native: NativeDecoder, model: GPT) -> float:
     """Largest |logit difference| between one C step and one forward step after the same short prompt,
     divided by the logits' largest magnitude (at least 1)."""
@@ -142,6 +151,9 @@ class DecodeSteps:
         unknown = unknown_parameters(self.model)
         if unknown:
             return f"the C step does not read {', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}"
+        missing = missing_parameters(self.model)
+        if missing:
+            return f"the model has no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (a variant the C step lacks)"
         if load_library() is None:
             return "the C step could not be built: see the warning above"
         return None

@@ -4,6 +4,9 @@ minigpt's parameter names already mirror `modeling_llama.py`, so the export is a
 (`layers.0...` -> `model.layers.0...`), a config.json in Llama's vocabulary, and the tokenizer files
 (with the ChatML chat template) copied beside them. The tied head is not stored: with
 `tie_word_embeddings: true` transformers ties `lm_head.weight` to `model.embed_tokens.weight` on load.
+Variants: an untied head is written as `lm_head.weight` with `tie_word_embeddings: false`; `qk_norm` exports
+as Qwen3 (`Qwen3ForCausalLM`: Llama plus per-head `self_attn.q_norm`/`k_norm` before RoPE, the same names);
+`mlp="relu2"` has no transformers architecture and is refused.
 
     python -m minigpt.infer.export runs/demo/sft/final_model runs/demo/hf
     python -m minigpt.export runs/demo/sft/final_model runs/demo/gguf --format gguf --outtype q8_0   # see gguf.py
@@ -46,8 +49,17 @@ def hf_state_dict(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str, t
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in out.items()}
 
 
+def check_exportable(cfg: Any) -> None:
+    """Raise ValueError for a variant no transformers architecture computes."""
+    if cfg.mlp != "swiglu":
+        raise ValueError(f"mlp={cfg.mlp!r}: no transformers architecture has this MLP (Llama and Qwen3 use SwiGLU), "
+                         "so the model cannot be exported to transformers; train with mlp='swiglu' to export")
+
+
 def hf_config(model: GPT, dtype: str = "float32") -> dict[str, Any]:
+    """config.json: Llama's, or Qwen3's when the model has QK-norm."""
     c = model.config
+    check_exportable(c)
     try:
         import transformers
         version = transformers.__version__
@@ -81,6 +93,10 @@ def hf_config(model: GPT, dtype: str = "float32") -> dict[str, Any]:
         "dtype": dtype,
         "torch_dtype": dtype,
     }
+    if c.qk_norm:
+        cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", use_sliding_window=False,
+                   sliding_window=None, max_window_layers=c.n_layers)
+        del cfg["mlp_bias"]  # not a Qwen3 field
     if version:
         cfg["transformers_version"] = version
     return cfg
@@ -92,7 +108,8 @@ def _generation_config(eos_ids: list[int]) -> dict[str, Any]:
 
 
 def export_model(model: GPT, tokenizer_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Write `model` plus the tokenizer files of `tokenizer_dir` as a transformers Llama folder, atomically."""
+    """Write `model` plus the tokenizer files of `tokenizer_dir` as a transformers Llama (or Qwen3) folder, atomically."""
+    check_exportable(model.config)
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"dtype: expected float32 / float16 / bfloat16, got {dtype!r}")
     tokenizer_dir = Path(tokenizer_dir)

@@ -63,9 +63,20 @@ def interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, half, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def check_gguf_variant(cfg: Any) -> None:
+    """Raise ValueError for a variant llama.cpp's llama architecture does not compute (the untied head it does)."""
+    if cfg.qk_norm:
+        raise ValueError("qk_norm=True: llama.cpp's llama architecture has no q/k norms, so a GGUF would decode this "
+                         "model wrongly; export it to transformers instead (it becomes Qwen3) or train with qk_norm=False")
+    if cfg.mlp != "swiglu":
+        raise ValueError(f"mlp={cfg.mlp!r}: llama.cpp's llama architecture has only the SwiGLU MLP; "
+                         "train with mlp='swiglu' to export a GGUF")
+
+
 def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
     """minigpt's weights under llama.cpp's llama tensor names (float32, q/k reordered for its RoPE)."""
     cfg = model.config
+    check_gguf_variant(cfg)
     out: dict[str, torch.Tensor] = {}
     for name, t in getattr(model, "_orig_mod", model).state_dict().items():
         t = t.detach().to("cpu", torch.float32)

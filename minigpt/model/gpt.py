@@ -7,6 +7,10 @@ RMSNorm, rotary position embeddings (RoPE), grouped-query attention through
 `scaled_dot_product_attention`, a SwiGLU MLP and tied input/output embeddings. Parameter names are
 those of Hugging Face's `modeling_llama.py`, so export is a rename, not a rewrite.
 
+Variants are module choices made in __init__ from the config (forward has one path):
+`qk_norm` adds per-head RMSNorms `q_norm`/`k_norm` on queries and keys before RoPE (Qwen3's layout),
+`mlp="relu2"` swaps SwiGLU for down(relu(up(x))^2), `tie_word_embeddings=False` gives the head its own matrix.
+
 One forward serves training (`targets`), evaluation and cached decoding (`cache`): a decode step is the
 same code with T = 1 and the keys/values of earlier positions read from a `KVCache`.
 Speed paths live elsewhere and are checked against this file: the C decode step
@@ -97,13 +101,16 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        # QK-norm: RMSNorm over each head's dims of q and k (Qwen3); Identity keeps the Llama attention.
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)  # (B, KV, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
@@ -131,6 +138,21 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class ReLU2MLP(nn.Module):
+    """ReLU squared: down(relu(up(x))^2), no gate (So et al. 2021, "Primer"); the `mlp="relu2"` variant."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+
+MLPS: dict[str, type[nn.Module]] = {"swiglu": MLP, "relu2": ReLU2MLP}
+
+
 class Block(nn.Module):
     """Pre-norm residual block: attention, then the MLP, each added to the residual stream."""
 
@@ -139,7 +161,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MLPS[cfg.mlp](cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

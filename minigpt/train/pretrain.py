@@ -66,7 +66,8 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
         per_step = opt.batch_size * seq_len * max(1, opt.accumulation_steps) * world_size
         s.max_steps = max(1, s.epochs * len(train_tokens) // per_step)
         logger.info("epochs=%d -> max_steps=%d", s.epochs, s.max_steps)
-    sampler = WindowSampler(train_tokens, opt.batch_size, seq_len, seed=s.seed, rank=rank, world_size=world_size)
+    sampler = WindowSampler(train_tokens, opt.batch_size, seq_len, seed=s.seed, rank=rank, world_size=world_size,
+                            doc_aligned=s.doc_aligned_batches)
     eval_batches = sequential_windows(val_tokens, opt.batch_size, seq_len, train_cfg.evaluation.num_eval_batches)
     output_dir = Path(train_cfg.checkpoints.output_dir) if train_cfg.checkpoints.output_dir else paths["pretrain"]
     import torch

@@ -341,7 +341,8 @@ class Trainer:
     def _set_lr(self) -> float:
         s = self.cfg.schedule
         lr = lr_at(self.step, learning_rate=self.cfg.optim.learning_rate, min_lr=s.min_lr, warmup_steps=s.warmup_steps,
-                   max_steps=self.max_steps, lr_scheduler=s.lr_scheduler, lr_restarts=s.lr_restarts, decay_lr=s.decay_lr)
+                   max_steps=self.max_steps, lr_scheduler=s.lr_scheduler, lr_restarts=s.lr_restarts, decay_lr=s.decay_lr,
+                   decay_fraction=s.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
