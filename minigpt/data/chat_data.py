@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .datasets import IGNORE_INDEX
+from .datasets import IGNORE_INDEX, IndexedBatches
 
 if TYPE_CHECKING:
     from .tokenizer import MiniTokenizer
@@ -60,7 +60,7 @@ def build_chat_example(tokenizer: MiniTokenizer, messages: list[dict], max_len: 
     return ChatExample(x, y, truncated)
 
 
-class ChatBatches:
+class ChatBatches(IndexedBatches):
     """Shuffled, padded batches of chat examples; position-addressable like WindowSampler."""
 
     def __init__(self, examples: list[ChatExample], batch_size: int, pad_id: int, seed: int = 0, rank: int = 0,
@@ -114,20 +114,8 @@ class ChatBatches:
             return pack_examples(picked, self.pad_id)
         return pad_examples([r[0] for r in picked], self.pad_id)
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = self.batch_at(self.position)
-        self.position += 1
-        return batch
-
     def state_dict(self) -> dict:
         return {"kind": "chat", "seed": self.seed, "position": self.position, "batch_size": self.batch_size, "pack": self.pack}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.position = int(state["position"])
 
 
 def pad_examples(examples: list[ChatExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ resume continues the exact stream of batches an uninterrupted run would have see
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,31 @@ def document_starts(tokens: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], after_eos]).astype(np.int64) if tokens[0] != EOS_ID else after_eos.astype(np.int64)
 
 
-class WindowSampler:
+class IndexedBatches:
+    """A batch source addressed by index: batch i is `batch_at(i)`, a pure function of (seed, i), and `position` is
+    the next index, so iterating, prefetching and resuming need nothing else. Subclasses set `seed`, `position`
+    and write `batch_at` and `state_dict`."""
+
+    seed: int
+    position: int
+
+    def batch_at(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self) -> "IndexedBatches":
+        return self
+
+    def __next__(self) -> Any:
+        batch = self.batch_at(self.position)
+        self.position += 1
+        return batch
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self.position = int(state["position"])
+
+
+class WindowSampler(IndexedBatches):
     """Random (x, y) windows of `seq_len` tokens from a flat token array.
 
     Batch i is drawn from a generator seeded with (seed, i): it picks the global batch's
@@ -71,20 +95,9 @@ class WindowSampler:
         t = torch.from_numpy(buf)
         return t[:, :-1], t[:, 1:]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.batch_at(self.position)
-        self.position += 1
-        return batch
-
     def state_dict(self) -> dict:
         return {"kind": "windows", "seed": self.seed, "position": self.position, "batch_size": self.batch_size, "seq_len": self.seq_len}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.position = int(state["position"])
 
 
 class PrefetchBatches:
