@@ -73,6 +73,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "evals_without_improvement": trainer.evals_without_improvement,
         "faults_total": trainer.faults_total,
         "history": trainer.history,
+        "train_clock": trainer.train_clock.state_dict(),  # training seconds: a max_minutes run continues its clock
     }
 
 
@@ -180,6 +181,7 @@ def resume(trainer: Trainer, folder: str | Path) -> None:
     trainer.evals_without_improvement = int(state.get("evals_without_improvement", 0))
     trainer.faults_total = int(state.get("faults_total", 0))
     trainer.history = state.get("history", [])
+    trainer.train_clock.load_state_dict(state.get("train_clock"), str(folder / "trainer_state.json"))
     if trainer.is_main:
         start_branch(trainer.output_dir, folder, trainer.step)
         truncate_metrics(trainer.metrics_path, trainer.step)

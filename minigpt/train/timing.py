@@ -73,6 +73,11 @@ class RunTimer:
         t = self.trainer
         if not getattr(t, "is_main", True):
             return  # under DDP rank 0 says it once
+        clock = getattr(t, "train_clock", None)
+        if clock is not None and clock.has_budget:
+            logger.info("estimate: %.2f s/step; the run stops after %s of training time (max_minutes)",
+                        per_step, format_duration(clock.budget_s))
+            return
         left = max(0, t.max_steps - step)
         total = self.clock() - self.t_start + per_step * left
         self.estimate_s = total

@@ -1,8 +1,9 @@
 """One Trainer for pretraining and SFT: the step loop (accumulation, schedule, clipping, NaN skipping),
-evaluation, early stopping, metrics, callbacks, samples and a graceful stop.
+a step or time budget, metrics, callbacks and a graceful stop.
 
 Its helpers live beside it: run_state (checkpoints, exact resume, archiving), optim (optimizer, EMA),
-machine (device, dtype, compile), batches (the BatchSource protocol), metrics (FLOPs, summaries).
+machine (device, dtype, compile), batches (the BatchSource protocol), metrics (FLOPs, summaries),
+evaluation (validation loss, early stopping, samples), budget (the training clock and max_minutes).
 The names earlier code imported from here are re-exported.
 """
 from __future__ import annotations
@@ -15,17 +16,18 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
-from . import run_state
+from . import evaluation, run_state
+from .budget import TrainClock
 from .guard import ResourceGuard
 from .batches import BatchSource, GrowingBatchSource, accumulation_steps, check_batch_source, grow_context, unpack_batch
 from .machine import autocast, compile_model, install_stop_signals, setup_machine
-from .metrics import flops_per_token, format_metrics, layer_grad_norms, mean_eval_loss
+from .metrics import flops_per_token, format_metrics, layer_grad_norms
 from .optim import EMA, build_optimizer, param_groups
 from .schedules import lr_at
 from .timing import RunTimer
@@ -62,6 +64,7 @@ class Trainer:
         world_size: int = 1,
         guard=None,
         max_faults: int | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         cfg.validate()
         check_batch_source(train_batches)
@@ -90,7 +93,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16_cuda)
         self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.use_ema else None
         self.accumulation_steps = accumulation_steps(cfg, self.seq_len, world_size)
-        self.max_steps = cfg.schedule.max_steps
+        self.max_steps = cfg.schedule.max_steps  # 0 with max_minutes: no step limit
+        self._clock_fn = clock or time.perf_counter  # the training clock's source (tests inject a fake one)
         self._reset_counters()
 
     # ----- construction helpers --------------------------------------------------------------
@@ -109,6 +113,8 @@ class Trainer:
         self._last_saved_step = -1
         self.run_lock = None  # the output folder's lock while fit() runs (rank 0)
         self.timer: RunTimer | None = None
+        self.train_clock = TrainClock(self.cfg.schedule.max_minutes, self._clock_fn)
+        self._budget_done = False
 
     def _build_callbacks(self, callbacks: Iterable[Any]) -> list[Any]:
         out = list(callbacks)
@@ -180,7 +186,7 @@ class Trainer:
 
     # ----- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train until max_steps, early stop, a stop request or a signal; always leaves a checkpoint."""
+        """Train until max_steps or max_minutes, early stop, a stop request or a signal; always leaves a checkpoint."""
         try:
             self._prepare_run()
             return self._fit()
@@ -189,14 +195,16 @@ class Trainer:
 
     def _fit(self) -> dict[str, Any]:
         fpt = flops_per_token(self.model_cfg, self.seq_len)
-        logger.info("training on %s, dtype %s (%s), accumulation %d, %d steps",
-                    self.device, str(self.dtype).replace("torch.", ""), self.dtype_reason, self.accumulation_steps, self.max_steps)
+        budget = f", {self.cfg.schedule.max_minutes:g} minutes of training time" if self.train_clock.has_budget else ""
+        logger.info("training on %s, dtype %s (%s), accumulation %d, %s steps%s", self.device,
+                    str(self.dtype).replace("torch.", ""), self.dtype_reason, self.accumulation_steps, self.max_steps or "no limit on", budget)
         self._emit("on_train_begin")
         # Signal handlers stay installed until the final checkpoint is written: a second Ctrl+C while
         # saving only repeats the stop request, it cannot cut the save short.
         restore = install_stop_signals(self._on_signal)
         t_start = time.perf_counter()
         self.timer = RunTimer(self, t_start)
+        self.train_clock.start()
         try:
             self._loop(fpt, t_start)
             self._save_at_end()
@@ -209,6 +217,7 @@ class Trainer:
             "best_val_loss": self.best_val if self.best_val < math.inf else None,
             "faults": self.faults_total,
             "elapsed_s": time.perf_counter() - t_start,
+            "train_s": self.train_clock.elapsed_s(),
         }
         self._emit("on_train_end", result)
         return result
@@ -224,7 +233,7 @@ class Trainer:
         if self.step > 0 and self.is_main:
             if self._last_saved_step != self.step:
                 self.save_step_checkpoint()
-            if self.stop_reason in (None, "early stopping"):
+            if self.stop_reason in (None, "early stopping", "max_minutes"):
                 self.save_final()
         if self.stop_reason == "numerical faults" and self.is_main:
             logger.error("the last good state (step %d) is saved in %s; resume from it (auto_resume=True) "
@@ -234,9 +243,10 @@ class Trainer:
         window = {"t": time.perf_counter(), "tokens": 0}
         bar = self._progress_bar()
         try:
-            while self.step < self.max_steps and not self._should_stop():
+            while not self._steps_done() and not self._should_stop():
                 if self.guard is not None:
-                    self.guard.wait_if_needed(self._stop)
+                    with self.train_clock.paused():
+                        self.guard.wait_if_needed(self._stop)
                 rec = self._train_step()
                 window["tokens"] += rec["tokens"]
                 if bar is not None:
@@ -247,6 +257,7 @@ class Trainer:
                     if self._too_many_faults():
                         break
                     continue
+                self._budget_done = self._budget_reached()
                 self._after_step(rec, fpt, t_start, window)
                 if self.stop_reason == "early stopping":
                     break
@@ -255,6 +266,23 @@ class Trainer:
                 bar.close()
             if self._prefetch is not None:
                 self._prefetch.close()  # the prefetching threads this trainer started
+
+    def _steps_done(self) -> bool:
+        """max_steps reached (when set), or the time budget used up."""
+        return (self.max_steps > 0 and self.step >= self.max_steps) or self._budget_done
+
+    def _budget_reached(self) -> bool:
+        """max_minutes of training time used; under DDP every rank stops at the same step (rank 0's clock decides)."""
+        if not self.train_clock.has_budget:
+            return False
+        done = self.train_clock.over_budget()
+        if self._distributed():
+            flag = torch.tensor([1.0 if done else 0.0], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            done = flag.item() > 0
+        if done and self.stop_reason is None:
+            self.stop_reason = "max_minutes"
+        return done
 
     def _too_many_faults(self) -> bool:
         if self.faults_in_a_row < self.max_faults:
@@ -267,7 +295,7 @@ class Trainer:
 
     def _after_step(self, rec: dict[str, Any], fpt: float, t_start: float, window: dict[str, float]) -> None:
         """Throughput at log steps, evaluation, the metrics line, checkpoint and sample at their intervals."""
-        cfg, now, last = self.cfg, time.perf_counter(), self.step == self.max_steps
+        cfg, now, last = self.cfg, time.perf_counter(), self.step == self.max_steps or self._budget_done
         if self.step % cfg.logging.log_interval == 0 or last:
             rec["tokens_per_s"] = window["tokens"] / max(now - window["t"], 1e-9) * self.world_size
             rec["mfu"] = rec["tokens_per_s"] * fpt / (self.peak_flops * self.world_size) if self.peak_flops else None
@@ -276,22 +304,24 @@ class Trainer:
                 rec.update({f"{k}_percent": round(v, 1) for k, v in self.guard.last_reading.items()})
             window["t"], window["tokens"] = now, 0
         rec["elapsed_s"] = now - t_start
-        if self.step % cfg.evaluation.eval_interval == 0 or last:
-            rec.update(self.evaluate())
-            self._track_early_stopping(rec)
-        self._log(rec)
-        self.timer.step_done(self.step)
-        if (self.step % cfg.checkpoints.save_interval == 0 or self.timer.save_due()) and not last:
-            self.save_step_checkpoint()
-        if cfg.evaluation.sample_interval and self.step % cfg.evaluation.sample_interval == 0:
-            self._sample()
+        rec["train_s"] = self.train_clock.elapsed_s()  # training time: the budget's clock, resumed with the run
+        with self.train_clock.paused():
+            if self.step % cfg.evaluation.eval_interval == 0 or last:
+                rec.update(self.evaluate())
+                self._track_early_stopping(rec)
+            self._log(rec)
+            self.timer.step_done(self.step)
+            if (self.step % cfg.checkpoints.save_interval == 0 or self.timer.save_due()) and not last:
+                self.save_step_checkpoint()
+            if cfg.evaluation.sample_interval and self.step % cfg.evaluation.sample_interval == 0:
+                self._sample()
 
     def _progress_bar(self):
         if not (self.cfg.logging.progress_bar and self.is_main):
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.max_steps, initial=self.step, desc=self.kind, unit="step", dynamic_ncols=True, leave=True)
+        return tqdm(total=self.max_steps or None, initial=self.step, desc=self.kind, unit="step", dynamic_ncols=True, leave=True)
 
     def _distributed(self) -> bool:
         return self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -342,7 +372,7 @@ class Trainer:
         s = self.cfg.schedule
         lr = lr_at(self.step, learning_rate=self.cfg.optim.learning_rate, min_lr=s.min_lr, warmup_steps=s.warmup_steps,
                    max_steps=self.max_steps, lr_scheduler=s.lr_scheduler, lr_restarts=s.lr_restarts, decay_lr=s.decay_lr,
-                   decay_fraction=s.decay_fraction)
+                   decay_fraction=s.decay_fraction, time=self.train_clock.progress(self.step, s.warmup_steps))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -398,41 +428,15 @@ class Trainer:
         logger.warning("step %d: non-finite loss/grad norm (%s, %s); update skipped", self.step, loss_value, grad_norm)
         return {"skipped": True, "tokens": 0}
 
-    # ----- evaluation ------------------------------------------------------------------------
+    # ----- evaluation (evaluation.py does the work) ------------------------------------------
     def _eval_loss(self) -> float:
-        batches = self.eval_batches[: self.cfg.evaluation.num_eval_batches]
-        loss = mean_eval_loss(ckpt.unwrap(self.model), batches, self.device, self._autocast, self.world_size)
-        self.model.train()
-        return loss
+        return evaluation.eval_loss(self)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        if not self.eval_batches:
-            return {}
-        out = {"val_loss": self._eval_loss()}
-        if self.chars_per_token:
-            out["val_bpc"] = out["val_loss"] / (self.chars_per_token * math.log(2))
-        if self.ema is not None:
-            raw = {k: v.clone() for k, v in ckpt.model_state_live(self.model).items()}
-            self.ema.copy_to(self.model)
-            out["val_loss_ema"] = self._eval_loss()
-            ckpt.load_model_state(ckpt.unwrap(self.model), raw, "raw weights")
-        return out
+        return evaluation.evaluate(self)
 
     def _track_early_stopping(self, rec: dict) -> None:
-        if "val_loss" not in rec:
-            return
-        self.history.append({"step": self.step, "val_loss": rec["val_loss"]})
-        if rec["val_loss"] < self.best_val - 1e-6:
-            self.best_val = rec["val_loss"]
-            self.evals_without_improvement = 0
-            return
-        self.evals_without_improvement += 1
-        ev = self.cfg.evaluation
-        if ev.early_stopping and self.evals_without_improvement >= ev.patience:
-            self.stop_reason = "early stopping"
-            logger.info("early stopping at step %d: no val improvement in %d evals (best %.4f)",
-                        self.step, ev.patience, self.best_val)
+        evaluation.track_early_stopping(self, rec)
 
     # ----- logging, callbacks, samples -------------------------------------------------------
     def _log(self, rec: dict, event: bool = False) -> None:
@@ -452,18 +456,7 @@ class Trainer:
                 fn(self, *args)
 
     def _sample(self) -> None:
-        prompts = self.cfg.evaluation.sample_prompts
-        if self.tokenizer is None or not prompts or not self.is_main:
-            return
-        from ..infer.generate import GenerationConfig, TextGenerator
-
-        gen = TextGenerator(ckpt.unwrap(self.model), self.tokenizer, device=self.device)
-        greedy = GenerationConfig(max_new_tokens=max(1, min(40, self.model_cfg.max_seq_len // 2)), do_sample=False)
-        for prompt in prompts:
-            text = gen.generate(prompt, greedy)
-            logger.info("sample @%d %r -> %r", self.step, prompt, text)
-            self._emit("on_sample", prompt, text)
-        self.model.train()
+        evaluation.sample(self)
 
     # ----- checkpoints (run_state.py does the work) ------------------------------------------
     def save_step_checkpoint(self) -> Path | None:

@@ -1,0 +1,141 @@
+"""Model and training configuration: dataclasses, presets and their validation.
+
+Field names are snake_case and follow Hugging Face's Llama names (`n_kv_heads`, `rope_theta`, `rms_norm_eps`)
+so users recognise them. TrainConfig is composed of one small dataclass per concern (optim, schedule,
+evaluation, checkpoints, logging, machine, guard); flat and earlier names keep working.
+
+The package: this module (ModelConfig and the presets), `train` (TrainConfig and its groups), `files` (strict
+YAML and run names); everything is importable from `minigpt.config` as before.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .files import check_run_name, load_yaml_strict
+from .train import (DEVICE_PATTERN, GUARD_RESUME_MARGIN, RENAMED_TRAIN_FIELDS, TRAIN_GROUPS, CheckpointConfig,
+                    EvalConfig, GuardConfig, LoggingConfig, MachineConfig, OptimConfig, ScheduleConfig, TrainConfig,
+                    canonical_train_fields, non_finite_fields)
+
+__all__ = ["PRESETS", "MLP_HIDDEN", "VARIANT_DEFAULTS", "ModelConfig", "TrainConfig", "OptimConfig", "ScheduleConfig",
+           "EvalConfig", "CheckpointConfig", "LoggingConfig", "MachineConfig", "GuardConfig", "TRAIN_GROUPS",
+           "RENAMED_TRAIN_FIELDS", "GUARD_RESUME_MARGIN", "DEVICE_PATTERN", "canonical_train_fields",
+           "non_finite_fields", "load_yaml_strict", "check_run_name"]
+
+# Shapes of the presets. `small` is MiniMind2-small's shape (d512, 8 layers, 8 heads, 2 KV heads).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=256),
+    "small": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=2, max_seq_len=512),
+    "medium": dict(d_model=768, n_layers=16, n_heads=12, n_kv_heads=4, max_seq_len=1024),
+}
+
+
+
+def _swiglu_hidden(d_model: int) -> int:
+    # 8/3 * d keeps the SwiGLU MLP's parameter count equal to a 4*d GELU MLP; round up to 64 for fast matmuls.
+    return 64 * math.ceil(d_model * 8 / 3 / 64)
+
+
+# relu2: 4*d (rounded up to 64); two matrices of 4*d hold about SwiGLU's parameters (three of 8/3*d): equal sizes.
+MLP_HIDDEN = {"swiglu": _swiglu_hidden, "relu2": lambda d_model: 64 * math.ceil(d_model * 4 / 64)}
+VARIANT_DEFAULTS = {"qk_norm": False, "mlp": "swiglu"}  # fields added after checkpoints existed
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 6400
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_ff: int = 0  # 0 = derived from d_model (swiglu: 8/3*d, relu2: 4*d, rounded up to 64)
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    dropout: float = 0.0
+    tie_word_embeddings: bool = True  # False: the LM head has its own matrix
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3's q_norm/k_norm)
+    mlp: str = "swiglu"  # swiglu: down(silu(gate(x)) * up(x)) | relu2: down(relu(up(x))^2)
+
+    MLPS: ClassVar[tuple[str, ...]] = ("swiglu", "relu2")
+    def __post_init__(self) -> None:
+        if not self.d_ff:  # an unknown mlp is reported by validate()
+            self.d_ff = MLP_HIDDEN.get(self.mlp, _swiglu_hidden)(self.d_model)
+        self.validate()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ValueError(f"preset: unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"model config: unknown keys {sorted(unknown)}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        # Variant switches at their default are left out: today's model keeps the config earlier code wrote and reads.
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in VARIANT_DEFAULTS and v == VARIANT_DEFAULTS[k])}
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def validate(self) -> None:
+        for key in non_finite_fields(self):
+            raise ValueError(f"{key}: expected a finite number, got {getattr(self, key)}")
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+            if int(getattr(self, key)) <= 0:
+                raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"d_model/n_heads must be even for RoPE, got head_dim={self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta: expected a positive number, got {self.rope_theta}")
+        if self.mlp not in self.MLPS:
+            raise ValueError(f"mlp: expected one of {self.MLPS}, got {self.mlp!r}")
+
+    def num_params(self) -> int:
+        """Parameter count from the shapes alone (tied embeddings counted once)."""
+        d, kv = self.d_model, self.n_kv_heads * self.head_dim
+        attn = d * d * 2 + d * kv * 2
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * self.d_ff
+        per_layer = attn + mlp + 2 * d + (2 * self.head_dim if self.qk_norm else 0)
+        head = 0 if self.tie_word_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.n_layers * per_layer + d + head
+
+    def memory_estimate(self, batch_size: int = 8, seq_len: int | None = None, bytes_per_param: int = 4) -> dict[str, float]:
+        """Rough training-memory estimate in MB: weights, grads, AdamW's two moments and activations.
+
+        Activations: about 34*T*d bytes per token per layer in 16-bit (Korthikanti et al. 2022, without the
+        5*h*T^2 attention-matrix term, which SDPA's flash kernels never store); doubled for fp32, the CPU case.
+        """
+        seq_len = seq_len or self.max_seq_len
+        n = self.num_params()
+        weights = n * bytes_per_param
+        grads = n * bytes_per_param
+        adam = 2 * n * 4
+        act_per_layer = batch_size * seq_len * 34 * self.d_model * 2
+        logits = batch_size * seq_len * self.vocab_size * 4 * 3
+        act = self.n_layers * act_per_layer + logits
+        mb = 1024 * 1024
+        return {
+            "params": n,
+            "weights_mb": weights / mb,
+            "grads_mb": grads / mb,
+            "optimizer_mb": adam / mb,
+            "activations_mb": act / mb,
+            "total_mb": (weights + grads + adam + act) / mb,
+        }
