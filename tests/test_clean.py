@@ -373,11 +373,11 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     calls = {"n": 0}
     real = pipeline._Run.process
 
-    def crashing(self, batch):
+    def crashing(self, batch, *prepared):
         calls["n"] += 1
         if calls["n"] == 5:  # after the checkpoint at 1024 records, mid-way through the next ones
             raise KeyboardInterrupt
-        return real(self, batch)
+        return real(self, batch, *prepared)
 
     monkeypatch.setattr(pipeline._Run, "process", crashing)
     with pytest.raises(KeyboardInterrupt):

@@ -25,9 +25,10 @@ class CleanConfig:
     runs before NFKC, which would map the same characters (the protected Chinese punctuation aside), so
     switching ``fullwidth_to_halfwidth`` off changes the output only when ``nfkc`` is off as well.
     Quality filters and near dedup apply to pretrain documents; dialogues get the cleaning steps,
-    ``max_chars`` (on all turns together) and exact dedup. Near dedup declares a duplicate when
-    one LSH band of the MinHash signature collides with a kept document's (no pairwise check),
-    so pairs somewhat below the threshold are sometimes caught too.
+    ``max_chars`` (on all turns together) and exact dedup. Near dedup finds candidates by LSH (many short
+    bands, so a pair at the threshold is a candidate ~99% of the time) and declares a duplicate only when
+    the Jaccard similarity estimated from the two MinHash signatures reaches the threshold, less two
+    standard deviations of the estimate (0.07 at 0.8 with 128 values).
     """
 
     data_files: list[str] = field(default_factory=list)  # user files; empty = built-in corpora
@@ -64,6 +65,9 @@ class CleanConfig:
     near_dedup_ngram: int = 5  # shingle size from 80 characters on; shorter texts get shorter ones (>= 2)
     near_dedup_num_perm: int = 128
     checkpoint_every: int = 20_000  # records between resume checkpoints
+    # worker processes for normalising, filtering and MinHash (0 = every core); inputs under 8 MB are
+    # cleaned in-process. The output is byte-identical whatever the number.
+    workers: int = 0
     progress: bool = True
 
     def validate(self) -> None:
@@ -74,7 +78,7 @@ class CleanConfig:
 
         if not isinstance(self.data_files, list) or not all(isinstance(p, (str, os.PathLike)) for p in self.data_files):
             bad("data_files", "a list of file paths")
-        for name in ("max_data_size", "min_chars"):
+        for name in ("max_data_size", "min_chars", "workers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 bad(name, "an integer >= 0")
         for name in ("max_chars", "max_line_bytes", "max_char_run", "dup_ngram_size", "near_dedup_ngram",

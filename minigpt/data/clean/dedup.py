@@ -1,8 +1,10 @@
 """Duplicate detection: dedup keys and hashes, a compact hash set, MinHash with banded LSH.
 
-Exact dedup compares a 64-bit hash of the document's dedup key; near dedup declares a duplicate
-when one LSH band of the MinHash signature collides with a kept document's band. The same hash
-also picks the train/val side of a document.
+Exact dedup compares a 64-bit hash of the document's dedup key. Near dedup looks up the LSH bands of
+the MinHash signature (many short bands: a high-recall candidate search, ``lsh_verified_params``) and
+accepts a candidate only when the Jaccard similarity estimated from the two signatures is above the
+threshold (``MinHashLSH.similarity``; see ``near.NearDedup``). The same hash also picks the train/val side
+of a document.
 """
 
 from __future__ import annotations
@@ -152,6 +154,25 @@ def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
     return best
 
 
+def verify_margin(num_perm: int, threshold: float) -> float:
+    """Two standard deviations of a MinHash Jaccard estimate at ``threshold``: a pair truly at the threshold
+    passes verification at ``threshold - margin`` ~98% of the time."""
+    return 2.0 * float(np.sqrt(threshold * (1.0 - threshold) / num_perm))
+
+
+@functools.lru_cache(maxsize=32)
+def lsh_verified_params(num_perm: int, threshold: float, recall: float = 0.99) -> tuple[int, int]:
+    """(bands, rows) for LSH followed by verification: the fewest bands (memory: one table entry per band
+    per kept document) that make a pair at the verification bar ``threshold - verify_margin`` a candidate
+    with probability >= ``recall``, preferring 4 rows per band (fewer chance candidates) over 3, 2, 1."""
+    t = threshold - verify_margin(num_perm, threshold)
+    for r in (4, 3, 2, 1):
+        for b in range(1, num_perm // r + 1):
+            if 1.0 - (1.0 - t ** r) ** b >= recall:
+                return b, r
+    return num_perm, 1
+
+
 def shingle_size(length: int, ngram: int) -> int:
     """Characters per shingle for a text of ``length`` characters: ``ngram`` from 16*ngram characters on,
     less for shorter texts (one per 16 characters, at least 2). A one-character edit changes up to n of
@@ -161,14 +182,16 @@ def shingle_size(length: int, ngram: int) -> int:
 
 
 class MinHashLSH:
-    """MinHash over character n-gram shingles, banded LSH; a document is a near duplicate when one
-    of its band keys was produced by an earlier kept document. Shorter documents get shorter shingles
+    """MinHash over character n-gram shingles, banded LSH for candidates, one-byte sketches of the signature
+    for verification (b-bit MinHash, Li and König 2010: the low 8 bits of each value). Shorter documents get shorter shingles
     (``shingle_size``), each size hashed apart, so a small edit of a short text is still caught; an edit
     that moves a text across a size boundary (a multiple of 16 characters) is not."""
 
     def __init__(self, num_perm: int, threshold: float, ngram: int, seed: int = 1234):
         self.num_perm, self.ngram = num_perm, ngram
-        self.bands, self.rows = lsh_params(num_perm, threshold)
+        self.threshold = threshold
+        self.bands, self.rows = lsh_verified_params(num_perm, threshold)
+        self.accept = threshold - verify_margin(num_perm, threshold)  # the verification bar
         rng = np.random.default_rng(seed)
         self.a32 = rng.integers(1, 2**32, size=num_perm, dtype=np.uint32) | np.uint32(1)  # odd: a bijection
         self.b32 = rng.integers(0, 2**32, size=num_perm, dtype=np.uint32)
@@ -210,3 +233,15 @@ class MinHashLSH:
         keys = mix64(keys)
         keys[keys == 0] = 1
         return keys
+
+    @staticmethod
+    def sketch(sig: np.ndarray) -> np.ndarray:
+        """(n, num_perm) uint8: the low byte of each MinHash value, what verification compares."""
+        return (sig & np.uint32(0xFF)).astype(np.uint8)
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Estimated Jaccard similarity of sketch rows ``a`` and ``b`` (broadcast over leading axes): the share
+        of equal bytes, less the 1/256 chance that two different values share their low byte."""
+        m = (a == b).mean(axis=-1)
+        return (m - 1.0 / 256) / (1.0 - 1.0 / 256)

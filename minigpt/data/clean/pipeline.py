@@ -17,18 +17,18 @@ import time
 from dataclasses import asdict
 from json.encoder import encode_basestring as _encode_str  # C, ensure_ascii=False flavour
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ...atomic import atomic_write_text
 from .. import sources as S
 from ..normalize import NORMALIZE_VERSION, VERSION_KEY
-from .cleaner import Cleaner
 from .config import CleanConfig
-from .dedup import HashSet64, MinHashLSH, chat_dedup_key, dedup_key, is_val, text_hash
-from .filters import check_chat_length, check_text_length
+from .dedup import HashSet64, MinHashLSH, is_val
+from .near import NearDedup
 from .outputs import ensure_val_split
+from .prepare import MIN_POOL_BYTES, BatchPool, Prepared, resolve_workers
 from .reasons import EXACT_DUPLICATE, NEAR_DUPLICATE, REASONS, STEPS
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ OUTPUTS = {"train": "train.jsonl", "val": "val.jsonl", "sft": "sft.jsonl", "sft_
            "rejects": "rejects.jsonl"}
 # dedup key logs (the tables are rebuilt from them on resume) and, beside each, where every key was first seen
 KEYLOGS = {"exact": ".exact_keys.bin", "lsh": ".lsh_keys.bin", "exact_where": ".exact_where.bin",
-           "lsh_where": ".lsh_where.bin"}
+           "lsh_where": ".lsh_where.bin", "lsh_sketch": ".lsh_sketches.bin"}
+DEDUP_FORMAT = 2  # the layout of the key logs (a checkpoint in another layout is not resumed)
 _LINE_BITS = 40  # a "where" value: (source index + 1) << 40 | line
 STATE_FILE = ".clean_state.json"
 BATCH = 512
@@ -45,8 +46,8 @@ HIST_BINS = 24  # length histogram bins: [0], [1], [2,4), [4,8), ... by bit leng
 
 # a verdict on one record: ("reject", reason, detail), ("cap",) or (kind, value, nchars) to keep
 Verdict = tuple
-# a record that passed the filters: (source, item, kind, value, dedup hash, nchars)
-Candidate = tuple[S.Source, S.Item, str, Any, int, int]
+# a record that passed the filters: (source, item, kind, value, dedup hash, nchars, LSH row or -1)
+Candidate = tuple[S.Source, S.Item, str, Any, int, int, int]
 
 
 def run_cleaning(cfg: CleanConfig, out_dir: str | Path, resume: bool = True) -> dict:
@@ -109,10 +110,10 @@ def _sources(cfg: CleanConfig) -> list[S.Source]:
 def _fingerprint(cfg: CleanConfig, srcs: list[S.Source]) -> str:
     """What a checkpoint must match to be resumed: the config (display options aside) and the input files."""
     d = asdict(cfg)
-    d.pop("progress", None)
-    d.pop("checkpoint_every", None)
+    for k in ("progress", "checkpoint_every", "workers"):  # the output does not depend on these
+        d.pop(k, None)
     files = [(s.path, s.fmt, os.path.getsize(s.path)) for s in srcs]
-    return hashlib.sha256(json.dumps([d, files], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([d, files, DEDUP_FORMAT], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _new_stats(cfg: CleanConfig, srcs: list[S.Source]) -> dict:
@@ -172,19 +173,13 @@ def _run_source(run: "_Run", si: int, src: S.Source, start: tuple[int, int], bar
         logger.info("max_data_size reached; skipping %s", src.path)
         return
     logger.info("reading %s (%s)", src.path, src.name)
-    batch: list[tuple[S.Source, S.Item]] = []
     since = 0
     by_bytes = src.fmt in ("jsonl", "lines", "txt")  # there ``pos`` is a byte offset
     done = start[0] if by_bytes else 0
-    for item in S.iter_source(src, text_column=cfg.text_column, max_line_bytes=cfg.max_line_bytes,
-                              start_pos=start[0], start_line=start[1], counters=stats["steps"]):
-        batch.append((src, item))
-        if len(batch) < BATCH:
-            continue
-        run.process(batch)
+    for (batch, counts), prep in run.pool.map(_read_batches(cfg, src, start)):
+        run.process(batch, prep, counts)
         since += len(batch)
         last = batch[-1][1]
-        batch = []
         if by_bytes:
             bar.update(last.pos - done)
             done = last.pos
@@ -196,12 +191,30 @@ def _run_source(run: "_Run", si: int, src: S.Source, start: tuple[int, int], bar
         if seen and all(run.full(k) for k in seen):
             logger.info("max_data_size reached; stopping %s at line %d", src.path, last.line)
             break
-    if batch:
-        run.process(batch)
     if src.name == src.path:  # a user file: must have given something usable
         _check_file(stats, src)
     bar.update(max(0, os.path.getsize(src.path) - done))
     run.checkpoint(si + 1, 0, 0)
+
+
+def _read_batches(cfg: CleanConfig, src: S.Source, start: tuple[int, int]) -> Iterator[tuple[tuple, list]]:
+    """((batch of (source, item), reader step counts of the batch), the records a worker prepares)."""
+    counters: dict[str, int] = {}
+    batch: list[tuple[S.Source, S.Item]] = []
+    items = S.iter_source(src, text_column=cfg.text_column, max_line_bytes=cfg.max_line_bytes,
+                          start_pos=start[0], start_line=start[1], counters=counters)
+    for item in items:
+        batch.append((src, item))
+        if len(batch) >= BATCH:
+            yield (batch, dict(counters)), _records(batch)
+            batch = []
+            counters.clear()  # the reader keeps counting into the same dict
+    if batch:
+        yield (batch, dict(counters)), _records(batch)
+
+
+def _records(batch: list[tuple[S.Source, S.Item]]) -> list:
+    return [(item.kind, item.value, src.pos_tagged) for src, item in batch if item.kind != "reject"]
 
 
 def _check_file(stats: dict, src: S.Source) -> None:
@@ -247,11 +260,11 @@ class _Run:
     def __init__(self, cfg: CleanConfig, out: Path, stats: dict, state: dict, srcs: list[S.Source]):
         self.cfg, self.out, self.stats, self.state = cfg, out, stats, state
         self.srcs, self.src_index = srcs, {(s.path, s.fmt): i for i, s in enumerate(srcs)}
-        self.cleaner = Cleaner(cfg, stats["steps"])
         self.exact = HashSet64(values=True)
-        self.lsh = MinHashLSH(cfg.near_dedup_num_perm, cfg.near_dedup_threshold, cfg.near_dedup_ngram) \
+        self.near = NearDedup(MinHashLSH(cfg.near_dedup_num_perm, cfg.near_dedup_threshold, cfg.near_dedup_ngram)) \
             if cfg.near_dedup else None
-        self.lsh_table = HashSet64(values=True)
+        workers = resolve_workers(cfg.workers)
+        self.pool = BatchPool(cfg, workers if stats["input_bytes"] >= MIN_POOL_BYTES else 1)
         self.files: dict[str, Any] = {}
         self.cap = cfg.max_data_size or None
         self.t0, self.elapsed0 = time.perf_counter(), stats["elapsed_s"]
@@ -270,8 +283,8 @@ class _Run:
             self.files[key] = open(path, "ab", buffering=1 << 20)
         if sizes is not None:  # rebuild the dedup tables from their logs
             self.exact.add(*_read_log(names["exact"], names["exact_where"]))
-            if self.lsh is not None:
-                self.lsh_table.add(*_read_log(names["lsh"], names["lsh_where"]))
+            if self.near is not None:
+                self.near.rebuild(names)
         self.t0 = time.perf_counter()
 
     def sizes(self) -> dict[str, int]:
@@ -283,6 +296,7 @@ class _Run:
         for f in self.files.values():
             f.close()
         self.files = {}
+        self.pool.close()
 
     def stop_clock(self) -> None:
         self.stats["elapsed_s"] = self.elapsed0 + time.perf_counter() - self.t0
@@ -343,78 +357,62 @@ class _Run:
         ss[split] += 1
 
     # ---- one batch of records
-    def process(self, batch: list[tuple[S.Source, S.Item]]) -> None:
-        """One batch (all from one source): normalise, judge, then dedup and write in record order."""
-        normed = iter(self.cleaner.normalize_batch(*_texts_to_normalize(batch)))
-        verdicts = self._judge(batch, normed)
-        if self.cfg.quality_filter:
-            self._apply_quality(verdicts)
-        cands = self._account(batch, verdicts)
+    def process(self, batch: list[tuple[S.Source, S.Item]], prep: Prepared, counts: dict[str, int]) -> None:
+        """One prepared batch (all from one source): count, apply the cap, then dedup and write in record order."""
+        steps = self.stats["steps"]
+        for d in (counts, prep.steps):
+            for k, v in d.items():
+                if v:
+                    steps[k] = steps.get(k, 0) + v
+        verdicts = self._judge(batch, prep.verdicts)
+        cands = self._account(batch, verdicts, prep)
         if cands:
-            self._dedup_and_keep(cands)
+            self._dedup_and_keep(cands, prep)
 
-    def _judge(self, batch: list[tuple[S.Source, S.Item]], normed: Any) -> list[Verdict]:
-        """Count the batch's records and give each a verdict from its cleaned text, the cap and the lengths."""
+    def _judge(self, batch: list[tuple[S.Source, S.Item]], prepared: list[tuple]) -> list[Verdict]:
+        """Count the batch's records; the verdict of each: the reader's reject, the cap, or the worker's."""
         st = self.stats
         src = batch[0][0]  # a batch never spans two sources
         st["records"] += len(batch)
         _source_stats(st, src)["records"] += len(batch)
         fst = st["files"].setdefault(src.path, {"records": 0, "parsed": 0})
         fst["records"] += len(batch)
+        full = {"text": self.full("text"), "chat": self.full("chat")}
         verdicts: list[Verdict] = []
+        it = iter(prepared)
         for _, item in batch:
             if item.kind == "reject":
                 verdicts.append(("reject", item.value, getattr(item.value, "detail", "")))
                 continue
             fst["parsed"] += 1
             fst[item.kind] = fst.get(item.kind, 0) + 1  # which kinds this file holds (for the cap)
-            if item.kind == "text":
-                verdicts.append(self._judge_text(next(normed)))
-            else:
-                verdicts.append(self._judge_chat([{"role": t["role"], "content": next(normed)} for t in item.value]))
+            v = next(it)
+            verdicts.append(("cap",) if full[item.kind] else v)
         return verdicts
 
-    def _judge_text(self, text: str) -> Verdict:
-        if self.full("text"):
-            return ("cap",)
-        reason, detail = check_text_length(text, self.cfg)
-        return ("reject", reason, detail) if reason else ("text", text, len(text))
-
-    def _judge_chat(self, turns: list[dict]) -> Verdict:
-        nchars = sum(len(t["content"]) for t in turns)
-        if self.full("chat"):
-            return ("cap",)
-        reason, detail = check_chat_length(turns, nchars, self.cfg)
-        return ("reject", reason, detail) if reason else ("chat", turns, nchars)
-
-    def _apply_quality(self, verdicts: list[Verdict]) -> None:
-        """Quality filters, vectorised over the batch's surviving documents, applied in record order."""
-        idx = [i for i, r in enumerate(verdicts) if r[0] == "text"]
-        for i, (reason, detail) in zip(idx, self.cleaner.quality_batch([verdicts[i][1] for i in idx])):
-            if reason:
-                verdicts[i] = ("reject", reason, detail)
-
-    def _account(self, batch: list[tuple[S.Source, S.Item]], verdicts: list[Verdict]) -> list[Candidate]:
+    def _account(self, batch: list[tuple[S.Source, S.Item]], verdicts: list[Verdict], prep: Prepared
+                 ) -> list[Candidate]:
         """Write rejects and count over-cap records in record order; the rest become dedup candidates."""
         cands: list[Candidate] = []
+        row_of = {k: r for r, k in enumerate(prep.text_rows)}  # parsed record -> its LSH row
+        k = -1
         for (src, item), r in zip(batch, verdicts):
+            k += item.kind != "reject"
             if r[0] == "reject":
                 self.reject(src, item.line, r[1], item.excerpt, r[2])
             elif r[0] == "cap":
                 self.over_cap(src)
-            elif r[0] == "text":
-                cands.append((src, item, "text", r[1], text_hash(dedup_key(r[1])), r[2]))
             else:
-                cands.append((src, item, "chat", r[1], text_hash(chat_dedup_key(r[1])), r[2]))
+                cands.append((src, item, r[0], r[1], prep.hashes[k], r[2], row_of.get(k, -1)))
         return cands
 
-    def _dedup_and_keep(self, cands: list[Candidate]) -> None:
+    def _dedup_and_keep(self, cands: list[Candidate], prep: Prepared) -> None:
         """Drop exact and near duplicates (of earlier records, this batch's included); keep the rest."""
         dup, dup_of = self._exact_duplicates(cands)
-        band, near_prev = self._band_lookup(cands, dup)
-        seen_in_batch: dict[int, int] = {}  # band key -> where, for this batch's kept documents
-        kept_bands, kept_where = [], []
-        for i, (src, item, kind, value, h, nchars) in enumerate(cands):
+        near = self.near if prep.bands is not None else None
+        if near is not None:
+            near.start_batch(prep.bands, prep.sketches)
+        for i, (src, item, kind, value, h, nchars, row) in enumerate(cands):
             if dup[i]:
                 self.stats["exact_duplicates"] += 1
                 self.reject(src, item.line, EXACT_DUPLICATE, item.excerpt,
@@ -423,24 +421,18 @@ class _Run:
             if self.full(kind):
                 self.over_cap(src)
                 continue
-            if band is not None and kind == "text":
-                keys = band[i].tolist()
-                prev = near_prev[i] or next((seen_in_batch[k] for k in keys if k in seen_in_batch), 0)
+            if near is not None and row >= 0:
+                prev = near.duplicate_of(row)
                 if prev:
                     self.stats["near_duplicates"] += 1
                     self.reject(src, item.line, NEAR_DUPLICATE, item.excerpt,
-                                f"shares a MinHash band with {self.describe_where(prev)} (estimated character-shingle "
-                                f"Jaccard similarity near or above {self.cfg.near_dedup_threshold})")
+                                f"near duplicate of {self.describe_where(prev)} (estimated character-shingle "
+                                f"Jaccard similarity at or above {self.cfg.near_dedup_threshold})")
                     continue
-                w = self.where(src, item.line)
-                seen_in_batch.update((k, w) for k in keys)
-                kept_bands.append(band[i])
-                kept_where.append(np.full(len(keys), w, dtype=np.uint64))
+                near.keep(row, self.where(src, item.line))
             self.keep(src, kind, value, h, nchars)
-        if kept_bands:
-            new = self.lsh_table.add(np.concatenate(kept_bands), np.concatenate(kept_where))
-            new.tofile(self.files["lsh"])
-            self.lsh_table.last_added_values.tofile(self.files["lsh_where"])
+        if near is not None:
+            near.end_batch(self.files)
 
     def _exact_duplicates(self, cands: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:
         """A bool per candidate and, for a duplicate, where its text was first seen; the new hashes go
@@ -463,18 +455,6 @@ class _Run:
         self.exact.last_added_values.tofile(self.files["exact_where"])
         return dup, dup_of
 
-    def _band_lookup(self, cands: list[Candidate], dup: np.ndarray) -> tuple[dict | None, dict | None]:
-        """LSH band keys of the non-duplicate texts, and whether one of them was kept before this batch."""
-        text_rows = [i for i, c in enumerate(cands) if c[2] == "text" and not dup[i]]
-        if self.lsh is None or not text_rows:
-            return None, None
-        sig = self.lsh.signatures([dedup_key(cands[i][3]) for i in text_rows])
-        band = dict(zip(text_rows, self.lsh.band_keys(sig)))
-        found = self.lsh_table.get(np.concatenate([band[i] for i in text_rows]))
-        # where the first colliding band's document was (0: no collision)
-        found = found.reshape(len(text_rows), self.lsh.bands).max(axis=1)
-        return band, dict(zip(text_rows, found.tolist()))
-
 
 def _read_log(keys_path: Path, where_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A dedup key log and its "where" log (a checkpoint from before the where logs existed: duplicates
@@ -484,17 +464,3 @@ def _read_log(keys_path: Path, where_path: Path) -> tuple[np.ndarray, np.ndarray
     if where is None or where.size != keys.size:
         where = np.ones(keys.size, dtype=np.uint64)  # non-zero: "seen", at an unknown place
     return keys, where
-
-
-def _texts_to_normalize(batch: list[tuple[S.Source, S.Item]]) -> tuple[list[str], list[bool]]:
-    """Every text and dialogue turn of a batch, and whether each is POS tagged, for one normalize call."""
-    raw: list[str] = []
-    tagged: list[bool] = []
-    for src, item in batch:
-        if item.kind == "text":
-            raw.append(item.value)
-            tagged.append(src.pos_tagged)
-        elif item.kind == "chat":
-            raw += [t["content"] for t in item.value]
-            tagged += [False] * len(item.value)
-    return raw, tagged

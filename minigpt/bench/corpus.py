@@ -1,0 +1,212 @@
+"""A MiniMind-style ``pretrain.jsonl`` of any size from the built-in corpora, with known duplicates.
+
+The expansion, deterministic for a given seed:
+
+- Pools: People's Daily (POS tags stripped) split into sentences at 。！？ (long documents are made of
+  these) and the product-review lines (short documents).
+- Each output line is, in order of the draws:
+  * an exact duplicate (probability ``exact_rate``) of an earlier original line, picked uniformly from
+    a reservoir of recent originals;
+  * a near duplicate (``near_rate``) of an earlier original: characters edited at ``edit_rate`` per
+    character (at least one edit), each edit a substitution, an insertion or a deletion with equal odds,
+    new characters drawn from the corpus's own characters;
+  * otherwise an original: with probability ``short_fraction`` a short document (2-3 review lines,
+    joined by "，"), else a long one (4-20 news sentences, paragraphs of 2-5 sentences split by "\\n").
+  Recombining sentences makes the originals distinct from each other: two originals share a sentence
+  now and then, but sharing most of their text (a real near duplicate) has a negligible chance.
+- Ground truth beside it (``<name>.truth.jsonl``): one line per injected duplicate,
+  ``{"line": L, "kind": "exact"|"near", "of": M, "edits": E}`` (1-based line numbers; M is an original).
+
+Memory is bounded (the pools, ~20 MB, and a reservoir of 4096 recent originals); lines are streamed to
+a ``.partial`` file renamed at the end, so a stopped run never leaves a file that looks complete.
+
+    python -m minigpt.bench.corpus out.jsonl --size-mb 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+from dataclasses import asdict, dataclass
+from json.encoder import encode_basestring as _encode_str
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RESERVOIR = 4096  # recent originals a duplicate may copy
+_SENTENCE_END = re.compile(r"(?<=[。！？])")
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """What the generated corpus depends on (its cache key)."""
+
+    size_mb: float = 1024.0
+    seed: int = 0
+    exact_rate: float = 0.03
+    near_rate: float = 0.03
+    edit_rate: float = 0.01  # edits per character of a near duplicate (at least one)
+    short_fraction: float = 0.3
+
+    def key(self) -> str:
+        return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in asdict(self).items())
+
+
+def _pools() -> tuple[list[str], list[str], str]:
+    """(news sentences, review lines, the characters to draw edits from)."""
+    from ..data.sources import peoples_daily_path, review_paths, strip_pos_tags
+
+    news: list[str] = []
+    with open(peoples_daily_path(), encoding="utf-8", errors="replace") as f:
+        for line in f:
+            text = strip_pos_tags(line).strip()
+            news += [s for s in _SENTENCE_END.split(text) if len(s) >= 6]
+    reviews: list[str] = []
+    for p in review_paths():
+        with open(p, encoding="utf-8", errors="replace") as f:
+            reviews += [s for s in (ln.strip() for ln in f) if 6 <= len(s) <= 60]
+    alphabet = "".join(sorted({c for s in news[:20000] for c in s if "\u4e00" <= c <= "\u9fff"}))
+    return news, reviews, alphabet
+
+
+def _original(rng: random.Random, news: list[str], reviews: list[str], short_fraction: float) -> str:
+    if rng.random() < short_fraction:
+        return "，".join(rng.choice(reviews) for _ in range(rng.randint(2, 3)))
+    sents = [rng.choice(news) for _ in range(rng.randint(4, 20))]
+    paras, i = [], 0
+    while i < len(sents):
+        k = rng.randint(2, 5)
+        paras.append("".join(sents[i:i + k]))
+        i += k
+    return "\n".join(paras)
+
+
+def edit_text(rng: random.Random, text: str, rate: float, alphabet: str) -> tuple[str, int]:
+    """``text`` with round(rate * len) (at least one) random substitutions, insertions or deletions;
+    returns (edited text, number of edits)."""
+    chars = list(text)
+    n = max(1, round(rate * len(chars)))
+    for _ in range(n):
+        op = rng.randrange(3)
+        i = rng.randrange(len(chars))
+        if op == 0:
+            chars[i] = rng.choice(alphabet)
+        elif op == 1:
+            chars.insert(i, rng.choice(alphabet))
+        elif len(chars) > 2 and chars[i] != "\n":
+            del chars[i]
+        else:
+            chars[i] = rng.choice(alphabet)
+    return "".join(chars), n
+
+
+def generate_corpus(path: str | os.PathLike, spec: CorpusSpec = CorpusSpec()) -> dict:
+    """Write ``path`` (about ``spec.size_mb`` MB of ``{"text": ...}`` lines) and its truth sidecar;
+    returns counts. The same spec always gives the same bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    truth_path = truth_path_for(path)
+    news, reviews, alphabet = _pools()
+    rng = random.Random(spec.seed)
+    target = int(spec.size_mb * 1e6)
+    counts = {"lines": 0, "exact": 0, "near": 0, "original": 0, "bytes": 0}
+    recent: list[tuple[int, str]] = []  # (line, text) of recent originals
+    tmp, ttmp = path.with_name(path.name + ".partial"), truth_path.with_name(truth_path.name + ".partial")
+    with open(tmp, "w", encoding="utf-8", buffering=1 << 22) as f, \
+            open(ttmp, "w", encoding="utf-8", buffering=1 << 20) as tf:
+        while counts["bytes"] < target:
+            lineno = counts["lines"] + 1
+            r = rng.random()
+            if recent and r < spec.exact_rate + spec.near_rate:
+                of, src = recent[rng.randrange(len(recent))]
+                kind = "exact" if r < spec.exact_rate else "near"
+                text, edits = (src, 0) if kind == "exact" else edit_text(rng, src, spec.edit_rate, alphabet)
+                tf.write(json.dumps({"line": lineno, "kind": kind, "of": of, "edits": edits}) + "\n")
+            else:
+                kind, text = "original", _original(rng, news, reviews, spec.short_fraction)
+                if len(recent) < RESERVOIR:
+                    recent.append((lineno, text))
+                else:
+                    recent[rng.randrange(RESERVOIR)] = (lineno, text)
+            line = '{"text": ' + _encode_str(text) + "}\n"
+            f.write(line)
+            counts["bytes"] += len(line.encode("utf-8"))
+            counts["lines"] += 1
+            counts[kind] += 1
+    os.replace(ttmp, truth_path)
+    os.replace(tmp, path)
+    logger.info("generated %s: %s", path, counts)
+    return counts
+
+
+def truth_path_for(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".truth.jsonl")
+
+
+def cached_corpus(folder: str | os.PathLike, spec: CorpusSpec) -> Path:
+    """The corpus of ``spec`` under ``folder`` (named by the spec), generated only when missing."""
+    path = Path(folder) / f"pretrain_{spec.key()}.jsonl"
+    if not (path.is_file() and truth_path_for(path).is_file()):
+        generate_corpus(path, spec)
+    return path
+
+
+def read_truth(path: str | os.PathLike) -> dict[int, tuple[str, int]]:
+    """line -> (kind, line it duplicates) from a truth sidecar."""
+    out: dict[int, tuple[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for ln in f:
+            d = json.loads(ln)
+            out[d["line"]] = (d["kind"], d["of"])
+    return out
+
+
+def dedup_scores(truth_file: str | os.PathLike, rejects_file: str | os.PathLike, source: str) -> dict:
+    """Precision and recall of the cleaning run's duplicate rejects against the injected truth.
+
+    Recall counts the injected duplicates whose original was kept (an original rejected by a quality filter
+    leaves nothing to be a duplicate of); a flag is a true positive when the line was injected as a duplicate
+    (of either kind), since an exact copy caught by near dedup or a near copy that became exact are both right.
+    """
+    truth = read_truth(truth_file)
+    flagged: dict[str, set[int]] = {"exact_duplicate": set(), "near_duplicate": set()}
+    rejected: set[int] = set()
+    with open(rejects_file, encoding="utf-8") as f:
+        for ln in f:
+            d = json.loads(ln)
+            if os.path.abspath(d["file"]) != os.path.abspath(source):
+                continue
+            rejected.add(d["line"])
+            if d["reason"] in flagged:
+                flagged[d["reason"]].add(d["line"])
+    out: dict = {}
+    for kind, reason in (("exact", "exact_duplicate"), ("near", "near_duplicate")):
+        want = {ln for ln, (k, of) in truth.items() if k == kind and of not in rejected}
+        got = flagged[reason]
+        hits = len(got & {ln for ln in truth})
+        caught = len(want & (flagged["exact_duplicate"] | flagged["near_duplicate"]))
+        out[kind] = {"injected": len(want), "flagged": len(got), "recall": round(caught / max(1, len(want)), 4),
+                     "precision": round(hits / max(1, len(got)), 4), "false_positives": len(got) - hits}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m minigpt.bench.corpus", description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", help="the .jsonl to write (its truth goes beside it as .truth.jsonl)")
+    ap.add_argument("--size-mb", type=float, default=1024.0)
+    ap.add_argument("--quick", action="store_true", help="50 MB")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    spec = CorpusSpec(size_mb=50.0 if args.quick else args.size_mb, seed=args.seed)
+    print(json.dumps(generate_corpus(args.out, spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

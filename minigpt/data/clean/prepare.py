@@ -1,0 +1,152 @@
+"""The per-batch work that needs no run state, done by worker processes: normalise, length limits, quality
+filters, dedup hashes, MinHash band keys and sketches.
+
+The parent reads the input, hands batches out and takes the results back in input order (``BatchPool``), then
+does everything that depends on earlier records (the cap, exact and near dedup, writing, checkpoints). So the
+output does not depend on the number of workers, and a resumed run is exact. At most ``2 * workers`` batches
+are in flight, so memory does not grow with the input.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .cleaner import Cleaner
+from .config import CleanConfig
+from .dedup import MinHashLSH, chat_dedup_key, dedup_key, text_hash
+from .filters import check_chat_length, check_text_length
+from .reasons import STEPS
+
+logger = logging.getLogger(__name__)
+
+MIN_POOL_BYTES = 8_000_000  # smaller inputs are cleaned in-process: starting workers would cost more
+
+# one parsed record as a worker sees it: (kind "text" | "chat", value, POS tagged)
+Record = tuple[str, Any, bool]
+
+
+@dataclass
+class Prepared:
+    """A batch's results, one entry per record in order: a verdict ``("reject", reason, detail)`` or
+    ``(kind, cleaned value, nchars)``, the dedup hash of a kept-so-far record (0 otherwise), and for the
+    texts that passed (rows ``text_rows``) their LSH band keys and sketches when near dedup is on."""
+
+    verdicts: list[tuple]
+    hashes: list[int]
+    text_rows: list[int]
+    bands: np.ndarray | None
+    sketches: np.ndarray | None
+    steps: dict[str, int]
+
+
+class Preparer:
+    """Prepares batches for one config (built once per worker process)."""
+
+    def __init__(self, cfg: CleanConfig):
+        self.cfg = cfg
+        self.lsh = MinHashLSH(cfg.near_dedup_num_perm, cfg.near_dedup_threshold, cfg.near_dedup_ngram) \
+            if cfg.near_dedup else None
+
+    def __call__(self, records: list[Record]) -> Prepared:
+        steps = {k: 0 for k in STEPS}
+        cleaner = Cleaner(self.cfg, steps)
+        raw, tagged = texts_to_normalize(records)
+        normed = iter(cleaner.normalize_batch(raw, tagged))
+        verdicts: list[tuple] = []
+        for kind, value, _ in records:
+            if kind == "text":
+                text = next(normed)
+                reason, detail = check_text_length(text, self.cfg)
+                verdicts.append(("reject", reason, detail) if reason else ("text", text, len(text)))
+            else:
+                turns = [{"role": t["role"], "content": next(normed)} for t in value]
+                nchars = sum(len(t["content"]) for t in turns)
+                reason, detail = check_chat_length(turns, nchars, self.cfg)
+                verdicts.append(("reject", reason, detail) if reason else ("chat", turns, nchars))
+        if self.cfg.quality_filter:
+            idx = [i for i, v in enumerate(verdicts) if v[0] == "text"]
+            for i, (reason, detail) in zip(idx, cleaner.quality_batch([verdicts[i][1] for i in idx])):
+                if reason:
+                    verdicts[i] = ("reject", reason, detail)
+        hashes = [text_hash(dedup_key(v[1]) if v[0] == "text" else chat_dedup_key(v[1])) if v[0] != "reject" else 0
+                  for v in verdicts]
+        rows = [i for i, v in enumerate(verdicts) if v[0] == "text"]
+        bands = sketches = None
+        if self.lsh is not None and rows:
+            sig = self.lsh.signatures([dedup_key(verdicts[i][1]) for i in rows])
+            bands, sketches = self.lsh.band_keys(sig), self.lsh.sketch(sig)
+        return Prepared(verdicts, hashes, rows, bands, sketches, steps)
+
+
+def texts_to_normalize(records: list[Record]) -> tuple[list[str], list[bool]]:
+    """Every text and dialogue turn of a batch, and whether each is POS tagged, for one normalize call."""
+    raw: list[str] = []
+    tagged: list[bool] = []
+    for kind, value, pos_tagged in records:
+        if kind == "text":
+            raw.append(value)
+            tagged.append(pos_tagged)
+        else:
+            raw += [t["content"] for t in value]
+            tagged += [False] * len(value)
+    return raw, tagged
+
+
+def resolve_workers(workers: int) -> int:
+    """``workers`` (0 = every core of this machine)."""
+    return workers if workers > 0 else (os.cpu_count() or 1)
+
+
+_WORKER: Preparer | None = None
+
+
+def _init_worker(cfg: CleanConfig) -> None:
+    global _WORKER
+    _WORKER = Preparer(cfg)
+
+
+def _work(records: list[Record]) -> Prepared:
+    assert _WORKER is not None
+    return _WORKER(records)
+
+
+class BatchPool:
+    """``map`` over batches in input order: in this process with one worker, else in worker processes."""
+
+    def __init__(self, cfg: CleanConfig, workers: int):
+        self.workers = workers
+        self.local = Preparer(cfg) if workers <= 1 else None
+        self.pool = None
+        if workers > 1:
+            # spawn: a fresh interpreter is safe whatever threads the caller runs (a notebook kernel, torch)
+            self.pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+            logger.info("cleaning with %d worker processes", workers)
+
+    def map(self, batches: Iterable[tuple[Any, list[Record]]]) -> Iterator[tuple[Any, Prepared]]:
+        """(tag, prepared) for each (tag, records), in order; reads ahead at most 2 * workers batches."""
+        if self.pool is None:
+            for tag, records in batches:
+                yield tag, self.local(records)
+            return
+        pending: collections.deque = collections.deque()
+        for tag, records in batches:
+            pending.append((tag, self.pool.apply_async(_work, (records,))))
+            if len(pending) >= 2 * self.workers:
+                t, res = pending.popleft()
+                yield t, res.get()
+        while pending:
+            t, res = pending.popleft()
+            yield t, res.get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
