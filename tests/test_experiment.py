@@ -107,3 +107,25 @@ def test_table_and_plot_from_results(tmp_path):
     paths = write_report(tmp_path)
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["plot"].stat().st_size > 10_000
     assert "6.200 ± 0.200" in paths["table"].read_text() and not math.isnan(base["val_bpc"])
+
+
+def test_notebook_08_is_paired_with_literal_parameters_and_checked_outputs():
+    """08 is not in the 01-06 chain (notebook_tools.NOTEBOOKS); nbval runs it on its own with the ci sweep."""
+    import ast
+    from pathlib import Path
+
+    import jupytext
+    import nbformat
+
+    nb_dir = Path(__file__).resolve().parents[1] / "notebooks"
+    from_ipynb = jupytext.writes(jupytext.read(nb_dir / "08_experiments.ipynb"), fmt="py:percent")
+    assert from_ipynb == jupytext.writes(jupytext.read(nb_dir / "08_experiments.py"), fmt="py:percent"), \
+        "run `.venv/bin/jupytext --sync notebooks/08_experiments.py`"
+    nb = nbformat.read(nb_dir / "08_experiments.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert {n.targets[0].id: n.value.value for n in ast.parse(code[0].source).body} == {"sweep": "ci", "out": "", "minutes": 0.0}
+    checked = [c for c in code if "# NBVAL_CHECK_OUTPUT" in c.source]
+    assert checked and all(c.outputs for c in checked)
+    assert all(c.execution_count is not None for c in code if c.get("outputs"))
+    assert "run_sweep" in code[2].source and "# NBVAL_IGNORE_OUTPUT" in code[2].source
