@@ -9,7 +9,7 @@ STAMP := $(VENV)/.minigpt-installed
 RUN ?= runs/demo
 CONFIG ?= tiny
 
-.PHONY: setup demo test test-unit test-notebooks notebooks-outputs lab bench clean-runs
+.PHONY: setup demo align test test-unit test-notebooks notebooks-outputs lab bench clean-runs
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) -m minigpt.demo --config $(CONFIG) --run-dir $(RUN)
+
+# notebook 07 (DPO) on a finished demo run: reads $(RUN)/sft, writes $(RUN)/align
+align: setup
+	$(PY) -m minigpt.demo --config $(CONFIG) --run-dir $(RUN) --notebooks 07_align
 
 # make test: the single CI entry point (.ci/run). Each part prints its time ([time] ...).
 #  1. unit tests: fast, no notebooks

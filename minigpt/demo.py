@@ -52,6 +52,7 @@ def summary(run_dir: Path) -> str:
         ("tokens/", "train.bin / val.bin token files + meta.json"),
         ("pretrain/", "checkpoints, final_model/, metrics.jsonl, plots/"),
         ("sft/", "the chat model: final_model/, metrics.jsonl, plots/"),
+        ("align/", "the DPO-aligned model (notebook 07): final_model/, pairs/, metrics.jsonl, plots/"),
         ("samples.md", "generated samples with the parameters used"),
         ("hf/", "the model exported as a transformers Llama folder"),
         ("eval/", "benchmark items (cloze.jsonl, cloze_chat.jsonl) and results.json"),
@@ -94,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigpt.demo", description=__doc__)
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--run-dir", default="runs/demo")
+    ap.add_argument("--notebooks", nargs="+", default=list(NOTEBOOKS), metavar="NAME",
+                    help="which notebooks, in order (e.g. --notebooks 07_align after a finished demo run: DPO on it)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     run_dir = Path(args.run_dir)
     run_dir = (run_dir if run_dir.is_absolute() else repo_root() / run_dir).resolve()
     t = time.perf_counter()
     try:
-        run_notebooks(args.config, run_dir)
+        run_notebooks(args.config, run_dir, tuple(args.notebooks))
     except Exception as e:  # papermill has already written the failing notebook
         print(f"[demo] failed: {type(e).__name__}: {str(e)[:2000]}", file=sys.stderr)
         return 1

@@ -36,6 +36,7 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
     "sft": ("04_sft", ["minigpt.config:TrainConfig", "minigpt.train.sft:SFTConfig"]),
     "generate": ("05_generate", ["minigpt.infer.generate:GenerationConfig"]),
     "evaluate": ("06_evaluate", ["minigpt.eval.config:EvalConfig"]),
+    "align": ("07_align", ["minigpt.config:TrainConfig", "minigpt.train.dpo:DPOConfig"]),
 }
 
 # Parameters every notebook takes.
@@ -81,6 +82,7 @@ EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
 # Section defaults that differ from the dataclass defaults (fine-tuning: a low learning rate, warmup 100).
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"learning_rate": 3e-5, "min_lr": 3e-6, "warmup_steps": 100, "max_steps": 1000, "sample_prompts": []},
+    "align": {"learning_rate": 1e-5, "min_lr": 1e-6, "warmup_steps": 10, "max_steps": 200, "sample_prompts": []},
 }
 
 # Model-shape fields default to None: "take the preset's value" (explicit shape values override a preset).
@@ -98,9 +100,7 @@ ALIASES: dict[str, tuple[str, Any, str]] = {
     "max_seq_length": ("context_growth_to", None, "003"),
     "disable_optimizations": ("disable_speedups", None, "000"),
     "max_grad_norm": ("grad_clip", None, "004"),
-    "out_dir": ("output_dir", None, "002"),
-    "log_dir": ("output_dir", None, "003"),
-    "checkpoint_dir": ("output_dir", None, "004"),
+    **{name: ("output_dir", None, seed) for name, seed in (("out_dir", "002"), ("log_dir", "003"), ("checkpoint_dir", "004"))},
     "load_checkpoint": ("resume_from", None, "004"),
     "checkpoint_path": ("resume_from", None, "003"),
     "grad_accumulation_steps": ("accumulation_steps", None, "003"),
