@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -89,10 +90,15 @@ def write_cache(path: Path, table: dict[str, torch.Tensor], reference_sha256: st
 
     keys = torch.tensor([list(bytes.fromhex(k)) for k in table], dtype=torch.uint8).reshape(-1, 32)
     logps = torch.stack(list(table.values())) if table else torch.zeros(0, 2)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"keys": keys, "logps": logps.float().contiguous()}, str(tmp),
-              metadata={"format": CACHE_FORMAT, "reference_sha256": reference_sha256})
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # one per writer (DDP ranks)
+    os.close(fd)
+    try:
+        save_file({"keys": keys, "logps": logps.float().contiguous()}, tmp,
+                  metadata={"format": CACHE_FORMAT, "reference_sha256": reference_sha256})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def cached_reference_logps(path: str | Path, pairs: list[EncodedPair], reference_sha256: str,
