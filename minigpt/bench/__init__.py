@@ -16,6 +16,10 @@
   and a baseline server calling HF `generate` per request (aggregate tokens/s, time to first token,
   inter-token latency p50/p99, errors).
 - tokenizer: encode MB/s and training time; clean: cleaning MB/s.
+- corpus: a generated MiniMind-style pretrain.jsonl (1 GB; 50 MB with `--quick`; `--corpus-mb`) with injected
+  duplicates (minigpt/bench/corpus.py), cached in runs/bench/corpus, through 01's cleaning (near dedup off
+  and on) and 02's tokenizer training and encoding: MB/s, CPU s/MB, peak RSS of the process tree, and dedup
+  recall and precision against the injected truth.
 - time to quality (full mode): val bits per character after 10 minutes of `tiny` training, with a PNG curve.
 
 Results go to runs/bench/results.json; `--quick` (< 3 minutes) only checks that everything runs.
@@ -38,6 +42,7 @@ from .table import format_table
 from .train import TRAIN_SHAPES, bench_train, profile_step, time_to_quality, train_step_case
 from .generate import bench_generation
 from .text import bench_text_tools
+from .corpus import bench_corpus, corpus_lines
 from .serve import bench_serving
 
 
@@ -53,7 +58,7 @@ def peak_flops(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
             "gflops": flops / 1e9}
 
 
-def run(quick: bool, out_dir: Path, skip: set[str]) -> dict[str, Any]:
+def run(quick: bool, out_dir: Path, skip: set[str], corpus_mb: float | None = None) -> dict[str, Any]:
     from ..devices import set_threads
 
     set_threads(0)
@@ -73,6 +78,8 @@ def run(quick: bool, out_dir: Path, skip: set[str]) -> dict[str, Any]:
         results["serve"] = bench_serving("tiny", clients=8, new_tokens=16 if quick else 64, rounds=1 if quick else 3)
     if "text" not in skip:
         results["text"] = bench_text_tools(quick)
+    if "corpus" not in skip:  # the gigabyte corpus through cleaning, tokenizer training and encoding
+        results["corpus"] = bench_corpus(quick, out_dir, corpus_mb)
     if not quick and "ttq" not in skip:
         results["time_to_quality"] = time_to_quality(10, out_dir)
     results["total_s"] = time.perf_counter() - t0
@@ -100,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a < 3 minute run that checks the bench works")
     ap.add_argument("--out", default="runs/bench", help="folder for results.json and PNGs")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,serve,text,ttq")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,serve,text,corpus,ttq")
+    ap.add_argument("--corpus-mb", type=float, default=None,
+                    help="size of the generated corpus (default 1024, 50 with --quick)")
     ap.add_argument("--profile", metavar="PRESET", choices=sorted(TRAIN_SHAPES),
                     help="print a torch.profiler table of one minigpt training step of PRESET and exit")
     ap.add_argument("--profile-impl", default="minigpt", choices=["minigpt", "hf"], help="model for --profile")
@@ -109,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         print(profile_step(args.profile, args.profile_impl))
         return 0
-    results = run(args.quick, Path(args.out), set(filter(None, args.skip.split(","))))
+    results = run(args.quick, Path(args.out), set(filter(None, args.skip.split(","))), args.corpus_mb)
     print(format_table(results))
+    if "corpus" in results:
+        print("\n".join(corpus_lines(results["corpus"])))
     print(f"\nresults: {Path(args.out) / 'results.json'} ({results['total_s']:.0f}s)")
     return 0

@@ -31,6 +31,7 @@ import logging
 import os
 import random
 import re
+import sys
 from dataclasses import asdict, dataclass
 from json.encoder import encode_basestring as _encode_str
 from pathlib import Path
@@ -195,12 +196,120 @@ def dedup_scores(truth_file: str | os.PathLike, rejects_file: str | os.PathLike,
     return out
 
 
+# --------------------------------------------------------------------------- the make bench case
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the cleaning workers)."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def run_stage(stage: str, src: str, out: str, near: bool = False, train_mb: float = 100.0) -> dict:
+    """One measured step on the corpus, in this process: ``clean`` (01's run_cleaning) or ``tokenize``
+    (02's tokenizer training on ``out``'s cleaned data and encoding to token files)."""
+    import time
+
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    if stage == "clean":
+        from ..data.clean import CleanConfig, run_cleaning
+
+        stats = run_cleaning(CleanConfig(data_files=[src], near_dedup=near, progress=False), out, resume=False)
+        mb = os.path.getsize(src) / 1e6
+        res = {"dedup": dedup_scores(truth_path_for(src), Path(out) / "rejects.jsonl", src),
+               "kept": stats["kept"]["train"] + stats["kept"]["val"], "rejected": stats["rejected_total"]}
+    else:
+        from ..data.packing import pack_corpus
+        from ..data.tokenizer import TokenizerConfig, build_tokenizer
+
+        cfg = TokenizerConfig(retrain_tokenizer=True, tokenizer_train_mb=train_mb)
+        tok = build_tokenizer(out, Path(out) / "tokenizer", cfg)
+        t1, c1 = time.perf_counter(), _cpu_seconds()
+        meta = pack_corpus(out, tok, Path(out) / "tokens", resume=False)
+        mb = sum(m["num_bytes"] for m in meta["splits"].values()) / 1e6
+        t2, c2 = time.perf_counter(), _cpu_seconds()
+        res = {"train_s": round(t1 - t0, 1), "train_cpu_s": round(c1 - c0, 1), "encode_s": round(t2 - t1, 1),
+               "encode_cpu_s": round(c2 - c1, 1), "encode_mb_per_s": round(mb / max(t2 - t1, 1e-9), 2),
+               "encode_cpu_s_per_mb": round((c2 - c1) / mb, 3),
+               "tokens": sum(m["num_tokens"] for m in meta["splits"].values())}
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    return {"stage": stage, "near_dedup": near, "mb": round(mb, 1), "wall_s": round(wall, 1),
+            "mb_per_s": round(mb / max(wall, 1e-9), 2), "cpu_s": round(cpu, 1),
+            "cpu_s_per_mb": round(cpu / mb, 3), **res}
+
+
+def measure_stage(args: list[str]) -> dict:
+    """``run_stage`` in a subprocess, with the peak RSS of its process tree (workers included) sampled."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "minigpt.bench.corpus", "--stage", *args],
+                            stdout=subprocess.PIPE, text=True)
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            tree = [ps, *ps.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        try:
+            proc.wait(0.2)
+        except subprocess.TimeoutExpired:
+            pass
+    out = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode:
+        return {"error": f"stage {args} exited with {proc.returncode}"}
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": round(peak / 1e6)}
+
+
+def bench_corpus(quick: bool, out_dir: str | os.PathLike, size_mb: float | None = None) -> dict:
+    """The gigabyte case: generate (cached by its spec), clean with near dedup off and on, then train the
+    tokenizer and encode; each step in its own process, with wall time, MB/s, CPU s/MB and peak RSS."""
+    spec = CorpusSpec(size_mb=size_mb or (50.0 if quick else 1024.0))
+    folder = Path(out_dir) / "corpus"
+    src = cached_corpus(folder, spec)
+    res: dict = {"spec": asdict(spec), "file": str(src), "bytes": src.stat().st_size, "cpu_count": os.cpu_count()}
+    for near in (False, True):
+        res["clean_near" if near else "clean"] = measure_stage(
+            ["clean", str(src), str(folder / f"clean_{int(near)}"), "--near", str(int(near))])
+    res["tokenize"] = measure_stage(["tokenize", str(src), str(folder / "clean_1")])
+    return res
+
+
+def corpus_lines(r: dict) -> list[str]:
+    """The case's rows for the bench table."""
+    lines = ["", f"corpus {r['bytes'] / 1e6:.0f} MB ({r['file']})",
+             "  step              MB/s   wall s   CPU s/MB  peak RSS MB  dedup (exact / near: recall, precision)"]
+    for key in ("clean", "clean_near", "tokenize"):
+        s = r.get(key, {})
+        if "error" in s:
+            lines.append(f"  {key:<15} ERROR {s['error']}")
+            continue
+        d = s.get("dedup")
+        dd = f"{d['exact']['recall']:.3f}, {d['exact']['precision']:.3f} / {d['near']['recall']:.3f}, " \
+             f"{d['near']['precision']:.3f}" if d else f"encode {s['encode_mb_per_s']} MB/s, " \
+             f"{s['encode_cpu_s_per_mb']} CPU s/MB; tokenizer training {s['train_s']} s"
+        lines.append(f"  {key:<15} {s['mb_per_s']:>7.2f} {s['wall_s']:>8.1f} {s['cpu_s_per_mb']:>10.3f} "
+                     f"{s['peak_rss_mb']:>12}  {dd}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigpt.bench.corpus", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="the .jsonl to write (its truth goes beside it as .truth.jsonl)")
     ap.add_argument("--size-mb", type=float, default=1024.0)
     ap.add_argument("--quick", action="store_true", help="50 MB")
     ap.add_argument("--seed", type=int, default=0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--stage"]:  # one measured step (see measure_stage): stage src out [--near 0|1]
+        stage, src, out = argv[1:4]
+        near = argv[4:6] == ["--near", "1"]
+        print(json.dumps(run_stage(stage, src, out, near)))
+        return 0
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = CorpusSpec(size_mb=50.0 if args.quick else args.size_mb, seed=args.seed)

@@ -125,8 +125,10 @@ class BatchPool:
         self.local = Preparer(cfg) if workers <= 1 else None
         self.pool = None
         if workers > 1:
-            # spawn: a fresh interpreter is safe whatever threads the caller runs (a notebook kernel, torch)
-            self.pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+            # fork where there is one: spawn would re-import the caller's __main__ (a script without a main
+            # guard would start over); the workers only run numpy and regex code
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            self.pool = mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(cfg,))
             logger.info("cleaning with %d worker processes", workers)
 
     def map(self, batches: Iterable[tuple[Any, list[Record]]]) -> Iterator[tuple[Any, Prepared]]:

@@ -14,10 +14,16 @@ class TokenizerConfig:
     tokenizer_samples: how many documents to train on; 0 means all train documents
     (plus all SFT conversations when ``sft.jsonl`` exists). A positive value draws that many
     documents uniformly (seed 0) from train + SFT, so the sample is not just the first file lines.
+
+    tokenizer_train_mb: at most about this many MB of train + SFT text to train on (default 100; 0 = all).
+    A larger corpus is sampled line by line by a hash of the line's bytes, so the sample is spread over the
+    whole file and the same for the same data; BPE training memory grows with the text it sees, and 100 MB
+    gives the same merges at a 6400 vocabulary as far more would. Applies together with ``tokenizer_samples``.
     """
 
     tokenizer_vocab_size: int = 6400
     tokenizer_samples: int = 0
+    tokenizer_train_mb: float = 100.0
     min_frequency: int = 2
     retrain_tokenizer: bool = False
 
@@ -36,6 +42,9 @@ class TokenizerConfig:
         s = self.tokenizer_samples
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
             raise ValueError(f"tokenizer_samples: expected an int >= 0 (0 = all documents), got {s!r}")
+        mb = self.tokenizer_train_mb
+        if not isinstance(mb, (int, float)) or isinstance(mb, bool) or mb < 0:
+            raise ValueError(f"tokenizer_train_mb: expected a number of MB >= 0 (0 = all the text), got {mb!r}")
         m = self.min_frequency
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
             raise ValueError(f"min_frequency: expected an int >= 1, got {m!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,13 +22,27 @@ def require_file(path: Path, what: str = "") -> Path:
     return path
 
 
-def iter_jsonl(path: str | os.PathLike, key: str) -> Iterator[Any]:
-    """Yield ``obj[key]`` for each non-blank line; errors name the file and line."""
+def line_sampled(line: bytes, fraction: float) -> bool:
+    """Is this line in a ``fraction`` sample: a hash of its bytes decides, so the sample is spread over the
+    whole file and the same on every run."""
+    if fraction >= 1.0:
+        return True
+    h = int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little")
+    return h / 2.0 ** 64 < fraction
+
+
+def iter_jsonl(path: str | os.PathLike, key: str, fraction: float = 1.0) -> Iterator[Any]:
+    """Yield ``obj[key]`` for each non-blank line (of the lines ``line_sampled`` keeps at ``fraction``);
+    errors name the file and line."""
     path = Path(path)
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip() or not line_sampled(raw, fraction):
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason}); expected UTF-8 JSON lines") from None
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:

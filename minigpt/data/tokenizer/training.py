@@ -49,7 +49,8 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, normalize_versio
 
 
 def training_texts(data_dir: str | os.PathLike, cfg: TokenizerConfig) -> Iterator[str]:
-    """Train documents (+ SFT dialogue text when sft.jsonl exists), sampled per ``tokenizer_samples``.
+    """Train documents (+ SFT dialogue text when sft.jsonl exists), sampled per ``tokenizer_train_mb``
+    (by line hash) and ``tokenizer_samples``.
 
     SFT text is included so chat words are in the vocabulary.
     """
@@ -60,12 +61,17 @@ def training_texts(data_dir: str | os.PathLike, cfg: TokenizerConfig) -> Iterato
     if sft.is_file():
         sources.append((sft, count_lines(sft), "conversations"))
     total = sum(n for _, n, _ in sources)
+    nbytes = sum(p.stat().st_size for p, _, _ in sources)
+    fraction = min(1.0, cfg.tokenizer_train_mb * 1e6 / nbytes) if cfg.tokenizer_train_mb and nbytes else 1.0
+    if fraction < 1.0:
+        logger.info("tokenizer_train_mb=%g: training on a %.1f%% sample of %.0f MB (lines picked by hash)",
+                    cfg.tokenizer_train_mb, 100 * fraction, nbytes / 1e6)
     keep: set[int] | None = None
     if cfg.tokenizer_samples and cfg.tokenizer_samples < total:
         keep = set(random.Random(0).sample(range(total), cfg.tokenizer_samples))
     offset = 0
     for path, n, key in sources:
-        for k, item in enumerate(iter_jsonl(path, key)):
+        for k, item in enumerate(iter_jsonl(path, key, fraction)):
             if keep is None or offset + k in keep:
                 if key == "conversations":
                     item = conversation_text(item) if isinstance(item, list) else ""
