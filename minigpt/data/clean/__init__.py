@@ -4,8 +4,8 @@
     stats = run_cleaning(cfg, "runs/demo/data")
 
 Reads the sources record by record (memory does not grow with input size beyond the dedup
-tables: ~12-23 bytes per kept document for exact dedup, and as much again per LSH band, 9 by
-default, with near dedup), cleans and filters each document,
+tables: ~25-45 bytes per kept record for exact dedup and ~0.5-0.8 KB per kept document for near
+dedup, see ``near``), cleans and filters each document in worker processes (``prepare``; ``workers``),
 removes exact and near duplicates, splits train/val by a hash of the text and writes:
 
     train.jsonl, val.jsonl        {"text": ...} per line
@@ -15,14 +15,15 @@ removes exact and near duplicates, splits train/val by a hash of the text and wr
 
 Modules, in the order a record meets them: ``config`` (CleanConfig), ``normalize`` (cleaning
 steps), ``filters`` (length limits and the table of quality rules), ``dedup`` (hashes, hash set,
-MinHash/LSH), ``pipeline`` (run_cleaning, batches, checkpoints and resume), ``report`` (tables and
+MinHash/LSH), ``prepare`` (the per-batch work of the worker processes), ``near`` (verified near dedup),
+``pipeline`` (run_cleaning, batches, checkpoints and resume), ``report`` (tables and
 plots); ``reasons`` names every reject reason and step counter, ``chars`` holds the numpy views of
 a batch of texts that filters and dedup share.
 """
 
 from .cleaner import Cleaner
 from .config import CleanConfig
-from .dedup import HashSet64, MinHashLSH, chat_dedup_key, dedup_key, is_val, lsh_params, text_hash
+from .dedup import HashSet64, MinHashLSH, chat_dedup_key, dedup_key, is_val, lsh_params, lsh_verified_params, text_hash
 from .filters import QUALITY_RULES, check_chat_length, check_text_length, quality_batch
 from .normalize import normalize_batch
 from .outputs import data_plan, ensure_val_split
@@ -39,5 +40,5 @@ __all__ = [
     "REASONS", "REPEATED_CHAR_RUN", "STATE_FILE", "STEPS", "TOO_LONG", "TOO_SHORT",
     "CleanConfig", "Cleaner", "HashSet64", "MinHashLSH",
     "chat_dedup_key", "check_chat_length", "data_plan", "ensure_val_split", "check_text_length", "dedup_key", "example_rejects", "is_val",
-    "lsh_params", "normalize_batch", "plot_clean_stats", "quality_batch", "run_cleaning", "stats_table", "text_hash",
+    "lsh_params", "lsh_verified_params", "normalize_batch", "plot_clean_stats", "quality_batch", "run_cleaning", "stats_table", "text_hash",
 ]

@@ -4,7 +4,8 @@ Outputs are written under temporary names (``*.partial``) and renamed when the r
 checkpoint (``.clean_state.json``) records how far each output file and each input has got; an
 interrupted run started again truncates the outputs back to the checkpoint and carries on, so the
 result equals an uninterrupted run byte for byte. The dedup tables are rebuilt from append-only
-key logs.
+key logs. Worker processes (``prepare.BatchPool``) do the per-record work; everything that depends on
+earlier records happens here, in input order, so neither the output nor a resume depends on them.
 """
 
 from __future__ import annotations
