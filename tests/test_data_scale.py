@@ -203,3 +203,24 @@ def test_workers_validation():
     with pytest.raises(ValueError, match="workers"):
         CleanConfig(workers=-1).validate()
     assert dedup_key("A b") == "ab"
+
+
+def test_dedup_scores_counts_only_dissimilar_unexpected_flags_as_false_positives(tmp_path):
+    a = "今天天气很好，我们一起去公园散步，看见很多人在跑步。"
+    c = "会议讨论了明年的经济工作安排，提出了五项主要任务。"
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in (a, a, a, c, a + "啊")),
+                   encoding="utf-8")
+    truth_path_for(src).write_text('{"line": 2, "kind": "exact", "of": 1, "edits": 0}\n'
+                                   '{"line": 5, "kind": "near", "of": 1, "edits": 1}\n', encoding="utf-8")
+    rej = tmp_path / "rejects.jsonl"
+    rows = [(2, "exact_duplicate", f"same text (after cleaning) as {src}:1"),
+            (3, "exact_duplicate", f"same text (after cleaning) as {src}:1"),  # identical by chance: right
+            (4, "near_duplicate", f"near duplicate of {src}:1 (estimated ...)")]  # not similar: wrong
+    rej.write_text("".join(json.dumps({"file": str(src), "line": ln, "reason": r, "detail": d}) + "\n"
+                           for ln, r, d in rows), encoding="utf-8")
+    s = dedup_scores(truth_path_for(src), rej, str(src))
+    assert s["exact"] == {"injected": 1, "flagged": 2, "recall": 1.0, "not_injected": 1, "false_positives": 0,
+                          "precision": 1.0}
+    assert s["near"] == {"injected": 1, "flagged": 1, "recall": 0.0, "not_injected": 1, "false_positives": 1,
+                         "precision": 0.0}
