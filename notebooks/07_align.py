@@ -42,6 +42,7 @@ pairs_source = None            # spin (built-in pairs from the SFT model) | path
 loss_type = None               # sigmoid | ipo
 beta = None
 label_smoothing = None
+sft_weight = None              # + sft_weight * the chosen reply's token NLL (RPO); 0 = plain DPO
 learning_rate = None
 max_steps = None
 batch_size = None
@@ -148,6 +149,10 @@ Image(filename=str(save_align_figure(trainer.output_dir)))
 # %% [markdown]
 # ## SFT vs aligned vs reference, side by side
 # Greedy answers of the SFT model and of the aligned model to held-out prompts, with the reference reply.
+# Plain DPO only asks that the chosen reply gain on the rejected one; on a model this small both log-probs
+# usually fall (see the next table and `kl_ref`) and answers can grow longer and repetitive as the end-of-turn
+# token loses probability too. `sft_weight` (e.g. 0.5) adds the chosen reply's likelihood to the loss (RPO) and
+# keeps answers well-formed, at a smaller margin.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -183,3 +183,25 @@ def test_notebook_07_runs_headless_after_04(tmp_path):
 
     before = float(re.search(r"reward accuracy before DPO: ([0-9.]+)", text).group(1))
     assert 0.4 <= before <= 0.6 and "aligned (DPO)" in text
+
+
+def test_sft_weight_adds_the_chosen_replies_token_nll(tok):
+    from types import SimpleNamespace
+
+    from minigpt.align.data import pad_pairs
+    from minigpt.align.loss import dpo_losses
+    from minigpt.align.reference import sequence_logps
+    from minigpt.train.dpo import DPOConfig, DPOTrainer
+
+    enc, _, _ = encode_pairs(tok, [parse_pair(p) for p in _pairs(3)], 96)
+    model = _model(tok)
+    x, y, _ = pad_pairs(enc, tok.pad_id)
+    ref = torch.tensor([-30.0, -31.0, -32.0, -40.0, -41.0, -42.0])
+    with torch.no_grad():
+        policy = sequence_logps(model(x)[0], y)
+        plain = dpo_losses(policy[:3], policy[3:], ref[:3], ref[3:], 0.1)[0].mean()
+        fake = SimpleNamespace(dpo=DPOConfig(sft_weight=0.5), model=model, _train_sums=[])
+        got = DPOTrainer._forward_loss(fake, model, x, y, {"ref_logps": ref})
+    n_tokens = (y[:3] != -100).sum(-1)
+    assert float(got) == pytest.approx(float(plain - 0.5 * (policy[:3] / n_tokens).mean()), abs=1e-6)
+    assert fake._train_sums[0]["pairs"] == 3

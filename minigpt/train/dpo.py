@@ -13,7 +13,10 @@ path to a MiniMind ``dpo.jsonl`` / flat ``{prompt, chosen, rejected}`` JSONL (in
 
 The reference is the SFT checkpoint. Its log-probs are computed once per pair before training and cached in
 ``align/reference_logps.safetensors`` (minigpt.align.reference), so only the policy is in memory while training.
-The loss (``loss_type`` sigmoid | ipo, ``beta``, ``label_smoothing``) counts the final assistant reply only.
+The loss (``loss_type`` sigmoid | ipo, ``beta``, ``label_smoothing``) counts the final assistant reply only;
+``sft_weight`` = alpha adds alpha * the chosen reply's mean token NLL (RPO: Pang et al. 2024, "Iterative Reasoning
+Preference Optimization", eq. 2), which keeps DPO from lowering the chosen replies' likelihood along with the
+rejected ones' (and the model's ``<|im_end|>``); the eval's val_loss is the same sum.
 With ``use_lora`` the base stays frozen and checkpoints hold the adapter, as in SFT (sft.py's docstring).
 DDP: ``build_dpo_trainer(P, pairs, rank=r, world_size=n)`` gives each rank its share of every batch.
 """
@@ -32,6 +35,7 @@ from ..align.pairs import PairReport, PreferencePair, read_pairs, write_rejects
 from ..align.reference import CACHE_FILE, cached_reference_logps, reference_token_logprobs, sequence_logps
 from ..align.loss import LOSS_TYPES, dpo_losses
 from ..atomic import atomic_write_json
+from ..data.datasets import IGNORE_INDEX
 from ..model.lora import LORA_TARGETS, count_trainable, inject_lora
 from ..params import ParameterError, Params, jsonable, validate_dataclass
 from . import checkpoint as ckpt
@@ -53,6 +57,7 @@ class DPOConfig:
     loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo
     beta: float = 0.1
     label_smoothing: float = 0.0  # conservative DPO: the share of preference labels assumed flipped
+    sft_weight: float = 0.0  # + sft_weight * the chosen reply's per-token NLL (RPO); keeps the chosen replies likely
     eval_pairs: int = 32  # held-out pairs for the metrics
     max_pairs: int = 0  # training pairs at most (0 = all)
     kl_pairs: int = 16  # held-out replies the KL to the reference is measured on (0 = off)
@@ -76,6 +81,8 @@ class DPOConfig:
             raise ValueError(f"beta: expected a positive number, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing: expected a number in [0, 0.5), got {self.label_smoothing}")
+        if not 0.0 <= self.sft_weight < 1e3:
+            raise ValueError(f"sft_weight: expected a number >= 0, got {self.sft_weight}")
         for key in ("eval_pairs", "max_pairs", "kl_pairs"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}: expected an integer >= 0, got {getattr(self, key)}")
@@ -191,6 +198,9 @@ class DPOTrainer(SFTTrainer):
         margin = rc - rr
         self._train_sums.append({"pairs": n, "acc": float((margin > 0).sum() + 0.5 * (margin == 0).sum()),
                                  "margin": float(margin.sum())})
+        if self.dpo.sft_weight:
+            tokens = (y[:n] != IGNORE_INDEX).sum(-1).clamp(min=1)
+            return losses.mean() - self.dpo.sft_weight * (policy[:n] / tokens).mean()
         return losses.mean()
 
     def _log(self, rec: dict, event: bool = False) -> None:
@@ -209,7 +219,7 @@ class DPOTrainer(SFTTrainer):
         model = ckpt.unwrap(self.model)
         m = evaluate_pairs(model, self.eval_batches[: self.cfg.evaluation.num_eval_batches], self.device, self.dpo.beta,
                            self.dpo.label_smoothing, self.dpo.loss_type, self._autocast)
-        out: dict[str, Any] = {"val_loss": m.pop("loss"), **m}
+        out: dict[str, Any] = {"val_loss": m.pop("loss") - self.dpo.sft_weight * m["chosen_logp_per_token"], **m}
         if self.kl_pairs:
             out["kl_ref"] = kl_to_reference(model, self.kl_pairs, self.kl_reference, self.tokenizer.pad_id, self.device)
         self.model.train()
