@@ -176,7 +176,8 @@ def test_notebook_07_runs_headless_after_04(tmp_path):
     executed = notebook_runs.execute(run, names=("07_align",))["07_align"]
     assert (run / "align" / "final_model" / "model.safetensors").is_file()
     assert (run / "align" / "reference_logps.safetensors").is_file() and (run / "align" / "pairs" / "meta.json").is_file()
-    evals = [json.loads(x) for x in (run / "align" / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if "reward_accuracy" in x]
+    recs = [json.loads(x) for x in (run / "align" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    evals = [r for r in recs if "reward_accuracy" in r]
     assert evals and all(0 <= r["reward_accuracy"] <= 1 and r["kl_ref"] >= 0 for r in evals)
     text = json.dumps(nbformat.read(executed, as_version=4).cells, ensure_ascii=False)
     import re
