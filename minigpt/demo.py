@@ -16,7 +16,7 @@ from .params import repo_root
 
 logger = logging.getLogger(__name__)
 
-NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate")
+NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate", "07_align")
 
 
 def run_notebooks(config: str, run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS, extra: dict | None = None,

@@ -1,8 +1,8 @@
-"""Run notebooks 01 -> 06 with papermill into one run directory, once per pytest process.
+"""Run notebooks 01 -> 07 with papermill into one run directory, once per pytest process.
 
 Shared by tests/test_notebooks.py and tests/test_browser.py: the notebooks depend on each other, so they run in
 order, in one directory, never in parallel. `MINIGPT_TEST_RUN_DIR` may name a finished run made with the same
-config (e.g. the one nbval just wrote); the browser test then uses a copy of it instead of running 01 -> 06 again.
+config (e.g. the one nbval just wrote); the browser test then uses a copy of it instead of running 01 -> 07 again.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate")
+from notebook_tools import NOTEBOOKS  # 01 -> 07, the chain nbval runs too
 CONFIG = "ci"
 
 _runs: dict[str, Path] = {}
