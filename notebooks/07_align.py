@@ -151,8 +151,9 @@ Image(filename=str(save_align_figure(trainer.output_dir)))
 # Greedy answers of the SFT model and of the aligned model to held-out prompts, with the reference reply.
 # Plain DPO only asks that the chosen reply gain on the rejected one; on a model this small both log-probs
 # usually fall (see the next table and `kl_ref`) and answers can grow longer and repetitive as the end-of-turn
-# token loses probability too. `sft_weight` (e.g. 0.5) adds the chosen reply's likelihood to the loss (RPO) and
-# keeps answers well-formed, at a smaller margin.
+# token loses probability too. `sft_weight` adds the chosen reply's likelihood to the loss (RPO) and keeps
+# answers well-formed, at a smaller margin: `params/tiny.yaml` sets 0.5 for that reason; `-p sft_weight 0` shows
+# plain DPO.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -157,6 +157,7 @@ def test_muon_groups_and_step():
     cfg = TrainConfig(optimizer_type="muon", learning_rate=0.01, weight_decay=0.1)
     opt = build_optimizer(model, cfg, torch.device("cpu"))
     assert isinstance(opt, MuonAdamW)
+    opt.ns_dtype = torch.float32  # the formula at full precision (a CPU with native bf16 iterates in bf16)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model(torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([[2, 3, 4, 5, 6]]))[1].backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -176,6 +177,23 @@ def test_muon_groups_and_step():
     ref.step()
     for n, p in ref_params.items():
         assert torch.allclose(after[n], p, atol=1e-6), n
+
+
+def test_newton_schulz_precision_follows_the_device(monkeypatch):
+    import minigpt.devices as devices
+    from minigpt.train.optim import muon_ns_dtype
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert muon_ns_dtype(torch.device("cpu")) == torch.float32  # emulated bf16 would be slow
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert muon_ns_dtype(torch.device("cpu")) == torch.bfloat16
+    assert muon_ns_dtype(torch.device("cuda")) == torch.bfloat16
+    # in bf16 the result stays the fp32 one within bf16's precision (8 bits of mantissa, 5 steps)
+    g = torch.randn(48, 96, generator=torch.Generator().manual_seed(0))
+    full, half = newton_schulz(g, dtype=torch.float32), newton_schulz(g, dtype=torch.bfloat16)
+    assert half.dtype == torch.float32
+    rel = (full - half).norm() / full.norm()
+    assert 0 < rel < 0.05, rel
 
 
 def test_muon_with_tied_embeddings_keeps_the_embedding_on_adamw():

@@ -40,13 +40,15 @@ def muon_parameter_names(model: torch.nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and p.dim() == 2 and id(p) not in skip]
 
 
-def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> torch.Tensor:
+def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately U V^T of g = U S V^T: X <- a X + (b A + c A^2) X with A = X X^T, X0 = g / ||g||_F.
 
-    Iterates in bfloat16 on CUDA (fast there), float32 elsewhere; works on the wide orientation (rows <= cols).
+    Iterates in `dtype`: by default bfloat16 on CUDA (fast there), float32 elsewhere; works on the wide
+    orientation (rows <= cols).
     """
     a, b, c = NS_COEFFICIENTS
-    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
@@ -61,8 +63,9 @@ class MuonAdamW(torch.optim.Optimizer):
     """Muon for groups with use_muon=True, AdamW (decoupled weight decay) for the others, in one optimizer."""
 
     def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float], momentum: float = 0.95,
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, ns_dtype: torch.dtype | None = None) -> None:
         super().__init__(groups, dict(lr=lr, betas=betas, momentum=momentum, eps=eps, use_muon=False, weight_decay=0.0))
+        self.ns_dtype = ns_dtype  # Newton-Schulz precision; None = newton_schulz's default for the device
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -77,7 +80,7 @@ class MuonAdamW(torch.optim.Optimizer):
         state = self.state[p]
         buf = state.setdefault("momentum_buffer", torch.zeros_like(p))
         buf.lerp_(p.grad, 1 - group["momentum"])
-        update = newton_schulz(p.grad.lerp(buf, group["momentum"]))  # Nesterov momentum
+        update = newton_schulz(p.grad.lerp(buf, group["momentum"]), dtype=self.ns_dtype)  # Nesterov momentum
         p.mul_(1 - group["lr"] * group["weight_decay"])
         p.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(p.shape)))
 
@@ -105,12 +108,21 @@ def muon_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
 
 
+def muon_ns_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where matmuls are fast in it (CUDA, a CPU with AVX512-BF16/AMX), else fp32 (emulated bf16 is slow)."""
+    from ..devices import cpu_has_native_bf16
+
+    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return torch.bfloat16 if fast else torch.float32
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay) or Adam (L2 folded into the gradient), fused where the device allows;
     or MuonAdamW."""
     opt = cfg.optim
     if opt.optimizer_type == "muon":
-        return MuonAdamW(muon_groups(model, opt.weight_decay), lr=opt.learning_rate, betas=(opt.beta1, opt.beta2))
+        return MuonAdamW(muon_groups(model, opt.weight_decay), lr=opt.learning_rate, betas=(opt.beta1, opt.beta2),
+                         ns_dtype=muon_ns_dtype(device))
     kwargs: dict[str, Any] = dict(lr=opt.learning_rate, betas=(opt.beta1, opt.beta2))
     if device.type in ("cuda", "cpu") and not cfg.machine.disable_speedups:
         kwargs["fused"] = True  # one kernel for all parameters instead of a loop over them
