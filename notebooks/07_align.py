@@ -42,7 +42,7 @@ pairs_source = None            # spin (built-in pairs from the SFT model) | path
 loss_type = None               # sigmoid | ipo
 beta = None
 label_smoothing = None
-sft_weight = None              # + sft_weight * the chosen reply's token NLL (RPO); 0 = plain DPO
+sft_weight = None              # + sft_weight * the chosen reply token NLL (RPO); 0 = plain DPO
 learning_rate = None
 max_steps = None
 batch_size = None

@@ -42,7 +42,6 @@ from .table import format_table
 from .train import TRAIN_SHAPES, bench_train, profile_step, time_to_quality, train_step_case
 from .generate import bench_generation
 from .text import bench_text_tools
-from .corpus import bench_corpus, corpus_lines
 from .serve import bench_serving
 
 
@@ -79,6 +78,8 @@ def run(quick: bool, out_dir: Path, skip: set[str], corpus_mb: float | None = No
     if "text" not in skip:
         results["text"] = bench_text_tools(quick)
     if "corpus" not in skip:  # the gigabyte corpus through cleaning, tokenizer training and encoding
+        from .corpus import bench_corpus  # imported here: its steps run as `python -m minigpt.bench.corpus`
+
         results["corpus"] = bench_corpus(quick, out_dir, corpus_mb)
     if not quick and "ttq" not in skip:
         results["time_to_quality"] = time_to_quality(10, out_dir)
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.quick, Path(args.out), set(filter(None, args.skip.split(","))), args.corpus_mb)
     print(format_table(results))
     if "corpus" in results:
+        from .corpus import corpus_lines
+
         print("\n".join(corpus_lines(results["corpus"])))
     print(f"\nresults: {Path(args.out) / 'results.json'} ({results['total_s']:.0f}s)")
     return 0
