@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.chat_data import ChatExample, build_chat_example
+from ..data.chat_data import ChatExample, build_chat_example, pad_examples
 from ..data.datasets import IGNORE_INDEX, IndexedBatches
 from .pairs import PreferencePair
 
@@ -65,13 +65,7 @@ def encode_pairs(tokenizer, pairs: list[PreferencePair], max_len: int) -> tuple[
 
 def pad_pairs(pairs: list[EncodedPair], pad_id: int, ref_logps: torch.Tensor | None = None) -> tuple:
     """(x, y, extras): chosen rows then rejected rows, right-padded; extras["ref_logps"] when given (2B,)."""
-    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    width = max(len(e.input_ids) for e in rows)
-    x = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for i, e in enumerate(rows):
-        x[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
-        y[i, :len(e.labels)] = torch.tensor(e.labels)
+    x, y = pad_examples([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
     return (x, y, {} if ref_logps is None else {"ref_logps": ref_logps})
 
 
