@@ -183,21 +183,15 @@ class DPOTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
 
     def _forward_loss(self, fwd, x: torch.Tensor, y: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
-        try:
-            logits = fwd(x)[0]
-        except Exception as e:  # a compiled graph that fails at first call falls back to eager
-            if fwd is self.model:
-                raise
-            logger.warning("torch.compile failed at first use (%s); continuing without compile", type(e).__name__)
-            self._compiled = self.model
-            logits = self.model(x)[0]
+        logits = self._run_forward(fwd, x)[0]
         policy, ref = sequence_logps(logits, y), extras["ref_logps"].float()
         n = policy.shape[0] // 2
         losses, rc, rr = dpo_losses(policy[:n], policy[n:], ref[:n], ref[n:], self.dpo.beta, self.dpo.label_smoothing,
                                     self.dpo.loss_type)
         margin = rc - rr
-        self._train_sums.append({"pairs": n, "acc": float((margin > 0).sum() + 0.5 * (margin == 0).sum()),
-                                 "margin": float(margin.sum())})
+        # tensors, read at log steps: no device sync in the training step
+        self._train_sums.append({"pairs": n, "acc": (margin > 0).sum() + 0.5 * (margin == 0).sum(),
+                                 "margin": margin.sum()})
         if self.dpo.sft_weight:
             tokens = (y[:n] != IGNORE_INDEX).sum(-1).clamp(min=1)
             return losses.mean() - self.dpo.sft_weight * (policy[:n] / tokens).mean()
@@ -206,8 +200,8 @@ class DPOTrainer(SFTTrainer):
     def _log(self, rec: dict, event: bool = False) -> None:
         if not event and self._train_sums:
             n = sum(s["pairs"] for s in self._train_sums)
-            rec["train_reward_accuracy"] = sum(s["acc"] for s in self._train_sums) / n
-            rec["train_reward_margin"] = sum(s["margin"] for s in self._train_sums) / n
+            rec["train_reward_accuracy"] = float(sum(s["acc"] for s in self._train_sums)) / n
+            rec["train_reward_margin"] = float(sum(s["margin"] for s in self._train_sums)) / n
             self._train_sums = []
         super()._log(rec, event)
 

@@ -403,14 +403,18 @@ class Trainer:
         return total_loss, tokens, x
 
     def _forward_loss(self, fwd, x: torch.Tensor, y: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._run_forward(fwd, x, y, **extras)[1]
+
+    def _run_forward(self, fwd, *args, **kwargs):
+        """fwd(*args, **kwargs); a compiled graph that fails at first call falls back to eager for the rest of the run."""
         try:
-            return fwd(x, y, **extras)[1]
-        except Exception as e:  # a compiled graph that fails at first call falls back to eager
+            return fwd(*args, **kwargs)
+        except Exception as e:
             if fwd is self.model:
                 raise
             logger.warning("torch.compile failed at first use (%s); continuing without compile", type(e).__name__)
             self._compiled = self.model
-            return self.model(x, y, **extras)[1]
+            return self.model(*args, **kwargs)
 
     def _count_tokens(self, y: torch.Tensor) -> int:
         """Tokens a micro-batch trains on: every target of a pretraining window."""
