@@ -40,6 +40,7 @@ import numpy as np
 from ..atomic import atomic_write_text
 from .tokenizer import EOS_ID, MiniTokenizer
 from .tokenizer.corpus import DATA_NOTEBOOK, count_lines, iter_texts, require_file
+from .tokenizer.fast_encode import fast_encoder
 from .normalize import VERSION_KEY, check_same_version
 from .tokenizer.training import data_version
 
@@ -75,6 +76,11 @@ def _write_chunk(f: Any, arr: np.ndarray) -> None:
 
 
 def _encode_chunk(tok: MiniTokenizer, texts: Sequence[str], dtype: np.dtype) -> np.ndarray:
+    """``EOS d0 EOS d1 ...`` for a chunk: by the native BPE encoder when it can be used (the same ids,
+    see tokenizer/fast_encode.py), else by ``tok.encode_batch``."""
+    enc = fast_encoder(tok)
+    if enc is not None:
+        return enc.encode_packed(texts, eos_id=EOS_ID, dtype=dtype)[0]
     flat: list[int] = []
     for ids in tok.encode_batch(texts):
         flat.append(EOS_ID)

@@ -9,6 +9,8 @@ The library is built with the system C compiler (`$CC`, else `cc`/`gcc`) into
 `$MINIGPT_CACHE/kernels` (default `~/.cache/minigpt/kernels`), keyed by a hash of the source, the flags
 and the machine, so a rebuild happens only when one of them changes. Without a compiler,
 `load_library()` returns None and generation decodes with the model's forward; nothing else changes.
+`build_library(source=...)` builds any other kernel of kernels/ the same way (the BPE encoder of
+minigpt/data/tokenizer/fast_encode.py uses it).
 """
 from __future__ import annotations
 
@@ -77,26 +79,28 @@ def _machine_key(cc: str, flags: list[str]) -> str:
     return "\n".join([version, " ".join(flags), cpu, platform.system()])
 
 
-def build_library(force: bool = False) -> Path:
-    """Compile decode_step.c (atomically) unless a build for this source and machine exists; returns its path.
+def build_library(force: bool = False, source: Path | None = None) -> Path:
+    """Compile `source` (default decode_step.c) atomically unless a build for this source and machine
+    exists; returns its path (named after the source's stem).
 
     Tries with OpenMP first, then without; raises RuntimeError with the compiler's message if both fail.
     """
+    source = SOURCE if source is None else Path(source)
     cc = _compiler()
     if cc is None:
-        raise RuntimeError("no C compiler found (set $CC, or install gcc/clang) to build " + str(SOURCE))
-    src = SOURCE.read_bytes()
+        raise RuntimeError("no C compiler found (set $CC, or install gcc/clang) to build " + str(source))
+    src = source.read_bytes()
     errors = []
     for flags in (CFLAGS + OPENMP_FLAGS, CFLAGS):
         key = hashlib.sha256(src + _machine_key(cc, flags).encode()).hexdigest()[:16]
-        out = cache_dir() / f"decode_step-{key}.so"
+        out = cache_dir() / f"{source.stem}-{key}.so"
         if out.exists() and not force:
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+            proc = subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True)
             if proc.returncode == 0:
                 os.replace(tmp, out)  # atomic: a concurrent build or an interrupt never leaves half a library
                 logger.info("built %s (%s)", out, " ".join(flags))
@@ -105,7 +109,7 @@ def build_library(force: bool = False) -> Path:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise RuntimeError(f"compiling {SOURCE} with {cc} failed:\n" + "\n".join(errors))
+    raise RuntimeError(f"compiling {source} with {cc} failed:\n" + "\n".join(errors))
 
 
 def load_library() -> ctypes.CDLL | None:

@@ -30,7 +30,8 @@ before the escape existed up to date (the export calls it).
 
 Modules: ``special`` (special tokens, chat template, HF config), ``config`` (TokenizerConfig),
 ``minitokenizer`` (MiniTokenizer: encode, decode, ChatML), ``corpus`` (reading the cleaned
-JSONL), ``training`` (train, build or reuse), ``report`` (quality report, token rendering).
+JSONL), ``training`` (train, build or reuse), ``report`` (quality report, token rendering), ``fast_encode``
+(the native BPE encoder that packs token files with exactly ``encode_batch``'s ids).
 """
 
 from .config import TokenizerConfig
