@@ -59,8 +59,10 @@ _CONTROL_RE = re.compile(
 _HAN = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
 _LEFT = _HAN + "\u201d\u2019\u300b\u300d\u300f\u3011\uff09"  # a Chinese character or a closing mark ”’》」』】）
 _RIGHT = _HAN + "\u201c\u2018\u300a\u300c\u300e\u3010\uff08"  # a Chinese character or an opening mark “‘《「『【（
-_PAIR_RE = re.compile(f"(?<=[{_LEFT}])([,;]) *(?=[{_RIGHT}])")
-_END_RE = re.compile(f"(?<=[{_LEFT}])([!?.:])(?=[{_RIGHT}\\s]|$)")
+# The mark comes first and the look-behind after it (checking the character before the mark): a pattern that
+# starts with a character set lets the regex engine skip to candidate marks instead of trying every position.
+_PAIR_RE = re.compile(f"([,;])(?<=[{_LEFT}][,;]) *(?=[{_RIGHT}])")
+_END_RE = re.compile(f"([!?.:])(?<=[{_LEFT}][!?.:])(?=[{_RIGHT}\\s]|$)")
 _TO_FULL = {",": "，", ";": "；", ":": "：", "!": "！", "?": "？", ".": "。"}
 _STABLE: dict[bool, np.ndarray] = {}
 
@@ -135,8 +137,10 @@ def _one(s: str, nfkc_needed: bool, version: int, counts: dict[str, int], on: di
         if t != s:
             counts["nfkc"] += 1
             s = t
-    # isprintable() is a fast C scan, False for every control or format character (and for newlines)
-    if on["strip_control"] and not s.isprintable() and _CONTROL_RE.search(s):
+    # isprintable() is a fast C scan, False for every control or format character (and for newlines, which
+    # are removed from the copy it scans: most multi-line documents then need no regex search)
+    if on["strip_control"] and not s.isprintable() and not s.replace("\n", "").isprintable() \
+            and _CONTROL_RE.search(s):
         s = _CONTROL_RE.sub("", s)
         counts["strip_control"] += 1
     if version >= 2 and on["cjk_punctuation"] and not s.isascii() and any(c in s for c in ",;:!?."):

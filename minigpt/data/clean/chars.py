@@ -66,18 +66,41 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> U64(31))
 
 
+HASH_BASE = 1_000_003
+
+
+def window_hashes(c: np.ndarray, n: int) -> np.ndarray:
+    """Polynomial hash sum(c[i+k] * HASH_BASE**(n-1-k)) mod 2**64 of every window of n values of ``c``.
+
+    Built by doubling (a window of a+b values is the one of a values times HASH_BASE**b plus the one of b
+    values a places on): about 2 log2(n) passes over the array instead of n.
+    """
+    result, rlen = None, 0  # hashes of the windows of rlen values built so far
+    part, plen = c, 1  # hashes of the windows of plen values (plen a power of two)
+    bits = n
+    while True:
+        if bits & 1:
+            if result is None:
+                result, rlen = part, plen
+            else:
+                m = c.size - rlen - plen + 1
+                result = result[:m] * U64(pow(HASH_BASE, plen, 1 << 64)) + part[rlen:rlen + m]
+                rlen += plen
+        bits >>= 1
+        if not bits:
+            return result
+        m = c.size - 2 * plen + 1
+        part = part[:m] * U64(pow(HASH_BASE, plen, 1 << 64)) + part[plen:plen + m]
+        plen *= 2
+
+
 def ngram_hashes(cp: np.ndarray, lens: np.ndarray, starts: np.ndarray, n: int,
                  docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mixed 64-bit hashes of every character n-gram of the selected docs (each doc must have
     len >= n), and the number of n-grams per selected doc. Polynomial hash, wrapping mod 2**64."""
-    c = cp.astype(np.uint64)
-    m = c.size - n + 1
-    if m <= 0:
+    if cp.size - n + 1 <= 0:
         return np.zeros(0, np.uint64), np.zeros(len(docs), np.int64)
-    h = np.zeros(m, dtype=np.uint64)
-    for k in range(n):
-        h *= U64(1_000_003)
-        h += c[k:k + m]
+    h = window_hashes(cp.astype(np.uint64), n)
     counts = lens[docs] - n + 1
     seg = np.cumsum(counts) - counts
     pos = np.repeat(starts[docs] - seg, counts) + np.arange(int(counts.sum()))

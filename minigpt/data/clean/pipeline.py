@@ -16,7 +16,6 @@ import logging
 import os
 import time
 from dataclasses import asdict
-from json.encoder import encode_basestring as _encode_str  # C, ensure_ascii=False flavour
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,9 +44,9 @@ STATE_FILE = ".clean_state.json"
 BATCH = 512
 HIST_BINS = 24  # length histogram bins: [0], [1], [2,4), [4,8), ... by bit length
 
-# a verdict on one record: ("reject", reason, detail), ("cap",) or (kind, value, nchars) to keep
+# a verdict on one record: ("reject", reason, detail), ("cap",) or (kind, output line, nchars) to keep
 Verdict = tuple
-# a record that passed the filters: (source, item, kind, value, dedup hash, nchars, LSH row or -1)
+# a record that passed the filters: (source, item, kind, output line, dedup hash, nchars, LSH row or -1)
 Candidate = tuple[S.Source, S.Item, str, Any, int, int, int]
 
 
@@ -339,16 +338,14 @@ class _Run:
         k = self.stats["kept"]
         return (k["train"] + k["val"] if kind == "text" else k["sft"] + k["sft_val"]) >= self.cap
 
-    def keep(self, src: S.Source, kind: str, value: Any, h: int, nchars: int) -> None:
+    def keep(self, src: S.Source, kind: str, line: bytes, h: int, nchars: int) -> None:
+        """Write a kept record's output line (made by the worker) to its split."""
         st = self.stats
         if kind == "text":
             split = "val" if is_val(h, self.cfg.val_fraction) else "train"
-            # the C string encoder directly: json.dumps of a dict goes through slower Python layers
-            line = '{"text": ' + _encode_str(value) + "}"
         else:
             split = "sft_val" if is_val(h, self.cfg.val_fraction) else "sft"
-            line = json.dumps({"conversations": value}, ensure_ascii=False)
-        self.files[split].write((line + "\n").encode("utf-8"))
+        self.files[split].write(line)
         st["kept"][split] += 1
         st["chars"][split] += nchars
         st["length_hist"][kind][min(nchars.bit_length(), HIST_BINS - 1)] += 1
@@ -413,7 +410,7 @@ class _Run:
         near = self.near if prep.bands is not None else None
         if near is not None:
             near.start_batch(prep.bands, prep.sketches)
-        for i, (src, item, kind, value, h, nchars, row) in enumerate(cands):
+        for i, (src, item, kind, line, h, nchars, row) in enumerate(cands):
             if dup[i]:
                 self.stats["exact_duplicates"] += 1
                 self.reject(src, item.line, EXACT_DUPLICATE, item.excerpt,
@@ -431,7 +428,7 @@ class _Run:
                                 f"Jaccard similarity at or above {self.cfg.near_dedup_threshold})")
                     continue
                 near.keep(row, self.where(src, item.line))
-            self.keep(src, kind, value, h, nchars)
+            self.keep(src, kind, line, h, nchars)
         if near is not None:
             near.end_batch(self.files)
 

@@ -10,10 +10,12 @@ are in flight, so memory does not grow with the input.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _encode_str  # C, ensure_ascii=False flavour
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -35,7 +37,7 @@ Record = tuple[str, Any, bool]
 @dataclass
 class Prepared:
     """A batch's results, one entry per record in order: a verdict ``("reject", reason, detail)`` or
-    ``(kind, cleaned value, nchars)``, the dedup hash of a kept-so-far record (0 otherwise), and for the
+    ``(kind, output line (bytes), nchars)``, the dedup hash of a kept-so-far record (0 otherwise), and for the
     texts that passed (rows ``text_rows``) their LSH band keys and sketches when near dedup is on."""
 
     verdicts: list[tuple]
@@ -82,7 +84,20 @@ class Preparer:
         if self.lsh is not None and rows:
             sig = self.lsh.signatures([dedup_key(verdicts[i][1]) for i in rows])
             bands, sketches = self.lsh.band_keys(sig), self.lsh.sketch(sig)
+        # the output line is made here: bytes cross the process boundary as one copy (a str is encoded to
+        # UTF-8 and decoded again), and the parent, the one serial step, only writes it
+        verdicts = [v if v[0] == "reject" else (v[0], output_line(v[0], v[1]), v[2]) for v in verdicts]
         return Prepared(verdicts, hashes, rows, bands, sketches, steps)
+
+
+def output_line(kind: str, value: Any) -> bytes:
+    """A kept record as its JSONL output line: ``{"text": ...}`` or ``{"conversations": [...]}``."""
+    if kind == "text":
+        # the C string encoder directly: json.dumps of a dict goes through slower Python layers
+        line = '{"text": ' + _encode_str(value) + "}\n"
+    else:
+        line = json.dumps({"conversations": value}, ensure_ascii=False) + "\n"
+    return line.encode("utf-8")
 
 
 def texts_to_normalize(records: list[Record]) -> tuple[list[str], list[bool]]:

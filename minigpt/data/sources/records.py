@@ -68,7 +68,8 @@ def make_excerpt(raw: bytes | str) -> str:
 
 def check_text(text: str) -> str:
     """Reason why a decoded string cannot be used, or ''."""
-    if text.isprintable():  # fast C scan; NUL and surrogates are both non-printable
+    # fast C scans; NUL and surrogates are both non-printable, newlines too (so they are taken out of the copy)
+    if text.isprintable() or text.replace("\n", "").isprintable():
         return ""
     if "\x00" in text:
         return NUL_BYTE
