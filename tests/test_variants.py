@@ -147,6 +147,17 @@ def test_newton_schulz_matches_hand_iteration():
     assert ((s > 0.6) & (s < 1.3)).all()
 
 
+def test_newton_schulz_of_a_stack_is_each_matrix_on_its_own():
+    gen = torch.Generator().manual_seed(3)
+    for shape in [(3, 8, 20), (4, 20, 8)]:  # wide and tall
+        stack = torch.randn(*shape, generator=gen)
+        together = newton_schulz(stack, dtype=torch.float32)
+        for i in range(shape[0]):
+            alone = newton_schulz(stack[i], dtype=torch.float32)
+            assert torch.allclose(together[i], alone, atol=1e-5)
+            assert np.allclose(alone.double().numpy(), numpy_newton_schulz(stack[i].double().numpy()), atol=1e-4)
+
+
 def test_muon_groups_and_step():
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, tie_word_embeddings=False))

@@ -41,22 +41,23 @@ def muon_parameter_names(model: torch.nn.Module) -> list[str]:
 
 
 def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """Approximately U V^T of g = U S V^T: X <- a X + (b A + c A^2) X with A = X X^T, X0 = g / ||g||_F.
 
+    ``g`` is one matrix or a stack of same-shaped matrices (..., rows, cols), each orthogonalised on its own.
     Iterates in `dtype`: by default bfloat16 on CUDA (fast there), float32 elsewhere; works on the wide
     orientation (rows <= cols).
     """
     a, b, c = NS_COEFFICIENTS
     x = g.to(dtype or (torch.bfloat16 if g.is_cuda else torch.float32))
-    tall = x.shape[0] > x.shape[1]
+    tall = x.shape[-2] > x.shape[-1]
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
+        x = x.mT
+    x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        A = x @ x.T
+        A = x @ x.mT
         x = a * x + (b * A + c * A @ A) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -71,18 +72,29 @@ class MuonAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    (self._muon if group["use_muon"] else self._adamw)(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["use_muon"]:
+                self._muon(params, group)
+            else:
+                for p in params:
+                    self._adamw(p, group)
         return loss
 
-    def _muon(self, p: torch.Tensor, group: dict) -> None:
-        state = self.state[p]
-        buf = state.setdefault("momentum_buffer", torch.zeros_like(p))
-        buf.lerp_(p.grad, 1 - group["momentum"])
-        update = newton_schulz(p.grad.lerp(buf, group["momentum"]), dtype=self.ns_dtype)  # Nesterov momentum
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-group["lr"] * 0.2 * math.sqrt(max(p.shape)))
+    def _muon(self, params: list[torch.Tensor], group: dict) -> None:
+        """Nesterov momentum, orthogonalised: matrices of one shape go through Newton-Schulz together as one
+        batch (a few large matrix products instead of many small ones; each matrix still on its own)."""
+        by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for p in params:
+            buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+            buf.lerp_(p.grad, 1 - group["momentum"])
+            g = p.grad.lerp(buf, group["momentum"])  # Nesterov momentum
+            by_shape.setdefault(tuple(g.shape), []).append((p, g))
+        for shape, pairs in by_shape.items():
+            updates = newton_schulz(torch.stack([g for _, g in pairs]), dtype=self.ns_dtype)
+            scale = -group["lr"] * 0.2 * math.sqrt(max(shape))
+            for (p, _), update in zip(pairs, updates):
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=scale)
 
     def _adamw(self, p: torch.Tensor, group: dict) -> None:
         state, (beta1, beta2) = self.state[p], group["betas"]
