@@ -108,10 +108,46 @@ def test_verification_rejects_dissimilar_candidates():
     near = NearDedup(lsh)
     near.start_batch(lsh.band_keys(sig[:1]), sk[:1])
     near.keep(0, 11)
-    near.end_batch({k: open(os.devnull, "wb") for k in ("lsh", "lsh_sketch", "lsh_where")})
+    near.end_batch({k: open(os.devnull, "wb") for k in ("lsh", "lsh_sketch", "lsh_where", "lsh_exact", "lsh_exact_len")})
     near.start_batch(lsh.band_keys(sig[1:]), sk[1:])
     assert near.duplicate_of(0) == 11  # the close copy, found through the table and verified
     assert near.duplicate_of(1) == 0  # the half copy shares bands now and then but fails verification
+
+
+def test_exact_jaccard_by_hand():
+    from minigpt.data.clean.dedup import exact_jaccard
+
+    # 6 characters: 2-character shingles {ab bc cd de ef} against {ab bc cd de eg}: 4 shared of 6
+    assert exact_jaccard("abcdef", "abcdeg", 5) == pytest.approx(4 / 6)
+    assert exact_jaccard("abc", "abc", 5) == 1.0
+    # 47 characters take 2-grams, 48 take 3-grams: different sizes share nothing (as in MinHash)
+    assert exact_jaccard("a" * 47, "a" * 48, 5) == 0.0
+
+
+def test_short_documents_are_compared_exactly(tmp_path):
+    """A short pair below the threshold that the sketch estimate would pass is kept; one above is flagged."""
+    rng = np.random.default_rng(7)
+    base = "".join(chr(0x4E00 + int(x)) for x in rng.integers(0, 3000, size=100))
+
+    def edit(positions: list[int]) -> str:
+        return "".join("乙" if i in positions else c for i, c in enumerate(base))
+
+    lsh = MinHashLSH(128, 0.8, 5)
+    from minigpt.data.clean.dedup import exact_jaccard
+
+    three, one = edit([37, 62, 65]), edit([50])
+    sig = lsh.signatures([base, three])
+    assert (lsh.band_keys(sig)[0] == lsh.band_keys(sig)[1]).any()  # an LSH candidate
+    assert lsh.similarity(lsh.sketch(sig)[0], lsh.sketch(sig)[1]) >= lsh.accept  # the estimate would flag it
+    assert exact_jaccard(base, three, 5) == pytest.approx(0.761, abs=1e-3) and exact_jaccard(base, one, 5) > 0.8
+    src = tmp_path / "short.jsonl"
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in (base, three, one)),
+                   encoding="utf-8")
+    stats = run_cleaning(CleanConfig(data_files=[str(src)], progress=False), tmp_path / "out")
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejects] == [(3, "near_duplicate")]
+    assert f"{src}:1" in rejects[0]["detail"] and "exact for texts of up to 256 characters" in rejects[0]["detail"]
+    assert stats["near_duplicates"] == 1
 
 
 def test_workers_give_byte_identical_output(corpus, tmp_path, monkeypatch):

@@ -173,6 +173,23 @@ def lsh_verified_params(num_perm: int, threshold: float, recall: float = 0.99) -
     return num_perm, 1
 
 
+def shingles(text: str, n: int) -> set[str]:
+    """The character n-grams of a text as MinHash takes them (a text shorter than n: one, padded with NUL)."""
+    if len(text) < n:
+        text = text + "\x00" * (n - len(text))
+    return {text[i:i + n] for i in range(len(text) - n + 1)}
+
+
+def exact_jaccard(a: str, b: str, ngram: int) -> float:
+    """The Jaccard similarity that MinHash estimates for two dedup keys: each key's shingle size comes from its
+    own length (``shingle_size``), and keys of different sizes share no shingle."""
+    n = shingle_size(len(a), ngram)
+    if n != shingle_size(len(b), ngram):
+        return 0.0
+    sa, sb = shingles(a, n), shingles(b, n)
+    return len(sa & sb) / len(sa | sb)
+
+
 def shingle_size(length: int, ngram: int) -> int:
     """Characters per shingle for a text of ``length`` characters: ``ngram`` from 16*ngram characters on,
     less for shorter texts (one per 16 characters, at least 2). A one-character edit changes up to n of

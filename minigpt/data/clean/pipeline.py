@@ -26,7 +26,7 @@ from .. import sources as S
 from ..normalize import NORMALIZE_VERSION, VERSION_KEY
 from .config import CleanConfig
 from .dedup import HashSet64, MinHashLSH, is_val
-from .near import NearDedup
+from .near import EXACT_MAX_CHARS, NearDedup
 from .outputs import ensure_val_split
 from .prepare import MIN_POOL_BYTES, BatchPool, Prepared, resolve_workers
 from .reasons import EXACT_DUPLICATE, NEAR_DUPLICATE, REASONS, STEPS
@@ -37,8 +37,9 @@ OUTPUTS = {"train": "train.jsonl", "val": "val.jsonl", "sft": "sft.jsonl", "sft_
            "rejects": "rejects.jsonl"}
 # dedup key logs (the tables are rebuilt from them on resume) and, beside each, where every key was first seen
 KEYLOGS = {"exact": ".exact_keys.bin", "lsh": ".lsh_keys.bin", "exact_where": ".exact_where.bin",
-           "lsh_where": ".lsh_where.bin", "lsh_sketch": ".lsh_sketches.bin"}
-DEDUP_FORMAT = 2  # the layout of the key logs (a checkpoint in another layout is not resumed)
+           "lsh_where": ".lsh_where.bin", "lsh_sketch": ".lsh_sketches.bin", "lsh_exact": ".lsh_exact.bin",
+           "lsh_exact_len": ".lsh_exact_len.bin"}
+DEDUP_FORMAT = 3  # the layout of the key logs (a checkpoint in another layout is not resumed)
 _LINE_BITS = 40  # a "where" value: (source index + 1) << 40 | line
 STATE_FILE = ".clean_state.json"
 BATCH = 512
@@ -409,7 +410,7 @@ class _Run:
         dup, dup_of = self._exact_duplicates(cands)
         near = self.near if prep.bands is not None else None
         if near is not None:
-            near.start_batch(prep.bands, prep.sketches)
+            near.start_batch(prep.bands, prep.sketches, prep.exact_keys)
         for i, (src, item, kind, line, h, nchars, row) in enumerate(cands):
             if dup[i]:
                 self.stats["exact_duplicates"] += 1
@@ -424,8 +425,9 @@ class _Run:
                 if prev:
                     self.stats["near_duplicates"] += 1
                     self.reject(src, item.line, NEAR_DUPLICATE, item.excerpt,
-                                f"near duplicate of {self.describe_where(prev)} (estimated character-shingle "
-                                f"Jaccard similarity at or above {self.cfg.near_dedup_threshold})")
+                                f"near duplicate of {self.describe_where(prev)} (character-shingle Jaccard "
+                                f"similarity at or above {self.cfg.near_dedup_threshold}: exact for texts of up to "
+                                f"{EXACT_MAX_CHARS} characters, else estimated from MinHash)")
                     continue
                 near.keep(row, self.where(src, item.line))
             self.keep(src, kind, line, h, nchars)

@@ -24,6 +24,7 @@ from .cleaner import Cleaner
 from .config import CleanConfig
 from .dedup import MinHashLSH, chat_dedup_key, dedup_key, text_hash
 from .filters import check_chat_length, check_text_length
+from .near import exact_key
 from .reasons import STEPS
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Prepared:
     bands: np.ndarray | None
     sketches: np.ndarray | None
     steps: dict[str, int]
+    exact_keys: list[str]  # per LSH row: the dedup key of a short text, compared exactly ('' for a long one)
 
 
 class Preparer:
@@ -81,13 +83,16 @@ class Preparer:
                   for v in verdicts]
         rows = [i for i, v in enumerate(verdicts) if v[0] == "text"]
         bands = sketches = None
+        exact: list[str] = []
         if self.lsh is not None and rows:
-            sig = self.lsh.signatures([dedup_key(verdicts[i][1]) for i in rows])
+            keys = [dedup_key(verdicts[i][1]) for i in rows]
+            sig = self.lsh.signatures(keys)
             bands, sketches = self.lsh.band_keys(sig), self.lsh.sketch(sig)
+            exact = [exact_key(k) for k in keys]
         # the output line is made here: bytes cross the process boundary as one copy (a str is encoded to
         # UTF-8 and decoded again), and the parent, the one serial step, only writes it
         verdicts = [v if v[0] == "reject" else (v[0], output_line(v[0], v[1]), v[2]) for v in verdicts]
-        return Prepared(verdicts, hashes, rows, bands, sketches, steps)
+        return Prepared(verdicts, hashes, rows, bands, sketches, steps, exact)
 
 
 def output_line(kind: str, value: Any) -> bytes:
