@@ -1,6 +1,6 @@
 """GGUF export: read back with `gguf.GGUFReader` (tensors, shapes, tokenizer metadata), the q/k reorder
-for llama.cpp's RoPE, the CLI with its Ollama Modelfile, and, where `llama_cpp` is importable, llama.cpp's
-own tokenization and greedy tokens against minigpt's."""
+for llama.cpp's RoPE, QK-norm models as llama.cpp's qwen3, the CLI with its Ollama Modelfile, and, where
+`llama_cpp` is importable, llama.cpp's own tokenization and greedy tokens against minigpt's."""
 from __future__ import annotations
 
 import json
@@ -27,6 +27,15 @@ HELD = ["北京是一座历史悠久的城市，有很多名胜古迹。", "The 
         "他说：“你好吗？”我回答：“很好，谢谢。”", "tabs\tand\nnew lines  \n\n spaces", "混合 mixed 文本 text 123，４５６"]
 
 
+def training_batches(tok, steps: int = 40) -> list[torch.Tensor]:
+    """Seeded random windows of the test corpus, 8 x 33 tokens a step."""
+    ids = [t for doc in mixed_corpus(n=60) for t in tok.encode(doc) + [tok.eos_id]]
+    g = torch.Generator().manual_seed(0)
+    data = torch.tensor(ids)
+    return [torch.stack([data[i:i + 33] for i in torch.randint(0, len(ids) - 33, (8,), generator=g).tolist()])
+            for _ in range(steps)]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A briefly trained model (real, peaked distributions) and its checkpoint folder."""
@@ -34,12 +43,7 @@ def trained(tmp_path_factory):
     tok = tiny_tokenizer(vocab_size=330)
     tok.save(tmp / "tok")
     model = tiny_gpt(tok.vocab_size, d_model=64, n_heads=4, n_kv_heads=2, max_seq_len=64)
-    ids = [t for doc in mixed_corpus(n=60) for t in tok.encode(doc) + [tok.eos_id]]
-    g = torch.Generator().manual_seed(0)
-    data = torch.tensor(ids)
-    batches = [torch.stack([data[i:i + 33] for i in torch.randint(0, len(ids) - 33, (8,), generator=g).tolist()])
-               for _ in range(40)]
-    train_briefly(model, batches, lr=1e-2)
+    train_briefly(model, training_batches(tok), lr=1e-2)
     ckpt = save_checkpoint(tmp / "ckpt", model, {"model": model.config.to_dict(), "tokenizer_sha256": tok.sha256},
                            tokenizer_dir=tmp / "tok")
     return model, tok, ckpt
@@ -194,16 +198,55 @@ def test_llama_cpp_greedy_tokens_equal_minigpt_in_f32(trained, llama_files):
             llm.close()
 
 
-@pytest.mark.parametrize("variant,message", [
-    (dict(qk_norm=True), "qk_norm=True: llama.cpp's llama architecture has no q/k norms"),
-    (dict(mlp="relu2"), "mlp='relu2': llama.cpp's llama architecture has only the SwiGLU MLP"),
-])
-def test_variants_llama_cpp_cannot_compute_are_refused(variant, message):
+def test_relu2_which_llama_cpp_cannot_compute_is_refused():
     from minigpt import GPT, ModelConfig
 
-    model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, **variant))
-    with pytest.raises(ValueError, match=message):
+    model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, mlp="relu2"))
+    with pytest.raises(ValueError, match="mlp='relu2': llama.cpp's llama and qwen3 architectures have only the SwiGLU"):
         gguf_tensors(model)
+
+
+@pytest.fixture(scope="module")
+def trained_qk_norm(trained):
+    """The trained model's shape with q/k norms, trained the same way; norm weights away from 1."""
+    model, tok, _ = trained
+    qk = tiny_gpt(tok.vocab_size, d_model=64, n_heads=4, n_kv_heads=2, max_seq_len=64, qk_norm=True)
+    train_briefly(qk, training_batches(tok), lr=1e-2)
+    with torch.no_grad():  # training moves them little in 40 steps; a writer that dropped them must be seen
+        for name, p in qk.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.mul_(torch.linspace(0.5, 1.5, p.numel()))
+    return qk, tok
+
+
+def test_qk_norm_becomes_qwen3_without_the_rope_reorder(trained_qk_norm, tmp_path):
+    model, tok = trained_qk_norm
+    tensors = gguf_tensors(model)
+    a = model.layers[1].self_attn
+    assert torch.equal(tensors["blk.1.attn_q.weight"], a.q_proj.weight.detach())  # qwen3's RoPE is rotate-half
+    assert torch.equal(tensors["blk.1.attn_k.weight"], a.k_proj.weight.detach())
+    assert torch.equal(tensors["blk.1.attn_q_norm.weight"], a.q_norm.weight.detach())
+    assert torch.equal(tensors["blk.1.attn_k_norm.weight"], a.k_norm.weight.detach())
+    r = gguf.GGUFReader(str(write_gguf(model, tok, tmp_path / "qk.gguf", "f32")))
+    assert field(r, "general.architecture") == "qwen3"
+    assert field(r, "qwen3.block_count") == model.config.n_layers
+    assert field(r, "qwen3.attention.key_length") == model.config.head_dim
+    names = {t.name for t in r.tensors}
+    assert {f"blk.{i}.attn_{x}_norm.weight" for i in range(model.config.n_layers) for x in "qk"} <= names
+
+
+def test_llama_cpp_greedy_tokens_equal_minigpt_with_qk_norm(trained_qk_norm, tmp_path):
+    model, tok = trained_qk_norm
+    llm = _llama(write_gguf(model, tok, tmp_path / "qk.gguf", "f32"))
+    gen = TextGenerator(model, tok, valid_utf8=False)
+    cfg = GenerationConfig(max_new_tokens=24, do_sample=False, ignore_eos=True)
+    try:
+        for prompt in PROMPTS:
+            ids = tok.encode(prompt)
+            ours = gen.generate_ids(ids, cfg)
+            assert _greedy_llama(llm, ids, len(ours)) == ours, prompt
+    finally:
+        llm.close()
 
 
 def test_untied_head_becomes_the_output_tensor():

@@ -64,6 +64,23 @@ def test_native_fp32_step_matches_full_forward(tok, shape):
     assert step_logits_vs_forward(model, nd.step, ids, prefill=4) < 1e-5
 
 
+@pytest.mark.parametrize("variant", [dict(qk_norm=True), dict(mlp="relu2"), dict(qk_norm=True, mlp="relu2")],
+                         ids=["qk_norm", "relu2", "qk_norm+relu2"])
+def test_native_step_computes_model_variants(tok, variant):
+    """The C step's q/k norms and ReLU^2 MLP against the forward, in float32 and int8 (odd rows: relu2's
+    up projection alone has 45 rows, not a multiple of four)."""
+    model = tiny_gpt(tok.vocab_size, **ODD_SHAPE, **variant)
+    with torch.no_grad():  # norm weights away from 1, so a step that skipped them would differ
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.copy_(torch.linspace(0.3, 2.0, p.numel()))
+    ids = tok.encode("中国的首都是北京。我喜欢读书和写字。")[:30]
+    assert step_logits_vs_forward(model, NativeDecoder(model).step, ids, prefill=4) < 1e-5
+    rounded = quantized_copy(model, "int8")
+    assert step_logits_vs_forward(rounded, NativeDecoder(model, quantize="int8").step, ids, prefill=3) < 1e-4
+    assert DecodeSteps(model).native_step() is not None  # generation picks the C step for the variant
+
+
 def test_native_int8_step_matches_rounded_model(tok):
     model = tiny_gpt(tok.vocab_size, **ODD_SHAPE)
     ids = tok.encode("今天天气很好，我们去公园散步。")[:30]

@@ -48,11 +48,13 @@ def weights_signature(model: GPT) -> tuple:
 
 
 # The parameters the C step reads (LoRA adapters included, through their effective weight); any other
-# parameter is something the model computes that the C step would skip.
+# parameter is something the model computes that the C step would skip. The q/k norms are read only
+# when the config says qk_norm (a q_norm added to another model is something the step would skip).
 KERNEL_PARAMETERS = re.compile(
     r"embed_tokens\.weight|norm\.weight|lm_head\.weight|layers\.\d+\.("
     r"input_layernorm|post_attention_layernorm|self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
     r"\.(weight|lora_A|lora_B)")
+QK_NORM_PARAMETERS = re.compile(r"layers\.\d+\.self_attn\.[qk]_norm\.weight")
 # Largest |logit| difference accepted between the C step and the forward, relative to the logits' scale:
 # float32 sums in another order differ by ~1e-6; a model change the C step lacks shows up far above this.
 KERNEL_TOLERANCE = 1e-3
@@ -60,15 +62,20 @@ KERNEL_TOLERANCE = 1e-3
 
 def unknown_parameters(model: GPT) -> list[str]:
     """Parameter names the C step does not read (a model variant it does not implement)."""
-    return [n for n, _ in model.named_parameters() if not KERNEL_PARAMETERS.fullmatch(n)]
+    qk = model.config.qk_norm
+    return [n for n, _ in model.named_parameters()
+            if not (KERNEL_PARAMETERS.fullmatch(n) or (qk and QK_NORM_PARAMETERS.fullmatch(n)))]
 
 
 def missing_parameters(model: GPT) -> list[str]:
-    """Parameter names the C step reads but the model lacks (e.g. mlp.gate_proj of the relu2 MLP)."""
+    """Parameter names the C step reads but the model lacks (modules that differ from what its config says)."""
     have = {n.rsplit(".", 1)[0] for n, _ in model.named_parameters()}
-    need = [f"layers.{i}.{m}" for i in range(model.config.n_layers)
+    cfg = model.config
+    mlp = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj") if cfg.mlp == "swiglu" else ("mlp.up_proj", "mlp.down_proj")
+    attn_norms = ("self_attn.q_norm", "self_attn.k_norm") if cfg.qk_norm else ()
+    need = [f"layers.{i}.{m}" for i in range(cfg.n_layers)
             for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+                      *attn_norms, *mlp)]
     return [n for n in need if n not in have]
 
 

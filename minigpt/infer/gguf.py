@@ -1,7 +1,9 @@
 """Export a minigpt checkpoint as a GGUF file for llama.cpp and Ollama (the `gguf` package of the serve extra).
 
 The file uses llama.cpp's "llama" architecture; minigpt's decoder is that architecture (RMSNorm,
-rotary positions, grouped-query attention, SwiGLU), so the export is a rename plus one reorder:
+rotary positions, grouped-query attention, SwiGLU), so the export is a rename plus one reorder. A model
+with `qk_norm` uses llama.cpp's "qwen3" architecture instead (the same decoder plus per-head RMSNorms
+blk.N.attn_q_norm/attn_k_norm on q and k before RoPE, and RoPE in the rotate-half layout, so no reorder):
 
 - Tensor names follow llama.cpp's llama layout: token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v,
   attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}, output_norm, and output when the head is untied
@@ -53,7 +55,8 @@ _LAYER_NAMES = {
     "self_attn.k_proj.weight": "attn_k.weight", "self_attn.v_proj.weight": "attn_v.weight",
     "self_attn.o_proj.weight": "attn_output.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight"}
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"}
 
 
 def interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -63,20 +66,26 @@ def interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, half, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def gguf_architecture(cfg: Any) -> str:
+    """llama.cpp's architecture for this config: "qwen3" with q/k norms, else "llama"."""
+    return "qwen3" if cfg.qk_norm else "llama"
+
+
 def check_gguf_variant(cfg: Any) -> None:
-    """Raise ValueError for a variant llama.cpp's llama architecture does not compute (the untied head it does)."""
-    if cfg.qk_norm:
-        raise ValueError("qk_norm=True: llama.cpp's llama architecture has no q/k norms, so a GGUF would decode this "
-                         "model wrongly; export it to transformers instead (it becomes Qwen3) or train with qk_norm=False")
+    """Raise ValueError for a variant no llama.cpp architecture computes as minigpt does (untied heads and
+    q/k norms it does)."""
     if cfg.mlp != "swiglu":
-        raise ValueError(f"mlp={cfg.mlp!r}: llama.cpp's llama architecture has only the SwiGLU MLP; "
+        raise ValueError(f"mlp={cfg.mlp!r}: llama.cpp's llama and qwen3 architectures have only the SwiGLU MLP; "
                          "train with mlp='swiglu' to export a GGUF")
 
 
 def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """minigpt's weights under llama.cpp's llama tensor names (float32, q/k reordered for its RoPE)."""
+    """minigpt's weights under llama.cpp's tensor names (float32; for the llama architecture q/k rows are
+    reordered for its RoPE, qwen3's RoPE is minigpt's own)."""
     cfg = model.config
     check_gguf_variant(cfg)
+    arch = gguf_architecture(cfg)
+    reorder = arch == "llama"
     out: dict[str, torch.Tensor] = {}
     for name, t in getattr(model, "_orig_mod", model).state_dict().items():
         t = t.detach().to("cpu", torch.float32)
@@ -90,14 +99,14 @@ def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
         elif name.startswith("layers."):
             _, i, rest = name.split(".", 2)
             if rest not in _LAYER_NAMES:
-                raise ValueError(f"parameter {name}: llama.cpp's llama architecture has no tensor for it")
-            if rest.endswith("q_proj.weight"):
+                raise ValueError(f"parameter {name}: llama.cpp's {arch} architecture has no tensor for it")
+            if reorder and rest.endswith("q_proj.weight"):
                 t = interleave_rope_rows(t, cfg.n_heads)
-            elif rest.endswith("k_proj.weight"):
+            elif reorder and rest.endswith("k_proj.weight"):
                 t = interleave_rope_rows(t, cfg.n_kv_heads)
             out[f"blk.{i}.{_LAYER_NAMES[rest]}"] = t
         elif not name.startswith("rope_"):
-            raise ValueError(f"parameter {name}: llama.cpp's llama architecture has no tensor for it")
+            raise ValueError(f"parameter {name}: llama.cpp's {arch} architecture has no tensor for it")
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -183,7 +192,7 @@ def write_gguf(model: GPT, tokenizer: Any, path: str | Path, outtype: str = "f32
         raise ValueError(f"outtype: expected one of {', '.join(OUTTYPES)}, got {outtype!r}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    w = gguf.GGUFWriter(str(tmp), arch="llama")
+    w = gguf.GGUFWriter(str(tmp), arch=gguf_architecture(model.config))
     try:
         _metadata(w, model, outtype, name)
         _tokenizer_metadata(w, tokenizer, model.config.vocab_size, chat_template or CHAT_TEMPLATE)

@@ -42,14 +42,15 @@ CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno
 OPENMP_FLAGS = ["-fopenmp"]
 QUANTIZE_CHOICES = (None, "int8")
 
-_LAYER_SLOTS = 12  # mirrors L_N in decode_step.c
+_LAYER_SLOTS = 14  # mirrors L_N in decode_step.c
 _GLOBAL_SLOTS = 6  # mirrors G_N
 
 
 class _Dims(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int32) for name in
                 ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "capacity",
-                 "int8", "n_threads")] + [("rms_norm_eps", ctypes.c_float)]
+                 "int8", "n_threads")] + [("rms_norm_eps", ctypes.c_float), ("qk_norm", ctypes.c_int32),
+                                          ("relu2", ctypes.c_int32)]
 
 
 _library: ctypes.CDLL | None = None
@@ -182,20 +183,25 @@ def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
 
 
 def block_projections(blk: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
-    """A block's linear layers in the decode steps' order: q, k, v, o, gate, up, down."""
+    """A block's linear layers in the decode steps' order: q, k, v, o, then the MLP's gate (SwiGLU only),
+    up and down."""
     a, m = blk.self_attn, blk.mlp
-    return a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj
+    gate = (m.gate_proj,) if hasattr(m, "gate_proj") else ()
+    return a.q_proj, a.k_proj, a.v_proj, a.o_proj, *gate, m.up_proj, m.down_proj
 
 
-def projection_weights(model: GPT) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
-    """Per layer (input norm, qkv, o, post norm, gate_up, down) with q/k/v and gate/up concatenated
-    in the order the C step expects, and the output head weight."""
+def projection_weights(model: GPT) -> tuple[list[tuple[torch.Tensor | None, ...]], torch.Tensor]:
+    """Per layer (input norm, qkv, o, post norm, gate_up, down, q norm, k norm) with q/k/v and gate/up
+    (or up alone, relu2) concatenated in the order the C step expects, and the output head weight.
+    The q/k norms are None without qk_norm."""
     layers = []
     with torch.no_grad():
         for blk in model.layers:
-            q, k, v, o, gate, up, down = (effective_weight(lin) for lin in block_projections(blk))
+            q, k, v, o, *mlp_in, down = (effective_weight(lin) for lin in block_projections(blk))
+            a = blk.self_attn
+            qn, kn = (a.q_norm.weight, a.k_norm.weight) if model.config.qk_norm else (None, None)
             layers.append((blk.input_layernorm.weight, torch.cat([q, k, v]), o, blk.post_attention_layernorm.weight,
-                           torch.cat([gate, up]), down))
+                           torch.cat(mlp_in), down, qn, kn))
         head = effective_weight(model.lm_head)
     return layers, head
 
@@ -235,13 +241,14 @@ class NativeDecoder:
             return t.data_ptr()
 
         self._weight_ptrs: list[list[int | None]] = []
-        for w_in, w_qkv, w_o, w_post, w_gu, w_down in layers:
+        for w_in, w_qkv, w_o, w_post, w_gu, w_down, w_qn, w_kn in layers:
             row: list[int | None] = [ptr(w_in)]
             for w in (w_qkv, w_o):
                 row += [ptr(t) for t in pack(w)]
             row.append(ptr(w_post))
             for w in (w_gu, w_down):
                 row += [ptr(t) for t in pack(w)]
+            row += [ptr(w_qn), ptr(w_kn)]
             self._weight_ptrs.append(row)
         head_w, head_s = pack(head)
         self._globals = (ctypes.c_void_p * _GLOBAL_SLOTS)(
@@ -271,7 +278,8 @@ class NativeDecoder:
                                                                            cache.values[i].data_ptr()]
         cap = cache.capacity
         self._dims = _Dims(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff,
-                           cfg.vocab_size, cap, int(self.quantize == "int8"), self.n_threads, cfg.rms_norm_eps)
+                           cfg.vocab_size, cap, int(self.quantize == "int8"), self.n_threads, cfg.rms_norm_eps,
+                           int(cfg.qk_norm), int(cfg.mlp == "relu2"))
         self._dims_ref = ctypes.byref(self._dims)
         self._scratch = torch.empty(self.lib.mg_scratch_floats(self._dims_ref, B), dtype=torch.float32)
         self._logits = torch.empty((B, cfg.vocab_size), dtype=torch.float32)

@@ -79,16 +79,18 @@ class Preparer:
             for i, (reason, detail) in zip(idx, cleaner.quality_batch([verdicts[i][1] for i in idx])):
                 if reason:
                     verdicts[i] = ("reject", reason, detail)
-        hashes = [text_hash(dedup_key(v[1]) if v[0] == "text" else chat_dedup_key(v[1])) if v[0] != "reject" else 0
-                  for v in verdicts]
+        # one dedup key per kept record: the exact hash and (for texts) the MinHash shingles both read it
+        keys = [dedup_key(v[1]) if v[0] == "text" else chat_dedup_key(v[1]) if v[0] == "chat" else None
+                for v in verdicts]
+        hashes = [0 if k is None else text_hash(k) for k in keys]
         rows = [i for i, v in enumerate(verdicts) if v[0] == "text"]
         bands = sketches = None
         exact: list[str] = []
         if self.lsh is not None and rows:
-            keys = [dedup_key(verdicts[i][1]) for i in rows]
-            sig = self.lsh.signatures(keys)
+            text_keys = [keys[i] for i in rows]
+            sig = self.lsh.signatures(text_keys)
             bands, sketches = self.lsh.band_keys(sig), self.lsh.sketch(sig)
-            exact = [exact_key(k) for k in keys]
+            exact = [exact_key(k) for k in text_keys]
         # the output line is made here: bytes cross the process boundary as one copy (a str is encoded to
         # UTF-8 and decoded again), and the parent, the one serial step, only writes it
         verdicts = [v if v[0] == "reject" else (v[0], output_line(v[0], v[1]), v[2]) for v in verdicts]

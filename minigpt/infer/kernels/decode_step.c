@@ -10,7 +10,7 @@
  * quantised in Python). Activations, norms, RoPE, softmax and the KV cache are float32 throughout.
  * The math is minigpt/model/gpt.py's forward for one token (tests/test_infer_parity.py checks the two
  * agree): q/k/v and gate/up projections concatenated by native_decode.py, RoPE in the "rotate half"
- * layout, K/V caches of shape (B, n_kv_heads, capacity, head_dim), as KVCache holds them. Row b's cache slots
+ * layout, the model's variants (per-head RMSNorm of q and k before RoPE; a ReLU-squared MLP without gate), K/V caches of shape (B, n_kv_heads, capacity, head_dim), as KVCache holds them. Row b's cache slots
  * before pad[b] are left padding and are not attended to; its token sits at position pos[b].
  */
 #include <math.h>
@@ -22,11 +22,14 @@ typedef struct {
     int32_t int8;      /* 1: projection weights are int8 with per-row scales; 0: float32 */
     int32_t n_threads;
     float rms_norm_eps;
+    int32_t qk_norm;   /* 1: each q and k head is RMS-normalised (weights L_QN, L_KN) before RoPE */
+    int32_t relu2;     /* 1: the MLP is down(relu(up x)^2) and L_GU holds up only; 0: SwiGLU, L_GU = [gate; up] */
 } mg_dims;
 
 /* Per layer, in this order: input norm w, qkv W, qkv scale, o W, o scale, post norm w, gate/up W,
- * gate/up scale, down W, down scale, K cache, V cache (scales are NULL for float32 weights). */
-enum { L_IN, L_QKV, L_QKV_S, L_O, L_O_S, L_POST, L_GU, L_GU_S, L_DOWN, L_DOWN_S, L_K, L_V, L_N };
+ * gate/up scale, down W, down scale, q norm w, k norm w, K cache, V cache (scales are NULL for float32
+ * weights, the q/k norms NULL without qk_norm). */
+enum { L_IN, L_QKV, L_QKV_S, L_O, L_O_S, L_POST, L_GU, L_GU_S, L_DOWN, L_DOWN_S, L_QN, L_KN, L_K, L_V, L_N };
 
 /* Globals: embedding (float32, V x d), final norm w, head W, head scale, cos table, sin table. */
 enum { G_EMB, G_NORM, G_HEAD, G_HEAD_S, G_COS, G_SIN, G_N };
@@ -108,6 +111,14 @@ static void rms_norm_rows(const float *x, const float *w, float *out, int B, int
     }
 }
 
+/* In place on one head vector: v / rms(v) * w (the qk_norm variant). */
+static void head_rms_norm(float *v, const float *w, int hd, float eps) {
+    float ss = 0.0f;
+    for (int j = 0; j < hd; j++) ss += v[j] * v[j];
+    float r = 1.0f / sqrtf(ss / (float)hd + eps);
+    for (int j = 0; j < hd; j++) v[j] = v[j] * r * w[j];
+}
+
 /* In place on one head vector: [a, b] -> [a*c - b*s, b*c + a*s] with the tables' two halves. */
 static void rope(float *v, const float *c, const float *s, int hd) {
     int half = hd / 2;
@@ -130,6 +141,7 @@ int mg_decode_step(const mg_dims *dm, void *const *layers, void *const *globals,
                    const int64_t *pos, const int64_t *pad, int64_t slot, float *scratch, float *logits) {
     const int d = dm->d_model, H = dm->n_heads, KV = dm->n_kv_heads, hd = dm->head_dim, ff = dm->d_ff;
     const int cap = dm->capacity, q8 = dm->int8, n_qkv = (H + 2 * KV) * hd, nb = (int)B;
+    const int n_gu = dm->relu2 ? ff : 2 * ff;  /* rows of the MLP's input projection, and act's row stride */
     if (B < 1 || slot < 0 || slot >= cap) return 1;
     for (int b = 0; b < nb; b++)
         if (tokens[b] < 0 || tokens[b] >= dm->vocab_size || pos[b] < 0 || pad[b] < 0 || pad[b] > slot) return 1;
@@ -150,7 +162,11 @@ int mg_decode_step(const mg_dims *dm, void *const *layers, void *const *globals,
             for (int b = 0; b < nb; b++) {
                 float *qb = qkv + (size_t)b * n_qkv;
                 const float *c = (const float *)globals[G_COS] + pos[b] * hd, *s = (const float *)globals[G_SIN] + pos[b] * hd;
-                for (int hh = 0; hh < H + KV; hh++) rope(qb + hh * hd, c, s, hd);
+                for (int hh = 0; hh < H + KV; hh++) {
+                    if (dm->qk_norm)
+                        head_rms_norm(qb + hh * hd, (const float *)w[hh < H ? L_QN : L_KN], hd, dm->rms_norm_eps);
+                    rope(qb + hh * hd, c, s, hd);
+                }
                 for (int g = 0; g < KV; g++) {
                     size_t at = (((size_t)b * KV + g) * cap + slot) * hd;
                     memcpy(kc + at, qb + (H + g) * hd, sizeof(float) * hd);
@@ -179,16 +195,17 @@ int mg_decode_step(const mg_dims *dm, void *const *layers, void *const *globals,
             }
             gemm(w[L_O], (const float *)w[L_O_S], q8, h, d, x2, x, nb, d, H * hd);
             rms_norm_rows(x2, (const float *)w[L_POST], h, nb, d, dm->rms_norm_eps);
-            gemm(w[L_GU], (const float *)w[L_GU_S], q8, h, d, act, NULL, nb, 2 * ff, d);
+            gemm(w[L_GU], (const float *)w[L_GU_S], q8, h, d, act, NULL, nb, n_gu, d);
             #pragma omp for schedule(static)
             for (int i = 0; i < nb * ff; i++) {
-                float *row = act + (size_t)(i / ff) * 2 * ff;
+                float *row = act + (size_t)(i / ff) * n_gu;
                 int j = i % ff;
                 float gt = row[j];
-                row[j] = gt / (1.0f + expf(-gt)) * row[ff + j];  /* silu(gate) * up, in the gate's half */
+                if (dm->relu2) row[j] = gt > 0.0f ? gt * gt : 0.0f;  /* relu(up)^2 */
+                else row[j] = gt / (1.0f + expf(-gt)) * row[ff + j];  /* silu(gate) * up, in the gate's half */
             }
-            /* down reads each row's first ff values of act (row stride 2*ff) */
-            gemm(w[L_DOWN], (const float *)w[L_DOWN_S], q8, act, 2 * ff, x, x2, nb, d, ff);
+            /* down reads each row's first ff values of act (row stride n_gu) */
+            gemm(w[L_DOWN], (const float *)w[L_DOWN_S], q8, act, n_gu, x, x2, nb, d, ff);
         }
         rms_norm_rows(x, (const float *)globals[G_NORM], h, nb, d, dm->rms_norm_eps);
         gemm(globals[G_HEAD], (const float *)globals[G_HEAD_S], q8, h, d, logits, NULL, nb, dm->vocab_size, d);
