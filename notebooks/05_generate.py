@@ -103,7 +103,7 @@ print(samples_md)
 
 # %% [markdown]
 # ## Export to Hugging Face `transformers`
-# The folder holds `config.json` (LlamaForCausalLM), `model.safetensors` and the tokenizer files
+# The folder holds `config.json` (LlamaForCausalLM, or Qwen3ForCausalLM for a model with QK-norm), `model.safetensors` and the tokenizer files
 # with the chat template; `AutoModelForCausalLM.from_pretrained` loads it as it is.
 
 # %%
