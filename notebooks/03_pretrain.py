@@ -155,7 +155,7 @@ from minigpt.infer.generate import GenerationConfig, TextGenerator
 model, tokenizer, _ = load_checkpoint(trainer.output_dir / "final_model")  # also what a DDP run saved
 gen = TextGenerator(model, tokenizer)
 for prompt in ("你好，", "中国", "经济"):
-    print(repr(prompt), "->", gen.generate(prompt, GenerationConfig(max_new_tokens=40, do_sample=False, repetition_penalty=1.2)))
+    print(repr(prompt), "->", gen.generate(prompt, GenerationConfig(max_new_tokens=40, do_sample=False, repetition_penalty=1.3)))
 
 # %% [markdown]
 # The loss curve saved with the final checkpoint (`plots/loss_curve_final_step_N.png`), two
