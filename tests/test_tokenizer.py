@@ -354,3 +354,22 @@ def test_normalize_version_is_recorded_and_a_mismatch_is_reported(run_dir, tmp_p
     conf.pop("normalize_version")
     (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(conf), encoding="utf-8")
     assert MiniTokenizer.load(tmp_path / "tok").normalize_version == 1
+
+
+def test_split_digits_encodes_numbers_one_token_per_digit(run_dir):
+    """make_docs ends many documents with a number of up to 4 digits: a plain BPE learns digit merges from them,
+    split_digits learns none, and the saved pipeline (plain ByteLevel) still encodes every number digit by digit."""
+    texts = make_docs(400, 0) + ["2024年 1998年 12345 3.14"] * 50
+    plain = train_tokenizer(texts, TokenizerConfig(tokenizer_vocab_size=500, min_frequency=2, split_digits=False))
+    split = train_tokenizer(texts, TokenizerConfig(tokenizer_vocab_size=500, min_frequency=2))
+    multi_digit = lambda t: [w for w in t._tok.get_vocab() if sum(c in "0123456789" for c in w) > 1]  # noqa: E731
+    assert multi_digit(plain)  # the corpus does teach digit merges
+    assert multi_digit(split) == []
+    for text in ("2024年", "面积 12345 平方米", "x=3.14"):
+        ids = split.encode(text)
+        assert split.decode(ids) == text
+        digits = [split.decode([i]) for i in ids if any(c.isdigit() for c in split.decode([i]))]
+        assert all(len(d.strip()) == 1 for d in digits), digits
+    assert split.vocab_size == 500
+    with pytest.raises(ValueError, match="split_digits"):
+        TokenizerConfig(split_digits="yes").validate()

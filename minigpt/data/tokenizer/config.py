@@ -26,6 +26,8 @@ class TokenizerConfig:
     tokenizer_train_mb: float = 100.0
     min_frequency: int = 2
     retrain_tokenizer: bool = False
+    # learn no merge that joins two digits, so numbers encode one token per digit (see training.train_tokenizer)
+    split_digits: bool = True
 
     def validate(self) -> None:
         v = self.tokenizer_vocab_size
@@ -48,6 +50,8 @@ class TokenizerConfig:
         m = self.min_frequency
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
             raise ValueError(f"min_frequency: expected an int >= 1, got {m!r}")
+        if not isinstance(self.split_digits, bool):
+            raise ValueError(f"split_digits: expected true/false, got {self.split_digits!r}")
         if not isinstance(self.retrain_tokenizer, bool):
             raise ValueError(f"retrain_tokenizer: expected true/false, got {self.retrain_tokenizer!r}")
 

@@ -31,7 +31,14 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, normalize_versio
     # decode(encode(x)) must be exactly x: the one normalizer removes only the chat template's escape
     # mark U+FDD0, a noncharacter that minigpt.data.normalize removes from every text anyway
     tok.normalizer = normalizers.Replace(ESCAPE_MARK, "")
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # split_digits: while the merges are learned every digit is its own word, so no merge joins two digits
+    # (or a space and a digit) and a number always encodes as one token per digit, whatever its frequency in
+    # the corpus. The saved pipeline is plain ByteLevel, which then gives the same ids (and the native encoder
+    # of fast_encode.py still applies). Per-digit numbers are what arithmetic skills need (LLaMA splits digits
+    # for the same reason, Touvron et al. 2023).
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if cfg.split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.tokenizer_vocab_size,
@@ -42,6 +49,7 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, normalize_versio
     )
     t0 = time.perf_counter()
     tok.train_from_iterator((t for t in texts if t), trainer=trainer)
+    tok.pre_tokenizer = byte_level
     mt = MiniTokenizer(tok, normalize_version=normalize_version)
     mt.train_seconds = time.perf_counter() - t0
     logger.info("trained tokenizer: vocab %d in %.1fs", mt.vocab_size, mt.train_seconds)
