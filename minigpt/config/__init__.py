@@ -40,7 +40,7 @@ def _swiglu_hidden(d_model: int) -> int:
 
 # relu2: 4*d (rounded up to 64); two matrices of 4*d hold about SwiGLU's parameters (three of 8/3*d): equal sizes.
 MLP_HIDDEN = {"swiglu": _swiglu_hidden, "relu2": lambda d_model: 64 * math.ceil(d_model * 4 / 64)}
-VARIANT_DEFAULTS = {"qk_norm": False, "mlp": "swiglu"}  # fields added after checkpoints existed
+VARIANT_DEFAULTS = {"qk_norm": False, "mlp": "swiglu", "attention_bias": False}  # fields added after checkpoints existed
 
 
 @dataclass
@@ -58,11 +58,15 @@ class ModelConfig:
     tie_word_embeddings: bool = True  # False: the LM head has its own matrix
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3's q_norm/k_norm)
     mlp: str = "swiglu"  # swiglu: down(silu(gate(x)) * up(x)) | relu2: down(relu(up(x))^2)
+    attention_bias: bool = False  # biases on q/k/v projections (Qwen2's layout; imported models only)
+    head_dim: int = 0  # 0 = d_model / n_heads; imported Qwen3 / Llama models may set another width per head
 
     MLPS: ClassVar[tuple[str, ...]] = ("swiglu", "relu2")
     def __post_init__(self) -> None:
         if not self.d_ff:  # an unknown mlp is reported by validate()
             self.d_ff = MLP_HIDDEN.get(self.mlp, _swiglu_hidden)(self.d_model)
+        if not self.head_dim and self.n_heads > 0:  # derived; a bad n_heads is reported by validate()
+            self.head_dim = self.d_model // self.n_heads
         self.validate()
 
     @classmethod
@@ -82,24 +86,23 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         # Variant switches at their default are left out: today's model keeps the config earlier code wrote and reads.
-        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in VARIANT_DEFAULTS and v == VARIANT_DEFAULTS[k])}
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        # head_dim likewise when it is the derived d_model / n_heads.
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if not (k in VARIANT_DEFAULTS and v == VARIANT_DEFAULTS[k])
+                and not (k == "head_dim" and v == self.d_model // self.n_heads)}
 
     def validate(self) -> None:
         for key in non_finite_fields(self):
             raise ValueError(f"{key}: expected a finite number, got {getattr(self, key)}")
-        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "head_dim"):
             if int(getattr(self, key)) <= 0:
                 raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.d_model % self.n_heads and self.head_dim == self.d_model // self.n_heads:
+            raise ValueError(f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads} (or set head_dim)")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"d_model/n_heads must be even for RoPE, got head_dim={self.head_dim}")
+            raise ValueError(f"head_dim must be even for RoPE, got head_dim={self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0:
@@ -109,8 +112,8 @@ class ModelConfig:
 
     def num_params(self) -> int:
         """Parameter count from the shapes alone (tied embeddings counted once)."""
-        d, kv = self.d_model, self.n_kv_heads * self.head_dim
-        attn = d * d * 2 + d * kv * 2
+        d, q, kv = self.d_model, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        attn = d * q * 2 + d * kv * 2 + ((q + 2 * kv) if self.attention_bias else 0)
         mlp = (3 if self.mlp == "swiglu" else 2) * d * self.d_ff
         per_layer = attn + mlp + 2 * d + (2 * self.head_dim if self.qk_norm else 0)
         head = 0 if self.tie_word_embeddings else self.vocab_size * d

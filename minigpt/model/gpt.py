@@ -9,7 +9,8 @@ those of Hugging Face's `modeling_llama.py`, so export is a rename, not a rewrit
 
 Variants are module choices made in __init__ from the config (forward has one path):
 `qk_norm` adds per-head RMSNorms `q_norm`/`k_norm` on queries and keys before RoPE (Qwen3's layout),
-`mlp="relu2"` swaps SwiGLU for down(relu(up(x))^2), `tie_word_embeddings=False` gives the head its own matrix.
+`mlp="relu2"` swaps SwiGLU for down(relu(up(x))^2), `tie_word_embeddings=False` gives the head its own matrix,
+`attention_bias` gives q/k/v biases (Qwen2), and `head_dim` may differ from d_model / n_heads (imported models).
 
 One forward serves training (`targets`), evaluation and cached decoding (`cache`): a decode step is the
 same code with T = 1 and the keys/values of earlier positions read from a `KVCache`.
@@ -97,9 +98,11 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer  # index into the KV cache
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        # attention_bias: q/k/v projections with biases (Qwen2's layout); o_proj never has one.
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         # QK-norm: RMSNorm over each head's dims of q and k (Qwen3); Identity keeps the Llama attention.
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
@@ -195,6 +198,8 @@ class GPT(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)  # attention_bias: start as the bias-free layer
 
     def num_params(self, trainable_only: bool = False) -> int:
         """Unique parameters (the tied head is counted once)."""
