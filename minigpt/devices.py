@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import re
 import sys
 import time
@@ -129,3 +130,28 @@ def peak_rss_mb() -> float:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def system_info(device: str = "auto", dtype: str = "auto") -> dict:
+    """The machine a run or report was made on: platform, cores, memory, torch, device and dtype (with why)."""
+    dev = pick_device(device)
+    dt, reason = pick_dtype(dtype, dev)
+    vm = psutil.virtual_memory()
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_cores_physical": physical_cores(),
+        "cpu_cores_logical": psutil.cpu_count(logical=True),
+        "memory_gb": round(vm.total / 2 ** 30, 1),
+        "available_memory_gb": round(vm.available / 2 ** 30, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "dtype": str(dt).replace("torch.", ""),
+        "dtype_reason": reason,
+    }
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        info["gpu"] = props.name
+        info["gpu_memory_gb"] = round(props.total_memory / 2 ** 30, 1)
+    return info

@@ -10,39 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import sys
 from pathlib import Path
 
-import psutil
-import torch
-
 from .config import ModelConfig
-from .devices import physical_cores, pick_device, pick_dtype
-
-
-def system_info(device: str = "auto", dtype: str = "auto") -> dict:
-    dev = pick_device(device)
-    dt, reason = pick_dtype(dtype, dev)
-    vm = psutil.virtual_memory()
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_cores_physical": physical_cores(),
-        "cpu_cores_logical": psutil.cpu_count(logical=True),
-        "memory_gb": round(vm.total / 2 ** 30, 1),
-        "available_memory_gb": round(vm.available / 2 ** 30, 1),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(dev),
-        "dtype": str(dt).replace("torch.", ""),
-        "dtype_reason": reason,
-    }
-    if dev.type == "cuda":
-        props = torch.cuda.get_device_properties(dev)
-        info["gpu"] = props.name
-        info["gpu_memory_gb"] = round(props.total_memory / 2 ** 30, 1)
-    return info
+from .devices import system_info
 
 
 def system_report(preset: str | None = None, device: str = "auto", dtype: str = "auto", batch_size: int = 8) -> str:

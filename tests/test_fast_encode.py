@@ -15,7 +15,7 @@ from minigpt.data.packing import pack_corpus
 from minigpt.data.sources import review_paths
 from minigpt.data.tokenizer import EOS_ID, TokenizerConfig, train_tokenizer
 from minigpt.data.tokenizer import fast_encode as F
-from minigpt.infer import native_decode
+from minigpt import native as kernels
 
 EDGE_CASES = [
     "", "a", "中", " ", "\n", "'", "😀",
@@ -187,7 +187,7 @@ def test_packed_files_are_byte_identical_with_and_without_the_native_path(enc, t
 
     monkeypatch.delenv(F.OPT_OUT_ENV)
     monkeypatch.setattr(F, "_encoders", {})
-    monkeypatch.setattr(native_decode, "_compiler", lambda: None)
+    monkeypatch.setattr(kernels, "_compiler", lambda: None)
     monkeypatch.setattr(F, "load_library", F.load_library.__wrapped__)  # no cached build: must compile, and can't
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=F.__name__):

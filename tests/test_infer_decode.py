@@ -132,13 +132,6 @@ def test_int8_copy_rounds_lora_updates_as_the_native_step(model):
         assert (stepped[0] - alone(rounded, prompt + [9])).abs().max().item() < 1e-4
 
 
-def test_the_benchmark_keeps_its_old_import_path():
-    from minigpt.bench.generate import BENCH_SAMPLING as new_sampling, bench_generate as new
-    from minigpt.infer.generate import BENCH_SAMPLING, bench_generate
-
-    assert bench_generate is new and BENCH_SAMPLING is new_sampling
-
-
 @needs_cc
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_a_model_change_the_c_step_lacks_decodes_with_the_forward(model, monkeypatch, caplog, quantize):

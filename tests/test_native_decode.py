@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_gpt, tiny_tokenizer, train_briefly
+from minigpt import native as kernels
 from minigpt.infer import native_decode
 from minigpt.infer.backends import DecodeSteps
 from minigpt.infer.decode import Batch, model_step
@@ -212,24 +213,23 @@ def fresh_build_state(monkeypatch, tmp_path):
 
 
 def test_build_is_cached_by_source_and_machine(fresh_build_state):
-    first = native_decode.build_library()
+    first = kernels.build_library(native_decode.SOURCE)
     assert first.parent == fresh_build_state / "cache" / "kernels" and first.exists()
     mtime = first.stat().st_mtime_ns
-    assert native_decode.build_library() == first and first.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert kernels.build_library(native_decode.SOURCE) == first and first.stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary files left
 
 
 def test_compile_error_names_the_source(fresh_build_state, monkeypatch):
     broken = fresh_build_state / "broken.c"
     broken.write_text("int mg_decode_step( {\n")
-    monkeypatch.setattr(native_decode, "SOURCE", broken)
     with pytest.raises(RuntimeError, match=r"compiling .*broken\.c .*failed"):
-        native_decode.build_library()
+        kernels.build_library(broken)
     assert not list((fresh_build_state / "cache" / "kernels").iterdir())  # nothing half-written
 
 
 def test_without_a_compiler_generation_falls_back(fresh_build_state, monkeypatch, tok, caplog):
-    monkeypatch.setattr(native_decode, "_compiler", lambda: None)
+    monkeypatch.setattr(kernels, "_compiler", lambda: None)
     model = tiny_gpt(tok.vocab_size)
     gen = TextGenerator(model, tok)
     with caplog.at_level(logging.WARNING, logger="minigpt.infer.native_decode"):

@@ -115,6 +115,15 @@ def _split_reply(msgs: list[tuple[str, str]], where: str) -> tuple[list[tuple[st
     return msgs[:-1], msgs[-1][1]
 
 
+@dataclass
+class PairSet:
+    """The pairs notebook 07 trains and evaluates on, and how they were made."""
+
+    train: list[PreferencePair]
+    eval: list[PreferencePair]
+    info: dict[str, Any]
+
+
 def parse_pair(obj: Any) -> PreferencePair:
     """A validated, normalised pair from one decoded JSON line; PairError (reason, detail) otherwise."""
     if not isinstance(obj, dict):

@@ -84,8 +84,7 @@ def load_or_make_spin(folder: Path, sft_checkpoint: Path, train: list[list[dict]
     settings are those of meta.json, else sampled (the SFT model loaded for it) and written atomically."""
     from ..atomic import atomic_write_json
     from ..train.checkpoint import load_checkpoint, sha256_file
-    from ..train.dpo import PairSet
-    from .pairs import read_pairs, write_pairs
+    from .pairs import PairSet, read_pairs, write_pairs
 
     train, held = heldout_split(train, val, eval_pairs)
     if max_pairs:

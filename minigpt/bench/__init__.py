@@ -91,7 +91,7 @@ def run(quick: bool, out_dir: Path, skip: set[str], corpus_mb: float | None = No
 
 
 def _machine() -> dict[str, Any]:
-    from ..report import system_info
+    from ..devices import system_info
 
     return system_info()
 

@@ -53,7 +53,7 @@ def benchmark_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _section_environment(f: dict, lines: list[str]) -> None:
-    from ..report import system_info
+    from ..devices import system_info
 
     lines += ["## Environment", "", f"Code: git commit `{f['git']}`. Machine (the one that wrote this report):", ""]
     lines += _table(["", "value"], [[k, v] for k, v in system_info("cpu").items()])

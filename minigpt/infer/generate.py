@@ -36,15 +36,6 @@ logger = logging.getLogger(__name__)
 _EOS_ID, _IM_START_ID, _IM_END_ID, _PAD_ID = 0, 1, 2, 3
 
 
-def __getattr__(name: str) -> Any:
-    """The benchmark's names, at their former address (it now lives in minigpt.bench.generate)."""
-    if name in ("bench_generate", "BENCH_SAMPLING"):
-        from ..bench import generate as bench
-
-        return getattr(bench, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class TextGenerator:
     """Generate text from a minigpt `GPT` and its tokenizer."""
 

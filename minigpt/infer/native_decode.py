@@ -5,41 +5,27 @@ row); in eager PyTorch on a CPU the ~20 small ops a layer cost more in dispatch 
 step does the whole forward for one new token of each row in one call, reads each weight once for
 all rows, and can read int8 weights (a quarter of the bytes) with one float32 scale per output row.
 
-The library is built with the system C compiler (`$CC`, else `cc`/`gcc`) into
-`$MINIGPT_CACHE/kernels` (default `~/.cache/minigpt/kernels`), keyed by a hash of the source, the flags
-and the machine, so a rebuild happens only when one of them changes. Without a compiler,
-`load_library()` returns None and generation decodes with the model's forward; nothing else changes.
-`build_library(source=...)` builds any other kernel of kernels/ the same way (the BPE encoder of
-minigpt/data/tokenizer/fast_encode.py uses it).
+The library is built by `minigpt.native.build_library` (the system C compiler, cached by source, flags
+and machine). Without a compiler, `load_library()` returns None and generation decodes with the model's
+forward; nothing else changes.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from ..config import ModelConfig
+from ..native import build_library
 from ..model.gpt import GPT, KVCache
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "kernels" / "decode_step.c"
-# Reassociating float sums lets the compiler vectorise the dot products; no -ffast-math, whose
-# finite-math assumption would break the softmax's -inf start.
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
-          "-fassociative-math", "-shared", "-fPIC"]
-# Two threads per step with OpenMP (the libgomp torch has loaded already); a compiler without OpenMP
-# (Apple's clang) builds the single-threaded step instead.
-OPENMP_FLAGS = ["-fopenmp"]
 QUANTIZE_CHOICES = (None, "int8")
 
 _LAYER_SLOTS = 14  # mirrors L_N in decode_step.c
@@ -57,68 +43,12 @@ _library: ctypes.CDLL | None = None
 _load_failed = False
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MINIGPT_CACHE", Path.home() / ".cache" / "minigpt")) / "kernels"
-
-
-def _compiler() -> str | None:
-    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cc and shutil.which(cc):
-            return cc
-    return None
-
-
-def _machine_key(cc: str, flags: list[str]) -> str:
-    """What the compiled library depends on besides its source: compiler, flags, CPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu += next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    return "\n".join([version, " ".join(flags), cpu, platform.system()])
-
-
-def build_library(force: bool = False, source: Path | None = None) -> Path:
-    """Compile `source` (default decode_step.c) atomically unless a build for this source and machine
-    exists; returns its path (named after the source's stem).
-
-    Tries with OpenMP first, then without; raises RuntimeError with the compiler's message if both fail.
-    """
-    source = SOURCE if source is None else Path(source)
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set $CC, or install gcc/clang) to build " + str(source))
-    src = source.read_bytes()
-    errors = []
-    for flags in (CFLAGS + OPENMP_FLAGS, CFLAGS):
-        key = hashlib.sha256(src + _machine_key(cc, flags).encode()).hexdigest()[:16]
-        out = cache_dir() / f"{source.stem}-{key}.so"
-        if out.exists() and not force:
-            return out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        try:
-            proc = subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True)
-            if proc.returncode == 0:
-                os.replace(tmp, out)  # atomic: a concurrent build or an interrupt never leaves half a library
-                logger.info("built %s (%s)", out, " ".join(flags))
-                return out
-            errors.append(f"$ {cc} {' '.join(flags)}\n{proc.stderr.strip()[-1500:]}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise RuntimeError(f"compiling {source} with {cc} failed:\n" + "\n".join(errors))
-
-
 def load_library() -> ctypes.CDLL | None:
     """The compiled decode step, building it on first use; None (logged once) when it cannot be built."""
     global _library, _load_failed
     if _library is None and not _load_failed:
         try:
-            lib = ctypes.CDLL(str(build_library()))
+            lib = ctypes.CDLL(str(build_library(SOURCE)))
             lib.mg_decode_step.restype = ctypes.c_int
             lib.mg_decode_step.argtypes = [ctypes.POINTER(_Dims), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,

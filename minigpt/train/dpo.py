@@ -31,7 +31,7 @@ import torch
 
 from ..align import data as pair_data
 from ..align.metrics import evaluate_pairs, kl_to_reference
-from ..align.pairs import PairReport, PreferencePair, read_pairs, write_rejects
+from ..align.pairs import PairReport, PairSet, read_pairs, write_rejects
 from ..align.reference import CACHE_FILE, cached_reference_logps, reference_token_logprobs, sequence_logps
 from ..align.loss import LOSS_TYPES, dpo_losses
 from ..atomic import atomic_write_json
@@ -97,15 +97,6 @@ class DPOConfig:
         bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if bad or not self.lora_targets:
             raise ValueError(f"lora_targets: {bad[0] if bad else 'empty'!r}: expected names from {', '.join(LORA_TARGETS)}")
-
-
-@dataclass
-class PairSet:
-    """The pairs notebook 07 trains and evaluates on, and how they were made."""
-
-    train: list[PreferencePair]
-    eval: list[PreferencePair]
-    info: dict[str, Any]
 
 
 def align_dir(P: Params) -> Path:

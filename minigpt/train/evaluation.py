@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from . import checkpoint as ckpt
 from .metrics import mean_eval_loss
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+# The train.trainer.Trainer these helpers are handed; not imported, since trainer.py imports this module.
+Trainer = Any
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from . import checkpoint as ckpt
 from ..atomic import clean_stale_temporaries
 from .run_lock import RunLock
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+# The train.trainer.Trainer these helpers are handed; not imported, since trainer.py imports this module.
+Trainer = Any
 
 logger = logging.getLogger(__name__)
 

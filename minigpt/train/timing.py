@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from ..config import PRESETS
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+# The train.trainer.Trainer these helpers are handed; not imported, since trainer.py imports this module.
+Trainer = Any
 
 logger = logging.getLogger(__name__)
 

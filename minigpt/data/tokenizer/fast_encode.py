@@ -1,7 +1,7 @@
 """A native byte-level BPE encoder giving exactly the ids of ``MiniTokenizer.encode_batch``, for packing.
 
-The C kernel (minigpt/infer/kernels/bpe_encode.c, compiled on first use like the decode step, see
-minigpt/infer/native_decode.py) does what the tokenizer.json of a MiniTokenizer says: remove U+FDD0
+The C kernel (bpe_encode.c next to this file, compiled on first use by minigpt/native.py, like the decode
+step) does what the tokenizer.json of a MiniTokenizer says: remove U+FDD0
 (the normalizer), split with the ByteLevel pre-tokenizer's GPT-2 pattern
 ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``, map bytes to the
 256 byte tokens and apply the merges lowest rank first (leftmost on ties), as `tokenizers`' BPE does.
@@ -30,12 +30,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...native import build_library
 from .minitokenizer import MiniTokenizer, _bytes_to_unicode
 from .special import ESCAPE_MARK
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parents[2] / "infer" / "kernels" / "bpe_encode.c"
+SOURCE = Path(__file__).resolve().parent / "bpe_encode.c"
 OPT_OUT_ENV = "MINIGPT_NO_NATIVE"  # "1": never use native kernels for encoding
 N_CODEPOINTS = 0x110000
 OTHER, LETTER, NUMBER, SPACE, UNSAFE = range(5)  # mirrors C_* in bpe_encode.c
@@ -63,9 +64,7 @@ def char_classes() -> bytes:
 @lru_cache(maxsize=1)
 def load_library() -> ctypes.CDLL:
     """The compiled kernel (built on first use); RuntimeError/OSError when it cannot be built."""
-    from ...infer.native_decode import build_library
-
-    lib = ctypes.CDLL(str(build_library(source=SOURCE)))
+    lib = ctypes.CDLL(str(build_library(SOURCE)))
     lib.mg_bpe_new.restype = _P
     lib.mg_bpe_new.argtypes = [ctypes.c_char_p, _P, _P, ctypes.c_int64, ctypes.c_int]
     lib.mg_bpe_free.restype = None
