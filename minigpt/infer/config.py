@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# torch.Generator.manual_seed takes a 64-bit integer; seeds are kept to its non-negative half.
+SEED_MAX = 2**63 - 1
+
 
 @dataclass
 class GenerationConfig:
@@ -28,6 +31,10 @@ class GenerationConfig:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        # An out-of-range seed would only fail deep inside torch (an OverflowError at the first draw).
+        check_seed(self.seed)
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a value is out of range."""
@@ -56,8 +63,7 @@ class GenerationConfig:
         if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.stop_token_ids):
             raise bad("stop_token_ids", "a list of token ids >= 0")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise bad("seed", "an integer or None")
+        check_seed(self.seed)
 
     @property
     def greedy(self) -> bool:
@@ -77,3 +83,13 @@ class GenerationConfig:
         if strict and unknown:
             raise ValueError(f"generation config: unknown keys {sorted(unknown)}; expected some of {sorted(names)}")
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_seed(seed: Any) -> None:
+    """Raise ValueError naming `seed` unless it is None or an integer in 0 .. SEED_MAX."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: expected an integer in 0 .. {SEED_MAX} (2**63-1) or None, got {seed!r}")
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed: expected an integer in 0 .. {SEED_MAX} (2**63-1), got {seed}")

@@ -16,9 +16,12 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from .engine import Engine, Event, QueueFull, Request
 from .errors import APIError, queue_full, shutting_down, unauthorized
+from .protocol import ServerLimits, server_config
 from .requests import Job, check, parse_chat, parse_completion
 from .responses import DONE, Shape, sse
 
@@ -89,7 +92,12 @@ def _error(e: APIError) -> JSONResponse:
 
 
 def create_app(engine: Engine, model_name: str = "minigpt", api_key: str | None = None) -> FastAPI:
-    """The app; its lifespan starts the engine and closes it after the last request has ended."""
+    """The app; its lifespan starts the engine and closes it after the last request has ended.
+
+    api_key None serves without a key; an empty key is refused (no client could send it)."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key: expected a non-empty key (or None for no key); an empty key would make "
+                         "every request but /health fail with 401")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,6 +111,15 @@ def create_app(engine: Engine, model_name: str = "minigpt", api_key: str | None 
     @app.exception_handler(APIError)
     async def api_error(_: HTTPRequest, e: APIError) -> JSONResponse:
         return _error(e)
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(http: HTTPRequest, _: ClientDisconnect) -> Response:
+        # The client went away before its body arrived (or was dropped by the body deadline): one line, no
+        # traceback; nobody is left to read the response.
+        client = "%s:%d" % http.client if http.client else "a client"
+        logger.info("%s %s from %s: the client disconnected before sending its whole body",
+                    http.method, http.url.path, client)
+        return Response(status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(http: HTTPRequest, e: StarletteHTTPException) -> JSONResponse:
@@ -193,13 +210,13 @@ class ThreadedServer:
             client = openai.OpenAI(base_url=server.url + "/v1", api_key="-")
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, limits: ServerLimits | None = None) -> None:
         import threading
 
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    access_log=False, timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(server_config(app, host, port, limits, log_level="warning",
+                                                   access_log=False, timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, name="minigpt-serve", daemon=True)
         self.url = ""
 

@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--decode-backend", default="auto", choices=["auto", "native", "model"])
     ap.add_argument("--shutdown-timeout", type=float, default=30.0,
                     help="seconds in-flight requests get to finish after SIGTERM (default 30)")
+    ap.add_argument("--header-timeout", type=float, default=10.0,
+                    help="seconds a client has to send a request's headers before its connection is closed (default 10)")
+    ap.add_argument("--body-timeout", type=float, default=30.0,
+                    help="seconds a client has to send a request's body once its headers are in (default 30)")
+    ap.add_argument("--max-connections", type=int, default=128,
+                    help="open connections past which new requests get 503 (default 128)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return ap
 
@@ -66,18 +72,30 @@ def _server_class() -> type:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.api_key is not None and not args.api_key.strip():
+        ap.error("--api-key (or $MINIGPT_API_KEY) is empty: no client could send it, so every request but "
+                 "/health would get 401; give a key, or leave both unset to serve without one")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 (the serve extra is installed)
 
         from .app import create_app
+        from .protocol import ServerLimits, server_config
     except ImportError as e:
         print(f"error: {e.name} is missing: install the serve extra (pip install -e '.[serve]')", file=sys.stderr)
         return 1
     from ..train.checkpoint import load_checkpoint
     from .engine import Engine
 
+    try:
+        limits = ServerLimits(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                              max_connections=args.max_connections)
+        limits.check()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         model, tokenizer, _ = load_checkpoint(args.checkpoint)
         engine = Engine(model, tokenizer, quantize=args.quantize, max_batch=args.max_batch,
@@ -86,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     app = create_app(engine, model_name=args.model_name, api_key=args.api_key)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
+    config = server_config(app, args.host, args.port, limits, log_level=args.log_level,
+                           timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
     logger.info("serving %s as %r on http://%s:%d/v1 (max batch %d, max queue %d%s)", args.checkpoint,
                 args.model_name, args.host, args.port, args.max_batch, args.max_queue,
                 ", API key required" if args.api_key else "")

@@ -210,18 +210,24 @@ class Engine:
     def _admit(self, new: list[Request]) -> None:
         """Prefill the new prompts together, sample their first tokens, join the rows that go on."""
         logits, cache, batch = prefill(self.steps.forward_model(), [r.prompt for r in new], self.pad_id, 0)
-        rows = []
+        rows: list[_Active | None] = []
         for b, req in enumerate(new):
-            text = RowText(self.tokenizer, self.stop_ids(req.config), req.config.stop_strings, self.special_ids,
-                           req.config.skip_special_tokens)
-            sampler = Sampler(req.config, [req.prompt], self.vocab_size, logits.device, utf8=self._utf8)
-            rows.append(_Active(req, text, sampler))
-        keep = [b for b, a in enumerate(rows) if not a.push(a.sampler(logits[b:b + 1])[0])]
+            try:  # one request's settings that fail here end that request only, not the batch
+                req.config.validate()
+                text = RowText(self.tokenizer, self.stop_ids(req.config), req.config.stop_strings, self.special_ids,
+                               req.config.skip_special_tokens)
+                sampler = Sampler(req.config, [req.prompt], self.vocab_size, logits.device, utf8=self._utf8)
+                rows.append(_Active(req, text, sampler))
+            except (ValueError, TypeError, OverflowError, RuntimeError) as e:
+                logger.warning("request refused when joining the batch: %s", e)
+                self._fail([req], f"generation failed: {e}")
+                rows.append(None)
+        keep = [b for b, a in enumerate(rows) if a is not None and not a.push(a.sampler(logits[b:b + 1])[0])]
         if not keep:
             return
         if len(keep) < len(rows):
             batch.keep(keep, cache)
-        rows = [rows[b] for b in keep]
+        rows = [rows[b] for b in keep]  # type: ignore[misc]  (None rows are never kept)
         spare = max(a.remaining for a in self._active + rows) + _SPARE
         if self._cache is None:
             self._cache, self._batch = realign(cache, batch, cache.length, cache.length + spare), batch

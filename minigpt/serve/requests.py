@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..infer.config import GenerationConfig
+from ..infer.config import SEED_MAX, GenerationConfig
 from .errors import APIError, bad_request
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ def _generation(body: dict, n_prompt: int, context: int) -> GenerationConfig:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad_request("seed", f"'seed' must be an integer, got {_type_name(seed)}")
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise bad_request("seed", f"'seed' must be between 0 and {SEED_MAX} (2**63-1), got {seed}")
     return GenerationConfig(
         max_new_tokens=min(max_tokens or room, room), temperature=temperature,
         # top_p 0 (allowed by OpenAI) keeps only the most likely token: the nucleus of a tiny mass.
