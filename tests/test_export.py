@@ -150,3 +150,74 @@ def test_relu2_export_is_refused(exported, tmp_path):
     with pytest.raises(ValueError, match="mlp='relu2'"):
         export_model(GPT(cfg), out, tmp_path / "hf2")
     assert not (tmp_path / "hf").exists() and not (tmp_path / "hf2").exists()
+
+
+# ---- issue 31, item 1: an export never deletes what is not an export
+
+
+@pytest.fixture
+def run_folder(exported, tmp_path):
+    """runs/X as the notebooks leave it: data, tokenizer, tokens and a pretrain checkpoint."""
+    model, tok, out = exported
+    run = tmp_path / "runs" / "X"
+    for part, name, text in [("data", "train.jsonl", '{"text": "长江"}\n'), ("tokens", "meta.json", "{}"),
+                             ("tokenizer", "notes.txt", "kept")]:
+        (run / part).mkdir(parents=True)
+        (run / part / name).write_text(text, encoding="utf-8")
+    ckpt = save_checkpoint(run / "pretrain" / "final_model", model,
+                           {"model": model.config.to_dict(), "tokenizer_sha256": tok.sha256},
+                           tokenizer_dir=out.parent / "tok")
+    return run, ckpt
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_export_refuses_what_it_would_destroy(run_folder, tmp_path, capsys, fmt):
+    if fmt == "gguf":
+        pytest.importorskip("gguf")
+    run, ckpt = run_folder
+    before = _snapshot(run)
+    user = tmp_path / "mine"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("my notes", encoding="utf-8")
+    user_before = _snapshot(user)
+    cases = [(run, "is a run folder (it has data, tokenizer, tokens, pretrain/)"),
+             (ckpt, "is a minigpt checkpoint"),
+             (ckpt / "hf", "is a minigpt checkpoint"),
+             (run / "pretrain", f"is {run / 'pretrain'}, a part of the run"),
+             (ckpt.parent.parent.parent, "holds the checkpoint being exported"),
+             (run / "data" / "hf", f"is inside {run / 'data'}, a part of the run"),
+             (user, "not empty and not an export (no minigpt_export.json; it holds notes.txt, sub)")]
+    for out, message in cases:
+        assert main([str(ckpt), str(out), "--format", fmt]) == 1, out
+        err = capsys.readouterr().err
+        assert f"error: {out}: " in err and message in err, err
+    assert _snapshot(run) == before and _snapshot(user) == user_before
+    assert not (ckpt / "hf").exists() and not (run / "data" / "hf").exists()
+    (tmp_path / "file").write_text("x")
+    assert main([str(ckpt), str(tmp_path / "file"), "--format", fmt]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, other", [("hf", "gguf"), ("gguf", "hf")])
+def test_export_replaces_only_its_own_kind(run_folder, capsys, fmt, other):
+    """runs/X/<fmt> (a new folder beside the run's parts) is written, written again over itself, and refused
+    to the other format; an empty folder is fine."""
+    pytest.importorskip("gguf")
+    run, ckpt = run_folder
+    out = run / fmt
+    assert main([str(ckpt), str(out), "--format", fmt]) == 0
+    first = _snapshot(out)
+    assert main([str(ckpt), str(out), "--format", fmt]) == 0  # a previous export of the same kind: replaced
+    assert _snapshot(out) == first and not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert main([str(ckpt), str(out), "--format", other]) == 1
+    assert f"not empty and a {fmt} export" in capsys.readouterr().err
+    assert _snapshot(out) == first
+    empty = run / "empty"
+    empty.mkdir()
+    assert main([str(ckpt), str(empty), "--format", fmt]) == 0
+    if fmt == "hf":
+        assert json.loads((out / "minigpt_export.json").read_text())["format"] == "hf"

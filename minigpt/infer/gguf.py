@@ -44,6 +44,7 @@ import torch
 
 from ..model.gpt import GPT
 from ..train.checkpoint import atomic_folder
+from .export import check_export_target
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,9 @@ def export_gguf(checkpoint_dir: str | Path, out_dir: str | Path, outtype: str = 
     model, tokenizer, _ = load_checkpoint(checkpoint_dir)  # verifies the manifest and the tokenizer hash
     template = _chat_template(Path(checkpoint_dir))
     name = f"minigpt-{outtype}.gguf"
+    # Never replaces a run, a checkpoint or a user's folder. A GGUF folder is recognised by its files (GGUF files
+    # and a Modelfile only), so it carries no marker file beside what Ollama reads.
+    check_export_target(out_dir, "gguf", checkpoint_dir)
     with atomic_folder(Path(out_dir)) as tmp:
         write_gguf(model, tokenizer, tmp / name, outtype, template, name=Path(checkpoint_dir).name)
         (tmp / "Modelfile").write_text(modelfile(name, model.config.max_seq_len), encoding="utf-8")
