@@ -342,8 +342,9 @@ def test_sft_records_are_split_into_sft_files(tmp_path):
               {"role": "assistant", "content": f"答案是{i}。"}, {"role": "user", "content": "谢谢"}]
              for i in range(200)]
     f = write_lines(tmp_path / "chat.jsonl", [jline({"conversations": c}) for c in convs] + [text_line(GOOD[0])])
-    stats = run_cleaning(config(f, val_fraction=0.2), tmp_path / "out")
+    stats = run_cleaning(config(f, val_fraction=0.0, sft_val_fraction=0.2), tmp_path / "out")
     sft = read_jsonl(tmp_path / "out" / "sft.jsonl") + read_jsonl(tmp_path / "out" / "sft_val.jsonl")
+    # dialogues follow sft_val_fraction, not the documents' val_fraction
     assert len(sft) == 200 and 10 < stats["kept"]["sft_val"] < 70
     assert stats["steps"]["trailing_user_turn_dropped"] == 200
     assert all([t["role"] for t in r["conversations"]] == ["system", "user", "assistant"] for r in sft)

@@ -345,7 +345,7 @@ class _Run:
         if kind == "text":
             split = "val" if is_val(h, self.cfg.val_fraction) else "train"
         else:
-            split = "sft_val" if is_val(h, self.cfg.val_fraction) else "sft"
+            split = "sft_val" if is_val(h, self.cfg.sft_val_fraction) else "sft"
         self.files[split].write(line)
         st["kept"][split] += 1
         st["chars"][split] += nchars
