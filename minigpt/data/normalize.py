@@ -25,6 +25,9 @@ Version 1 is what runs before versions were recorded did: NFKC everywhere (full-
 ASCII), and the same control characters removed. ``normalize(text, version=1)`` reproduces it, so a
 model trained on version-1 data gets prompts in the form it was trained on.
 
+Version 0 is no normalisation at all: a tokenizer imported with a pretrained model (``python -m
+minigpt.convert``) was trained on raw text, so its tokenizer_config.json records 0 and prompts reach it as typed.
+
 ``normalize`` is idempotent. Cleaning (notebook 01) adds document-level steps around it (POS tags, HTML,
 URLs, whitespace) that prompts do not get; see ``minigpt.data.clean``.
 """
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 NORMALIZE_VERSION = 2
 VERSION_KEY = "normalize_version"  # the key in stats.json, meta.json and tokenizer_config.json
 VERSIONS = {
+    0: "none: text is used as it is (tokenizers imported with a pretrained model were trained on raw text)",
     1: "NFKC (full-width punctuation became ASCII); runs that recorded no version",
     2: "Chinese punctuation kept full-width, letters and digits half-width, compatibility folded",
 }
@@ -168,6 +172,8 @@ def normalize(text, *, version: int = NORMALIZE_VERSION, counts: dict[str, int] 
     """
     if version not in VERSIONS:
         raise ValueError(f"normalize: version {version!r} is unknown; expected one of {sorted(VERSIONS)}")
+    if version == 0:  # an imported tokenizer's text is not normalised
+        return text if isinstance(text, str) else list(text)
     bad = set(steps) - set(_SUBSTEPS)
     if bad:
         raise TypeError(f"normalize: unknown step {sorted(bad)[0]!r}; the steps are {', '.join(_SUBSTEPS)}")

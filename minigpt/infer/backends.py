@@ -161,6 +161,10 @@ class DecodeSteps:
         missing = missing_parameters(self.model)
         if missing:
             return f"the model has no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (a variant the C step lacks)"
+        cfg = self.model.config
+        if cfg.head_dim * cfg.n_heads != cfg.d_model:  # imported models; the C step's buffers assume the equality
+            return (f"head_dim={cfg.head_dim} differs from d_model / n_heads = {cfg.d_model}/{cfg.n_heads}, which the "
+                    "C step assumes")
         if load_library() is None:
             return "the C step could not be built: see the warning above"
         return None

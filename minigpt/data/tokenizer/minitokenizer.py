@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ...atomic import atomic_write_text
+from .imported import IMPORT_KEY, ChatTemplate, special_token_ids
 from .special import (
     BOS_ID, CHAT_ROLES, EOS_ID, IM_END_ID, IM_END_TOKEN, IM_START_ID, IM_START_TOKEN, PAD_ID, SPECIAL_TOKENS,
     hf_tokenizer_config, special_tokens_map,
@@ -51,25 +52,39 @@ def _canonical_json(s: str) -> str:
 class MiniTokenizer:
     """A thin wrapper over a ``tokenizers.Tokenizer`` with minigpt's special tokens and ChatML."""
 
-    def __init__(self, tokenizer: Any, source: str | None = None, normalize_version: int = 1) -> None:
+    def __init__(self, tokenizer: Any, source: str | None = None, normalize_version: int = 1,
+                 imported: dict | None = None) -> None:
+        """imported: the tokenizer_config.json of a tokenizer that came with a pretrained model (see
+        imported.py): special tokens are found by name and its own chat template is used."""
         self._tok = tokenizer
         self.source = source  # folder it was loaded from / saved to, for messages
-        # the text normalisation (minigpt.data.normalize) of the data it was trained on; 1 = not recorded
+        # the text normalisation (minigpt.data.normalize) of the data it was trained on; 1 = not recorded, 0 = none
         self.normalize_version = normalize_version
         self.train_seconds: float | None = None  # set by train_tokenizer
-        for i, s in enumerate(SPECIAL_TOKENS):
-            got = tokenizer.token_to_id(s)
-            if got != i:
-                raise ValueError(f"tokenizer{' ' + source if source else ''}: special token {s} has id {got}, expected {i}")
+        self.imported = imported
+        if imported is None:
+            for i, s in enumerate(SPECIAL_TOKENS):
+                got = tokenizer.token_to_id(s)
+                if got != i:
+                    raise ValueError(f"tokenizer{' ' + source if source else ''}: special token {s} has id {got}, expected {i}")
         # The serialized form (special tokens matched) is what HF loads; for our own encode we
         # switch matching off so literal "<|im_end|>" in user text stays ordinary bytes.
         self._canonical = _canonical_json(tokenizer.to_str())
         self.sha256: str = hashlib.sha256(self._canonical.encode("utf-8")).hexdigest()
         tokenizer.encode_special_tokens = True
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
-        self.eos_id, self.bos_id, self.pad_id = EOS_ID, BOS_ID, PAD_ID
-        self.im_start_id, self.im_end_id = IM_START_ID, IM_END_ID
-        self.special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+        self._chat: ChatTemplate | None = None
+        if imported is None:
+            self.eos_id, self.bos_id, self.pad_id = EOS_ID, BOS_ID, PAD_ID
+            self.im_start_id, self.im_end_id = IM_START_ID, IM_END_ID
+            self.special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+        else:  # ids by name; generation from an empty prompt starts from eos, as with minigpt's own
+            where = source or "imported tokenizer"
+            ids = special_token_ids(tokenizer, imported, where)
+            self.eos_id = self.bos_id = ids["eos_id"]
+            self.pad_id, self.im_start_id, self.im_end_id = ids["pad_id"], ids["im_start_id"], ids["im_end_id"]
+            self.special_ids = ids["special_ids"]
+            self._chat = ChatTemplate(imported.get("chat_template"), self._canonical, imported, ids, where)
         self._bytes: dict[int, bytes] = {}  # token_bytes memo: streaming asks for it once per generated token
         self._nl = self.encode("\n")
         self._assistant_header = self.encode("assistant\n")
@@ -98,7 +113,16 @@ class MiniTokenizer:
             tok = Tokenizer.from_file(str(f))
         except Exception as e:  # tokenizers raises a plain Exception on bad JSON
             raise ValueError(f"{f}: not a valid tokenizers JSON file ({e})") from None
-        return cls(tok, source=str(p), normalize_version=_recorded_version(f.parent / "tokenizer_config.json"))
+        conf_file = f.parent / "tokenizer_config.json"
+        imported = None
+        if conf_file.is_file():
+            try:
+                conf = json.loads(conf_file.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ValueError(f"{conf_file}: not valid JSON ({e})") from None
+            if isinstance(conf, dict) and IMPORT_KEY in conf:
+                imported = conf
+        return cls(tok, source=str(p), normalize_version=_recorded_version(conf_file), imported=imported)
 
     def to_json(self) -> str:
         """Canonical tokenizer.json content (special tokens matched, as HF expects)."""
@@ -108,8 +132,11 @@ class MiniTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / "tokenizer.json", json.dumps(json.loads(self._canonical), ensure_ascii=False, indent=1))
-        atomic_write_text(folder / "tokenizer_config.json", json.dumps(hf_tokenizer_config(self.normalize_version), ensure_ascii=False, indent=2))
-        atomic_write_text(folder / "special_tokens_map.json", json.dumps(special_tokens_map(), ensure_ascii=False, indent=2))
+        # an imported tokenizer keeps its own config (chat template, special tokens) as it came
+        conf = self.imported if self.imported is not None else hf_tokenizer_config(self.normalize_version)
+        atomic_write_text(folder / "tokenizer_config.json", json.dumps(conf, ensure_ascii=False, indent=2))
+        if self.imported is None:
+            atomic_write_text(folder / "special_tokens_map.json", json.dumps(special_tokens_map(), ensure_ascii=False, indent=2))
         self.source = str(folder)
         logger.info("saved tokenizer (vocab %d, sha256 %s) to %s", self.vocab_size, self.sha256[:12], folder)
 
@@ -178,6 +205,8 @@ class MiniTokenizer:
         header's "\\n" with it: then the fused token counts as target (it holds reply bytes).
         """
         self._check_messages(messages)
+        if self._chat is not None:  # an imported tokenizer: its own template
+            return self._chat.segments(messages, add_generation_prompt)
         pieces: list[tuple[list[int], bool]] = []
 
         def add(ids: list[int], target: bool) -> None:
@@ -212,5 +241,7 @@ class MiniTokenizer:
         """The ChatML string (what the Jinja template renders for content without ``<|``, which the
         template escapes; see ``special.CHAT_TEMPLATE``)."""
         self._check_messages(messages)
+        if self._chat is not None:
+            return self._chat.render(messages, add_generation_prompt)
         s = "".join(f"{IM_START_TOKEN}{m['role']}\n{m['content']}{IM_END_TOKEN}\n" for m in messages)
         return s + (f"{IM_START_TOKEN}assistant\n" if add_generation_prompt else "")
