@@ -397,7 +397,9 @@ class Params(dict):
     def build(self, cls: type[T]) -> T:
         """`cls` from the parameters that are its fields (flat names for a grouped config such as TrainConfig)."""
         names = _field_types(cls)
-        return cls(**{k: v for k, v in self.items() if k in names and v is not None})
+        values = {k: v for k, v in self.items() if k in names and v is not None}
+        from_flat = getattr(cls, "from_flat", None)  # a grouped config takes flat names through its one converter
+        return from_flat(**values) if from_flat else cls(**values)
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -493,8 +495,12 @@ def jsonable(P: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_dataclass(obj) -> None:
-    """Call obj.validate() and re-raise as ParameterError so notebooks show one kind of error."""
+    """Call obj.validate() and re-raise as ParameterError so notebooks show one kind of error; a key that has
+    aliases (the seeds' flag names) is shown with them, since the user may have typed one of those."""
     try:
         obj.validate()
     except ValueError as e:
-        raise ParameterError(str(e)) from e
+        msg = str(e)
+        key = msg.split(":", 1)[0]
+        names = sorted(alias for alias, (canonical, _, _) in ALIASES.items() if canonical == key)
+        raise ParameterError(f"{key} ({', '.join(names)}){msg[len(key):]}" if names else msg) from e

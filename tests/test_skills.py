@@ -297,3 +297,25 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         S.write_skills_jsonl([*S.make_skills("val", 2, families=["sub"]), Boom()], path)
     assert path.read_text(encoding="utf-8") == before
     assert [p.name for p in tmp_path.iterdir()] == ["skills.jsonl"]
+
+
+def test_read_rejects_a_problem_moved_into_another_split(tmp_path):
+    """A hand edit that relabels a test problem as train would leak it: the reader checks split_of."""
+    test_item = S.make_skills("test", 1, families=["add"])[0]
+    moved = dict(test_item.to_json(), split="train")
+    path = tmp_path / "train.jsonl"
+    S.write_skills_jsonl(S.make_skills("train", 2, families=["add"]), path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(moved, ensure_ascii=False) + "\n")
+    with pytest.raises(ValueError, match=rf"{path}:3: key 'split' is 'train' but this add problem belongs to 'test'"):
+        S.read_skills_jsonl(path)
+    # a question in the user's own wording cannot be placed: kept as it is
+    own = {"conversations": [{"role": "user", "content": "一加一等于几？"}], "family": "add", "answer": "2",
+           "lang": "zh", "split": "train"}
+    path.write_text(json.dumps(own, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert S.read_skills_jsonl(path)[0].question == "一加一等于几？"
+    # a file read as one split holds that split only
+    path.write_text(json.dumps(test_item.to_json(), ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{path}:1: key 'split' is 'test'; this file holds 'train'"):
+        S.read_skills_jsonl(path, "train")
+    assert S.read_skills_jsonl(path, "test") == [test_item]

@@ -1,5 +1,9 @@
 """Training configuration: one small dataclass per concern (optim, schedule, evaluation, checkpoints,
-logging, machine, guard), composed into TrainConfig; flat and earlier names keep working."""
+logging, machine, guard), composed into TrainConfig and read grouped (`cfg.optim.learning_rate`).
+
+Parameters arrive flat (notebooks, YAML files, checkpoints' "train" dict): `TrainConfig.from_flat` puts each
+field in its group, `to_flat` writes them back out. Other names for a field (the seeds' flags) are resolved
+where parameters are read (minigpt.params.ALIASES), not here."""
 from __future__ import annotations
 
 import copy
@@ -219,28 +223,17 @@ TRAIN_GROUPS: dict[str, type] = {
     "logging": LoggingConfig, "machine": MachineConfig, "guard": GuardConfig,
 }
 
-# Earlier names of TrainConfig fields, still accepted everywhere (constructor, from_flat, attributes, parameters).
-RENAMED_TRAIN_FIELDS: dict[str, str] = {
-    "save_steps": "save_interval",
-    "dynamic_seq_length": "context_growth",
-    "min_seq_length": "context_growth_from",
-    "max_seq_length": "context_growth_to",
-    "disable_optimizations": "disable_speedups",
-    "max_grad_norm": "grad_clip",
-}
-
 
 def _train_field_groups() -> dict[str, str]:
     """flat field name -> the group that holds it."""
     return {f.name: group for group, cls in TRAIN_GROUPS.items() for f in dataclasses.fields(cls)}
 
 
-@dataclass(init=False)
+@dataclass
 class TrainConfig:
     """Everything the Trainer needs, in groups: `cfg.optim.learning_rate`, `cfg.checkpoints.save_interval`.
 
-    Flat names keep working: `TrainConfig(learning_rate=3e-4, save_steps=50)` (earlier names included),
-    `TrainConfig.from_flat(**d)`, `to_flat()`, and reading or setting `cfg.learning_rate`.
+    From flat parameters: `TrainConfig.from_flat(learning_rate=3e-4, save_interval=50)`; back: `to_flat()`.
     """
 
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -251,49 +244,26 @@ class TrainConfig:
     machine: MachineConfig = field(default_factory=MachineConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
-    SCHEDULERS = ScheduleConfig.SCHEDULERS
-    OPTIMIZERS = OptimConfig.OPTIMIZERS
-    DTYPES = MachineConfig.DTYPES
     FIELD_GROUPS: ClassVar[dict[str, str]] = _train_field_groups()  # flat field name -> group
-
-    def __init__(self, optim: OptimConfig | None = None, schedule: ScheduleConfig | None = None,
-                 evaluation: EvalConfig | None = None, checkpoints: CheckpointConfig | None = None,
-                 logging: LoggingConfig | None = None, machine: MachineConfig | None = None,
-                 guard: GuardConfig | None = None, **flat: Any) -> None:
-        given = dict(optim=optim, schedule=schedule, evaluation=evaluation, checkpoints=checkpoints,
-                     logging=logging, machine=machine, guard=guard)
-        for name, cls in TRAIN_GROUPS.items():
-            # a copy: dataclasses.replace(cfg, ...) hands over the same group objects, which must stay untouched
-            setattr(self, name, copy.deepcopy(given[name]) if given[name] is not None else cls())
-        for key, value in canonical_train_fields(flat).items():
-            setattr(getattr(self, self.FIELD_GROUPS[key]), key, value)
 
     @classmethod
     def from_flat(cls, **flat: Any) -> "TrainConfig":
-        """From flat field names (current or earlier ones), as notebooks, YAML files and old checkpoints hold them."""
-        return cls(**flat)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """From `to_flat()`'s or `to_nested()`'s dict, or the flat "train" dict of a checkpoint written by earlier code."""
-        groups = {k: TRAIN_GROUPS[k](**v) for k, v in d.items() if k in TRAIN_GROUPS and isinstance(v, dict)}
-        return cls(**groups, **{k: v for k, v in d.items() if k not in TRAIN_GROUPS})
+        """From flat field names, as notebooks, YAML files and checkpoints' "train" dicts hold them; an unknown
+        name is a TypeError naming it."""
+        unknown = sorted(set(flat) - set(cls.FIELD_GROUPS))
+        if unknown:
+            raise TypeError(f"TrainConfig: unknown field {unknown[0]!r}")
+        groups: dict[str, dict[str, Any]] = {g: {} for g in TRAIN_GROUPS}
+        for key, value in flat.items():
+            groups[cls.FIELD_GROUPS[key]][key] = copy.deepcopy(value)
+        return cls(**{g: TRAIN_GROUPS[g](**values) for g, values in groups.items()})
 
     def to_flat(self) -> dict[str, Any]:
         """Every field under its flat name (what checkpoints' config.json and run_config.json hold as "train")."""
         return {k: copy.deepcopy(v) for group in TRAIN_GROUPS for k, v in dataclasses.asdict(getattr(self, group)).items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        """The flat dict (as before the grouping, so checkpoints stay readable by earlier code)."""
-        return self.to_flat()
-
-    def to_nested(self) -> dict[str, Any]:
-        """{group: {field: value}}."""
-        return dataclasses.asdict(self)
-
     def validate(self) -> None:
-        """Stop bad values before any compute, naming the key (and its earlier name, if it had one)."""
-        old = {new: old for old, new in RENAMED_TRAIN_FIELDS.items() if new != "grad_clip"}
+        """Stop bad values before any compute, naming the key."""
         for group in TRAIN_GROUPS:
             for key in non_finite_fields(getattr(self, group)):
                 raise ValueError(f"{key}: expected a finite number, got {getattr(getattr(self, group), key)}")
@@ -302,40 +272,4 @@ class TrainConfig:
         checks.append((min_lr <= lr, "min_lr", f"at most learning_rate={lr:g} (the decay ends there), got {min_lr:g}"))
         for ok, key, expected in checks:
             if not ok:
-                shown = f"{key} ({old[key]})" if key in old else key
-                raise ValueError(f"{shown}: expected {expected}")
-
-
-def canonical_train_fields(flat: dict[str, Any]) -> dict[str, Any]:
-    """Flat TrainConfig values under current names; earlier names are renamed (None values of them ignored).
-
-    An unknown key is a TypeError, as for any constructor; an earlier and a current name with different
-    values is a ValueError naming both.
-    """
-    out = {k: v for k, v in flat.items() if k not in RENAMED_TRAIN_FIELDS}
-    unknown = sorted(set(out) - set(TrainConfig.FIELD_GROUPS))
-    if unknown:
-        raise TypeError(f"TrainConfig: unknown field {unknown[0]!r}")
-    for old, new in RENAMED_TRAIN_FIELDS.items():
-        if old not in flat or flat[old] is None:
-            continue
-        if new in out and out[new] != flat[old]:
-            raise ValueError(f"{old}: earlier name of {new}, but both are set ({flat[old]!r} vs {out[new]!r})")
-        out[new] = flat[old]
-    return out
-
-
-def _flat_property(name: str, group: str) -> property:
-    def get(self: TrainConfig) -> Any:
-        return getattr(getattr(self, group), name)
-
-    def set_(self: TrainConfig, value: Any) -> None:
-        setattr(getattr(self, group), name, value)
-
-    return property(get, set_, doc=f"cfg.{group}.{name}")
-
-
-for _name, _group in TrainConfig.FIELD_GROUPS.items():
-    setattr(TrainConfig, _name, _flat_property(_name, _group))
-for _old, _new in RENAMED_TRAIN_FIELDS.items():
-    setattr(TrainConfig, _old, _flat_property(_new, TrainConfig.FIELD_GROUPS[_new]))
+                raise ValueError(f"{key}: expected {expected}")

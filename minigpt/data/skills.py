@@ -812,11 +812,15 @@ def _item_from_json(obj: object, where: str) -> SkillItem:
     return SkillItem(obj["family"], obj["lang"], conv[0]["content"], answer, obj["split"])
 
 
-def read_skills_jsonl(path: str | Path) -> list[SkillItem]:
+def read_skills_jsonl(path: str | Path, split: str | None = None) -> list[SkillItem]:
     """Read a file ``write_skills_jsonl`` wrote (or a user edited); every line is validated, and a bad one raises
-    ValueError naming ``path:line`` and the key. Blank lines are skipped."""
+    ValueError naming ``path:line`` and the key. Blank lines are skipped. With ``split``, every line must be of it.
+
+    A question the family's parser can read must carry the split ``split_of`` gives it (an edit that moved a test
+    problem into a train file is an error); one it cannot read (a user's own wording) is kept, and counted in the
+    log, since its split cannot be checked."""
     path = Path(path)
-    items = []
+    items, unchecked = [], 0
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -826,5 +830,19 @@ def read_skills_jsonl(path: str | Path) -> list[SkillItem]:
                 obj = json.loads(line)
             except ValueError as e:
                 raise ValueError(f"{where}: not valid JSON ({e})") from None
-            items.append(_item_from_json(obj, where))
+            item = _item_from_json(obj, where)
+            if split is not None and item.split != split:
+                raise ValueError(f"{where}: key 'split' is {item.split!r}; this file holds {split!r} problems only")
+            try:
+                belongs = split_of(item.family, item.lang, item.question)
+            except ValueError:
+                unchecked += 1
+            else:
+                if belongs != item.split:
+                    raise ValueError(f"{where}: key 'split' is {item.split!r} but this {item.family} problem belongs "
+                                     f"to {belongs!r} (splits never share a problem)")
+            items.append(item)
+    if unchecked:
+        logger.info("skills: %s: %d questions not in a built-in wording; their splits were not checked", path,
+                    unchecked)
     return items

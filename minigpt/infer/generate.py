@@ -44,7 +44,7 @@ class TextGenerator:
         """quantize: None (the model's weights as they are) or "int8" (per-row int8 weights, for the
         prompt and every new token). decode_backend: "auto" (the C step of native_decode.py on a
         float32 CPU model, when it builds; else the model's forward), "native" (the C step or an
-        error) or "model" (the model's forward; "torch" is accepted too). valid_utf8: never sample a
+        error) or "model" (the model's forward). valid_utf8: never sample a
         token that makes the text invalid UTF-8 (sampling.Utf8Table); False samples from the model's
         distribution as it is, as transformers' generate does.
 

@@ -17,6 +17,8 @@ if "ipykernel" not in sys.modules:
     matplotlib.use("Agg")  # headless outside a kernel; a kernel keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..data.jsonl import iter_json_lines  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 RECENT_STEPS = 1000
@@ -28,11 +30,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         return out
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            logger.warning("%s:%d: unreadable metrics line skipped", p, i)
+    for line in iter_json_lines(p):  # the package's JSONL reader: a bad line is skipped with its number
+        rec = line.value
+        if not line.ok or not isinstance(rec, dict):
+            logger.warning("%s:%d: unreadable metrics line skipped (%s)", p, line.line, line.detail or "not an object")
             continue
         if not rec.get("skipped"):
             out.append(rec)
