@@ -110,7 +110,7 @@ def test_table_and_plot_from_results(tmp_path):
 
 
 def test_notebook_08_is_paired_with_literal_parameters_and_checked_outputs():
-    """08 is not in the 01-06 chain (notebook_tools.NOTEBOOKS); nbval runs it on its own with the ci sweep."""
+    """09 is not in the 01-08 chain (notebook_tools.NOTEBOOKS); nbval runs it on its own with the ci sweep."""
     import ast
     from pathlib import Path
 
@@ -118,10 +118,10 @@ def test_notebook_08_is_paired_with_literal_parameters_and_checked_outputs():
     import nbformat
 
     nb_dir = Path(__file__).resolve().parents[1] / "notebooks"
-    from_ipynb = jupytext.writes(jupytext.read(nb_dir / "08_experiments.ipynb"), fmt="py:percent")
-    assert from_ipynb == jupytext.writes(jupytext.read(nb_dir / "08_experiments.py"), fmt="py:percent"), \
-        "run `.venv/bin/jupytext --sync notebooks/08_experiments.py`"
-    nb = nbformat.read(nb_dir / "08_experiments.ipynb", as_version=4)
+    from_ipynb = jupytext.writes(jupytext.read(nb_dir / "09_experiments.ipynb"), fmt="py:percent")
+    assert from_ipynb == jupytext.writes(jupytext.read(nb_dir / "09_experiments.py"), fmt="py:percent"), \
+        "run `.venv/bin/jupytext --sync notebooks/09_experiments.py`"
+    nb = nbformat.read(nb_dir / "09_experiments.ipynb", as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", [])
     assert {n.targets[0].id: n.value.value for n in ast.parse(code[0].source).body} == {"sweep": "ci", "out": "", "minutes": 0.0}

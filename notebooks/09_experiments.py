@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 08 · Experiments: quality per CPU minute
+# # 09 · Experiments: quality per CPU minute
 #
 # Which training recipe gives the best model for the minutes you have? A **sweep** file in `params/sweeps/`
 # lists recipes as overrides of one base config (Muon instead of AdamW, QK-norm, ReLU², untied embeddings,
