@@ -21,6 +21,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from ..data import normalize as textnorm
+from ..data.jsonl import INVALID_JSON, INVALID_UTF8, iter_json_lines  # noqa: F401 (reject reasons)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ EXCERPT_CHARS = 200
 MAX_LISTED = 5
 
 # reject reasons
-INVALID_JSON = "invalid_json"
 NOT_AN_OBJECT = "not_an_object"
 UNKNOWN_FORMAT = "unknown_format"
 BAD_MESSAGES = "bad_messages"
@@ -173,21 +173,15 @@ def read_pairs(path: str | Path, report: PairReport | None = None) -> list[Prefe
                                 "{\"chosen\": [messages], \"rejected\": [messages]} or {\"prompt\", \"chosen\", \"rejected\"})")
     report = report if report is not None else PairReport(str(path))
     pairs = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            raw = line.rstrip("\r\n")
-            if not raw.strip():
-                continue
-            report.lines += 1
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                report.reject(str(path), n, INVALID_JSON, f"{e.msg} at column {e.colno}", raw)
-                continue
-            try:
-                pairs.append(parse_pair(obj))
-            except PairError as e:
-                report.reject(str(path), n, e.reason, e.detail, raw)
+    for line in iter_json_lines(path):  # the package's JSONL reader: one bad line is that line's reject
+        report.lines += 1
+        if not line.ok:
+            report.reject(str(path), line.line, line.reason, line.detail, line.text)
+            continue
+        try:
+            pairs.append(parse_pair(line.value))
+        except PairError as e:
+            report.reject(str(path), line.line, e.reason, e.detail, line.text)
     report.kept += len(pairs)
     (logger.warning if report.rejected else logger.info)("preference pairs %s", report.message())
     return pairs

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..atomic import atomic_write_json, atomic_write_text
+from ..data.jsonl import iter_json_lines
 from .loaders import read_mc_jsonl
 from .scoring import MCItem
 
@@ -58,12 +59,12 @@ def _read_jsonl(path: Path, key: str) -> list[tuple[int, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; notebook 01 writes it (the held-out split)")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append((n, json.loads(line)[key]))
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{path}: line {n}: expected a JSON object with {key!r}") from None
+    for line in iter_json_lines(path):  # the package's JSONL reader (strict UTF-8, lines split on \n only)
+        if not line.ok:
+            raise ValueError(f"{path}: line {line.line}: {line.reason} ({line.detail}); expected a JSON object with {key!r}")
+        if not isinstance(line.value, dict) or key not in line.value:
+            raise ValueError(f"{path}: line {line.line}: expected a JSON object with {key!r}")
+        out.append((line.line, line.value[key]))
     return out
 
 

@@ -12,11 +12,11 @@ file, the row and what was expected.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.jsonl import INVALID_UTF8, iter_json_lines
 from .scoring import LETTERS, MCItem
 
 logger = logging.getLogger(__name__)
@@ -103,14 +103,13 @@ def read_mc_jsonl(path: str | Path) -> list[MCItem]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: benchmark file not found")
     items = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not line.strip():
-            continue
+    for line in iter_json_lines(path):  # the package's JSONL reader (strict UTF-8, lines split on \n only)
+        line_no = line.line
         where = f"{path}: line {line_no}"
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{where}: not valid JSON ({e})") from None
+        if not line.ok:
+            what = "not UTF-8" if line.reason == INVALID_UTF8 else "not valid JSON"
+            raise ValueError(f"{where}: {what} ({line.detail}); expected one {{question, choices, answer}} object a line")
+        obj = line.value
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected an object {{question, choices, answer}}, got {type(obj).__name__}")
         missing = [k for k in ("question", "choices", "answer") if k not in obj]

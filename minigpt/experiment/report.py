@@ -3,11 +3,12 @@ mean over seeds as a line, the min-max over seeds as a band) and one table (fina
 tokens/s, steps, peak memory)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..data.jsonl import read_json_file
 
 PLOT_NAME = "bpc_vs_time.png"
 TABLE_NAME = "results.md"
@@ -15,7 +16,10 @@ TABLE_NAME = "results.md"
 
 def load_results(out: str | Path) -> dict[str, Any]:
     path = Path(out) / "results.json" if Path(out).is_dir() else Path(out)
-    return json.loads(path.read_text(encoding="utf-8"))
+    data = read_json_file(path, "a sweep's results.json")
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise ValueError(f"{path}: expected an object with a 'runs' list, as the sweep runner writes")
+    return data
 
 
 def _by_recipe(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

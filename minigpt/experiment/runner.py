@@ -5,7 +5,6 @@ short (its folder is cleared first): runs are time-budgeted, so a fresh start is
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..atomic import atomic_write_json
+from ..data.jsonl import read_json_file
 from ..params import jsonable, load_params, repo_root
 from ..train.run_lock import RunLock
 from .sweep import Sweep
@@ -69,10 +69,7 @@ def run_params(sweep: Sweep, recipe: str, seed: int, folder: Path, budget_minute
 def read_results(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); move it aside to start the sweep afresh") from e
+    data = read_json_file(path, "the sweep's results (move it aside to start the sweep afresh)")
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ValueError(f"{path}: expected an object with a 'runs' list, as the sweep runner writes")
     return data
@@ -137,6 +134,8 @@ def _run(sweep: Sweep, recipe: str, seed: int, folder: Path, budget: float, time
         tail = (folder / "train.log").read_text(encoding="utf-8", errors="replace")[-2000:]
         raise RuntimeError(f"{recipe} seed {seed}: the run failed (exit code {rc}); its log {folder / 'train.log'} "
                            f"ends with:\n{tail}")
-    record = json.loads(result_file.read_text(encoding="utf-8"))
+    record = read_json_file(result_file, "one run's result object, as run_one writes it")
+    if not isinstance(record, dict):
+        raise ValueError(f"{result_file}: expected one run's result object, got {type(record).__name__}")
     return {"recipe": recipe, "seed": seed, "overrides": sweep.recipes[recipe], "budget_minutes": budget,
             "sweep_wall_s": time.perf_counter() - t, **record}

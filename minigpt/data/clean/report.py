@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ..jsonl import iter_json_lines
 from .pipeline import HIST_BINS, OUTPUTS
 from .reasons import EXACT_DUPLICATE, NEAR_DUPLICATE, REASONS
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pandas is imported only where tables are built
     import pandas
@@ -44,15 +48,17 @@ def example_rejects(out_dir: str | Path, per_reason: int = 10) -> "pandas.DataFr
     if (out / "stats.json").exists():
         wanted = set(json.loads((out / "stats.json").read_text(encoding="utf-8"))["rejected"])
     picked: dict[str, list[dict]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            lst = picked.setdefault(rec["reason"], [])
-            if len(lst) < per_reason:
-                lst.append(rec)
-            # stop reading once every reason of the run has its examples
-            if wanted is not None and len(picked) == len(wanted) and all(len(v) >= per_reason for v in picked.values()):
-                break
+    for line in iter_json_lines(path):  # the package's JSONL reader: an unreadable line is skipped, not fatal
+        rec = line.value
+        if not line.ok or not isinstance(rec, dict) or "reason" not in rec:
+            logger.warning("%s:%d: unreadable reject record skipped (%s)", path, line.line, line.detail or "no reason")
+            continue
+        lst = picked.setdefault(rec["reason"], [])
+        if len(lst) < per_reason:
+            lst.append(rec)
+        # stop reading once every reason of the run has its examples
+        if wanted is not None and len(picked) == len(wanted) and all(len(v) >= per_reason for v in picked.values()):
+            break
     order = {r: i for i, r in enumerate(REASONS)}
     rows = [r for reason in sorted(picked, key=lambda r: order.get(r, len(order))) for r in picked[reason]]
     cols = ["reason", "file", "line", "excerpt", "detail"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Iterator
 
+from ..jsonl import parse_text
 from .records import (
     BAD_CONVERSATION, BLANK_LINE, EXCERPT_CHARS, INVALID_CSV, INVALID_JSON, INVALID_UTF8, LINE_TOO_LONG,
     MISSING_TEXT, NO_ASSISTANT_TURN, NUL_BYTE, TEXT_NOT_STRING, Item, Reason, Source, check_text, make_excerpt, parse_record,
@@ -121,10 +121,8 @@ def iter_jsonl(
         if rejected is not None:
             yield rejected
             continue
-        try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        obj, bad, detail = parse_text(text)  # the package's JSON-line parser (minigpt.data.jsonl)
+        if bad is not None:
             yield Item(line_no, pos, "reject", Reason(INVALID_JSON, detail), make_excerpt(text))
             continue
         kind, value = parse_record(obj, text_key)

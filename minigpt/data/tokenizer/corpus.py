@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+from ..jsonl import INVALID_UTF8, parse_line
 
 DATA_NOTEBOOK = "notebooks/01_data_clean"
 
@@ -39,14 +40,10 @@ def iter_jsonl(path: str | os.PathLike, key: str, fraction: float = 1.0) -> Iter
         for lineno, raw in enumerate(f, 1):
             if not raw.strip() or not line_sampled(raw, fraction):
                 continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason}); expected UTF-8 JSON lines") from None
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); expected one JSON object a line") from None
+            obj, bad, detail = parse_line(raw.rstrip(b"\n"))  # the package's JSON-line parser
+            if bad is not None:
+                what = "not valid UTF-8" if bad == INVALID_UTF8 else "invalid JSON"
+                raise ValueError(f"{path}:{lineno}: {what} ({detail}); expected one UTF-8 JSON object a line")
             if not isinstance(obj, dict) or key not in obj:
                 raise ValueError(f"{path}:{lineno}: expected an object with a {key!r} key")
             yield obj[key]
