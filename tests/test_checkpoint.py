@@ -26,7 +26,7 @@ class Evil:
 def trained(tmp_path_factory):
     """A 6-step run saving every 2 steps, keeping the last 2 plus permanent step 2."""
     tmp = tmp_path_factory.mktemp("ckpt")
-    t = make_trainer(tmp, max_steps=6, save_steps=2, keep_last_n_checkpoints=2, permanent_checkpoints=[2], use_ema=True)
+    t = make_trainer(tmp, max_steps=6, save_interval=2, keep_last_n_checkpoints=2, permanent_checkpoints=[2], use_ema=True)
     t.fit()
     return t
 
@@ -62,6 +62,30 @@ def test_checkpoint_contents(trained):
     assert (final / "model.safetensors").is_file() and not (final / "optimizer.pt").exists()
 
 
+@pytest.mark.parametrize("version", [None, 1, 3, "2"])
+def test_a_checkpoint_of_another_format_version_is_refused(trained, tmp_path, version):
+    """config.json records the format version; an older, unknown or missing one is refused (naming the file and
+    the version), before any weights are read, never adapted. Older format: the flat, renamed-field layout."""
+    out = copy_run(trained, tmp_path)
+    folder = out / "final_model"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format_version"] == ckpt.FORMAT_VERSION == 2
+    assert json.loads((folder / "manifest.json").read_text())["format"] == "minigpt-checkpoint-2"
+    ckpt.read_config(folder)
+    if version is None:
+        del config["format_version"]
+    else:
+        config["format_version"] = version
+    (folder / "config.json").write_text(json.dumps(config))
+    ckpt.write_manifest(folder)  # a consistent manifest: only the version is wrong
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.load_checkpoint(folder)
+    assert str(e.value).startswith(f"{folder / 'config.json'}: checkpoint format version {version!r}")
+    assert "reads version 2 only" in str(e.value)
+    with pytest.raises(ckpt.CheckpointError, match="checkpoint format version"):
+        ckpt.check_resumable(folder)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_manifest", "manifest_mismatch"])
 def test_damaged_newest_checkpoint_is_skipped(trained, tmp_path, caplog, damage):
     out = copy_run(trained, tmp_path)
@@ -86,7 +110,7 @@ def test_damaged_newest_checkpoint_is_skipped(trained, tmp_path, caplog, damage)
         assert ckpt.latest_valid_checkpoint(out) == out / "checkpoint_step_4"
     assert "checkpoint_step_6" in caplog.text  # the warning names the skipped checkpoint
     # auto-resume uses the previous good one
-    t = make_trainer(tmp_path, max_steps=6, auto_resume=True, save_steps=2)
+    t = make_trainer(tmp_path, max_steps=6, auto_resume=True, save_interval=2)
     t._maybe_resume()
     assert t.step == 4
 

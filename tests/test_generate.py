@@ -492,7 +492,7 @@ def test_train_mode_dropout_never_reaches_generation(tok):
     ids = tok.encode("今天天气")
     expected = TextGenerator(model, tok).generate_ids(ids, GREEDY)
     model.train()
-    for backend in ("native", "model", "torch"):  # "torch": the model step's former name
+    for backend in ("native", "model"):
         assert TextGenerator(model, tok, decode_backend=backend).generate_ids(ids, GREEDY) == expected
     assert model.training
 

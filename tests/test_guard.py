@@ -76,12 +76,12 @@ def test_stop_request_ends_a_pause():
 
 def test_from_config():
     assert ResourceGuard.from_config(TrainConfig()) is None  # no limit set: no guard, no cost
-    assert ResourceGuard.from_config(TrainConfig(max_cpu=0, max_memory=100, max_gpu_memory=0)) is None
-    assert ResourceGuard.from_config(TrainConfig(max_cpu=70, disable_monitoring=True)) is None
-    g = ResourceGuard.from_config(TrainConfig(max_cpu=70, max_memory=60, max_gpu_memory=80, guard_interval=0.5))
+    assert ResourceGuard.from_config(TrainConfig.from_flat(max_cpu=0, max_memory=100, max_gpu_memory=0)) is None
+    assert ResourceGuard.from_config(TrainConfig.from_flat(max_cpu=70, disable_monitoring=True)) is None
+    g = ResourceGuard.from_config(TrainConfig.from_flat(max_cpu=70, max_memory=60, max_gpu_memory=80, guard_interval=0.5))
     assert (g.limits.cpu, g.limits.memory, g.limits.gpu_memory, g.interval) == (70, 60, 80, 0.5)
     with pytest.raises(ValueError, match="max_cpu"):
-        TrainConfig(max_cpu=150).validate()
+        TrainConfig.from_flat(max_cpu=150).validate()
 
 
 def test_guard_parameters_in_notebooks_03_and_04():

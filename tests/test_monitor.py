@@ -15,8 +15,8 @@ TRAIN = textwrap.dedent("""
     data = (np.arange(20000) % 50).astype(np.uint16)
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=32))
-    cfg = TrainConfig(max_steps=60, batch_size=4, seq_len=16, warmup_steps=2, eval_interval=20, num_eval_batches=1,
-                      save_steps=20, log_interval=5, plot_loss=False, learning_rate=3e-3)
+    cfg = TrainConfig.from_flat(max_steps=60, batch_size=4, seq_len=16, warmup_steps=2, eval_interval=20, num_eval_batches=1,
+                      save_interval=20, log_interval=5, plot_loss=False, learning_rate=3e-3)
     # slow each step a little so the monitor sees the run while it is live
     import time
     class Slow:

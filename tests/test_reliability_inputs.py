@@ -92,7 +92,7 @@ def test_meta_split_entries_are_checked(run, tmp_path, entry, problem):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    t = make_trainer(tmp_path_factory.mktemp("trained"), max_steps=6, save_steps=3)
+    t = make_trainer(tmp_path_factory.mktemp("trained"), max_steps=6, save_interval=3)
     t.fit()
     return t.output_dir
 
@@ -118,7 +118,7 @@ def test_malformed_manifest_is_an_error_naming_it_and_auto_resume_skips_it(train
     with pytest.raises(ckpt.CheckpointError) as e:
         ckpt.verify_checkpoint(out / "checkpoint_step_6")
     assert str(e.value).startswith(str(out / "checkpoint_step_6" / "manifest.json")) and problem in str(e.value)
-    t = make_trainer(tmp_path, max_steps=8, save_steps=3, auto_resume=True)
+    t = make_trainer(tmp_path, max_steps=8, save_interval=3, auto_resume=True)
     with caplog.at_level(logging.WARNING, logger="minigpt.train.checkpoint"):
         t._maybe_resume()
     assert t.step == 3 and "skipping checkpoint" in caplog.text and problem in caplog.text
@@ -169,7 +169,7 @@ def test_bad_trainer_state_is_refused_and_skipped(trained, tmp_path, caplog, cha
     ckpt.write_manifest(folder)
     with pytest.raises(ckpt.CheckpointError, match="trainer_state.json: " + problem.split(" ")[0]):
         make_trainer(tmp_path, max_steps=8, resume_from=str(folder)).fit()
-    t = make_trainer(tmp_path, max_steps=8, save_steps=3, auto_resume=True)
+    t = make_trainer(tmp_path, max_steps=8, save_interval=3, auto_resume=True)
     with caplog.at_level(logging.WARNING, logger="minigpt.train.checkpoint"):
         t._maybe_resume()
     assert t.step == 3 and problem in caplog.text
@@ -190,7 +190,7 @@ def test_bad_trainer_state_is_refused_and_skipped(trained, tmp_path, caplog, cha
 ])
 def test_train_parameters_have_bounds(kw, problem):
     with pytest.raises(ValueError) as e:
-        TrainConfig(**kw).validate()
+        TrainConfig.from_flat(**kw).validate()
     assert str(e.value).startswith(problem), str(e.value)
     with pytest.raises(ParameterError, match=problem.split(":")[0]):
         from minigpt.train.pretrain import train_config_from_params
@@ -200,9 +200,9 @@ def test_train_parameters_have_bounds(kw, problem):
 
 def test_thread_bound_matches_the_cpu_count():
     most = 4 * os.cpu_count()
-    TrainConfig(num_threads=most, dataloader_workers=most).validate()
+    TrainConfig.from_flat(num_threads=most, dataloader_workers=most).validate()
     with pytest.raises(ValueError, match=f"at most {most}"):
-        TrainConfig(num_threads=most + 1).validate()
+        TrainConfig.from_flat(num_threads=most + 1).validate()
     from minigpt.devices import pick_device, set_threads
 
     with pytest.raises(ValueError, match="num_threads"):
@@ -247,7 +247,7 @@ def test_run_name_is_a_name_not_a_path(name):
 
 def test_disk_full_names_the_file_and_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatch):
     out = copy_out(trained, tmp_path)
-    t = make_trainer(tmp_path, max_steps=8, save_steps=3, auto_resume=True)
+    t = make_trainer(tmp_path, max_steps=8, save_interval=3, auto_resume=True)
     t._maybe_resume()
     t.step = 9
     real_open = ckpt.open_for_write
@@ -307,11 +307,11 @@ def test_unsafe_optimizer_state_refusal_is_in_minigpts_words(trained, tmp_path):
 @pytest.mark.parametrize("limit", [1, 5])
 def test_guard_limit_at_or_under_the_resume_margin_is_rejected(limit):
     with pytest.raises(ValueError) as e:
-        TrainConfig(max_cpu=limit).validate()
+        TrainConfig.from_flat(max_cpu=limit).validate()
     assert str(e.value).startswith(f"max_cpu: expected 0 (no limit) or a limit above the guard's 5% resume margin")
     with pytest.raises(ValueError, match=f"max_memory: a limit of {limit}% is at or under the resume margin"):
         ResourceGuard(max_memory=limit, read=lambda: {"memory": 50.0})
-    TrainConfig(max_cpu=5.5).validate()
+    TrainConfig.from_flat(max_cpu=5.5).validate()
 
 
 def test_guard_logs_a_stop_request_as_a_stop(caplog):

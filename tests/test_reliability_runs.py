@@ -98,7 +98,7 @@ def test_ddp_rank0_takes_the_lock(tmp_path):
 
 def test_resume_from_an_earlier_checkpoint_starts_a_branch_that_loses_nothing(tmp_path, caplog):
     out = tmp_path / "out"
-    kw = dict(save_steps=3, keep_last_n_checkpoints=2, permanent_checkpoints=[6])
+    kw = dict(save_interval=3, keep_last_n_checkpoints=2, permanent_checkpoints=[6])
     make_trainer(tmp_path, max_steps=18, **kw).fit()  # the old run: checkpoints 6 (permanent), 15, 18, final_model
     old_state = json.loads((out / "checkpoint_step_18" / "trainer_state.json").read_text())
     old_steps = steps_in(out / "metrics.jsonl")
@@ -127,10 +127,10 @@ def test_resume_from_an_earlier_checkpoint_starts_a_branch_that_loses_nothing(tm
 
 
 def test_resume_from_another_folder_archives_this_folders_run(tmp_path):
-    make_trainer(tmp_path / "a", max_steps=6, save_steps=3).fit()
-    make_trainer(tmp_path / "b", max_steps=4, save_steps=2).fit()
+    make_trainer(tmp_path / "a", max_steps=6, save_interval=3).fit()
+    make_trainer(tmp_path / "b", max_steps=4, save_interval=2).fit()
     src = tmp_path / "a" / "out" / "checkpoint_step_3"
-    t = make_trainer(tmp_path / "b", max_steps=5, resume_from=str(src), save_steps=2)
+    t = make_trainer(tmp_path / "b", max_steps=5, resume_from=str(src), save_interval=2)
     t.fit()
     b = tmp_path / "b" / "out"
     (prev,) = (b / "previous").iterdir()
@@ -145,8 +145,8 @@ def dropout_trainer(tmp_path, tok, max_steps, **kw):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1,
                             max_seq_len=32, dropout=0.1))
-    cfg = TrainConfig(**{**dict(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, warmup_steps=2,
-                                eval_interval=4, num_eval_batches=1, save_steps=4, log_interval=1, plot_loss=False,
+    cfg = TrainConfig.from_flat(**{**dict(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, warmup_steps=2,
+                                eval_interval=4, num_eval_batches=1, save_interval=4, log_interval=1, plot_loss=False,
                                 seq_len=16, seed=0, progress_bar=False, sample_interval=4,
                                 sample_prompts=["你好"]), **kw})
     data = tokens()
@@ -265,13 +265,13 @@ def test_kill_between_every_pair_of_filesystem_operations(tmp_path, swap):
 
 
 def test_stale_leftovers_are_cleaned_on_the_next_start(tmp_path):
-    t = make_trainer(tmp_path, max_steps=4, save_steps=2)
+    t = make_trainer(tmp_path, max_steps=4, save_interval=2)
     t.fit()
     out = t.output_dir
     (out / ".final_model.tmp999999").mkdir()
     os.replace(out / "checkpoint_step_4", out / ".checkpoint_step_4.old999999")  # cut between two renames
     (out / ".metrics.jsonl.abc123.tmp").write_text("half")
-    t2 = make_trainer(tmp_path, max_steps=6, save_steps=2, auto_resume=True)
+    t2 = make_trainer(tmp_path, max_steps=6, save_interval=2, auto_resume=True)
     t2.fit()
     assert t2.step == 6 and (out / "checkpoint_step_4").is_dir()  # restored, then resumed from it
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
@@ -288,11 +288,11 @@ def test_save_minutes_writes_checkpoints_between_save_intervals(tmp_path):
         def on_log(self, trainer, rec):
             time.sleep(0.05)
 
-    t = make_trainer(tmp_path, max_steps=4, save_steps=100, save_minutes=0.0005, keep_last_n_checkpoints=10,
+    t = make_trainer(tmp_path, max_steps=4, save_interval=100, save_minutes=0.0005, keep_last_n_checkpoints=10,
                      callbacks=[Slow()])
     t.fit()
     assert [s for s, _ in ckpt.list_checkpoints(t.output_dir)] == [1, 2, 3, 4]
-    off = make_trainer(tmp_path / "off", max_steps=4, save_steps=100, save_minutes=0, callbacks=[Slow()])
+    off = make_trainer(tmp_path / "off", max_steps=4, save_interval=100, save_minutes=0, callbacks=[Slow()])
     off.fit()
     assert [s for s, _ in ckpt.list_checkpoints(off.output_dir)] == [4]  # only the end-of-run one
 
@@ -300,10 +300,10 @@ def test_save_minutes_writes_checkpoints_between_save_intervals(tmp_path):
 def test_save_minutes_is_a_parameter_with_a_default():
     from minigpt.params import load_params
 
-    assert TrainConfig().save_minutes == 15.0
+    assert TrainConfig().checkpoints.save_minutes == 15.0
     assert load_params("pretrain", config="ci", save_minutes=5).save_minutes == 5.0
     with pytest.raises(ValueError, match="save_minutes"):
-        TrainConfig(save_minutes=-1).validate()
+        TrainConfig.from_flat(save_minutes=-1).validate()
 
 
 class Clock:
@@ -316,7 +316,7 @@ class Clock:
 
 def test_estimate_warns_when_the_run_takes_more_than_a_day(caplog):
     clock = Clock()
-    cfg = TrainConfig(max_steps=20000)
+    cfg = TrainConfig.from_flat(max_steps=20000)
     trainer = types.SimpleNamespace(cfg=cfg, step=0, max_steps=20000, device=torch.device("cpu"),
                                     model_cfg=ModelConfig.from_preset("medium"))
     timer = RunTimer(trainer, 0.0, clock=clock)

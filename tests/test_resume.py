@@ -27,8 +27,8 @@ SCRIPT = textwrap.dedent("""
     data = np.where(rng.random(4000) < 0.1, rng.integers(0, 64, 4000), np.arange(4000) % 16).astype(np.uint16)
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=32))
-    cfg = TrainConfig(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, seq_len=16, warmup_steps=2,
-                      eval_interval=5, num_eval_batches=1, save_steps=5, log_interval=1, plot_loss=False, seed=0,
+    cfg = TrainConfig.from_flat(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, seq_len=16, warmup_steps=2,
+                      eval_interval=5, num_eval_batches=1, save_interval=5, log_interval=1, plot_loss=False, seed=0,
                       auto_resume=auto, progress_bar=False, num_threads=1)
 
     class Slow:
@@ -93,7 +93,7 @@ def test_sigkill_loses_at_most_save_steps_and_auto_resume_works(tmp_path):
     proc.wait(timeout=30)
     killed_at = last_step(out / "metrics.jsonl")
     newest = ckpt.latest_valid_checkpoint(out)
-    assert newest is not None and killed_at - int(newest.name.split("_")[-1]) <= 5  # save_steps=5
+    assert newest is not None and killed_at - int(newest.name.split("_")[-1]) <= 5  # save_interval=5
     resumed = start(tmp_path, out, 20, auto=True)
     stdout, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr[-2000:]
@@ -134,7 +134,7 @@ def test_second_ctrl_c_during_save_does_not_cut_it_short(tmp_path, monkeypatch):
             if rec["step"] == 3:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    t = make_trainer(tmp_path, max_steps=1000, save_steps=1000, callbacks=[CtrlC()])
+    t = make_trainer(tmp_path, max_steps=1000, save_interval=1000, callbacks=[CtrlC()])
     monkeypatch.setattr(ckpt, "save_checkpoint", save_with_interrupt)
     handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a shell's background job
     result = t.fit()  # returns normally: no KeyboardInterrupt escapes

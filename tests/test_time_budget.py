@@ -29,8 +29,8 @@ class FakeClock:
 def make_trainer(tmp_path, clock, **kw):
     torch.manual_seed(0)
     model = GPT(ModelConfig(**CFG))
-    cfg = TrainConfig(**{**dict(learning_rate=1e-2, min_lr=1e-3, max_steps=0, max_minutes=10 / 60, batch_size=4,
-                                warmup_steps=2, eval_interval=3, num_eval_batches=1, save_steps=4, save_minutes=0,
+    cfg = TrainConfig.from_flat(**{**dict(learning_rate=1e-2, min_lr=1e-3, max_steps=0, max_minutes=10 / 60, batch_size=4,
+                                warmup_steps=2, eval_interval=3, num_eval_batches=1, save_interval=4, save_minutes=0,
                                 log_interval=1, plot_loss=False, seq_len=16, progress_bar=False, sample_interval=0),
                          **kw})
     data = np.tile(np.arange(16, dtype=np.uint16), 300)
@@ -132,8 +132,8 @@ def test_max_minutes_is_a_checked_training_parameter():
     from minigpt.params import load_params
 
     P = load_params("pretrain", {"config": "ci", "max_minutes": 0.5, "max_steps": 0})
-    assert TrainConfig.from_flat(**{k: v for k, v in P.items() if k in TrainConfig.FIELD_GROUPS}).max_minutes == 0.5
+    assert TrainConfig.from_flat(**{k: v for k, v in P.items() if k in TrainConfig.FIELD_GROUPS}).schedule.max_minutes == 0.5
     with pytest.raises(ValueError, match="max_minutes: expected a number of minutes >= 0"):
-        TrainConfig(max_minutes=-1.0).validate()
+        TrainConfig.from_flat(max_minutes=-1.0).validate()
     with pytest.raises(ValueError, match="max_steps: expected a positive integer"):
-        TrainConfig(max_steps=0).validate()
+        TrainConfig.from_flat(max_steps=0).validate()

@@ -27,4 +27,4 @@ def test_a_source_without_the_protocol_is_refused_by_name(tmp_path):
 
     model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=16))
     with pytest.raises(TypeError, match=r"OnlyNext is not a BatchSource \(missing seq_len, position, batch_at, state_dict"):
-        Trainer(model, TrainConfig(max_steps=2, warmup_steps=1, plot_loss=False), OnlyNext(), output_dir=tmp_path)
+        Trainer(model, TrainConfig.from_flat(max_steps=2, warmup_steps=1, plot_loss=False), OnlyNext(), output_dir=tmp_path)

@@ -1,11 +1,12 @@
-"""TrainConfig in groups: every field documented in one group, flat and earlier names working everywhere."""
+"""TrainConfig in groups: every field documented in one group, read grouped; flat names only through from_flat /
+to_flat; the seeds' other names resolved once, where parameters are read."""
 import dataclasses
 import inspect
 
 import pytest
 
-from minigpt.config import RENAMED_TRAIN_FIELDS, TRAIN_GROUPS, TrainConfig
-from minigpt.params import Params, load_params, registry
+from minigpt.config import TRAIN_GROUPS, TrainConfig
+from minigpt.params import ALIASES, ParameterError, Params, load_params, registry, validate_dataclass
 
 
 def test_groups_partition_the_fields_and_each_field_says_what_it_does():
@@ -21,36 +22,38 @@ def test_groups_partition_the_fields_and_each_field_says_what_it_does():
     assert {f.name for f in dataclasses.fields(TrainConfig)} == set(TRAIN_GROUPS)
 
 
-def test_flat_and_grouped_access_agree():
-    cfg = TrainConfig(learning_rate=2e-3, warmup_steps=7, save_interval=30, max_cpu=70.0)
+def test_from_flat_puts_each_field_in_its_group_and_to_flat_reverses_it():
+    cfg = TrainConfig.from_flat(learning_rate=2e-3, warmup_steps=7, save_interval=30, max_cpu=70.0)
     assert (cfg.optim.learning_rate, cfg.schedule.warmup_steps, cfg.checkpoints.save_interval) == (2e-3, 7, 30)
-    assert (cfg.learning_rate, cfg.warmup_steps, cfg.guard.max_cpu) == (2e-3, 7, 70.0)
-    cfg.save_interval = 11
-    assert cfg.checkpoints.save_interval == 11
-    assert TrainConfig.from_flat(**cfg.to_flat()) == cfg == TrainConfig.from_dict(cfg.to_nested())
-    changed = dataclasses.replace(cfg, max_steps=9)
-    assert changed.schedule.max_steps == 9 and cfg.schedule.max_steps == 200  # replace leaves the original alone
+    assert cfg.guard.max_cpu == 70.0 and cfg.optim.batch_size == 16  # the rest keep their defaults
+    assert TrainConfig.from_flat(**cfg.to_flat()) == cfg
+    assert not hasattr(cfg, "learning_rate") and not hasattr(cfg, "save_steps")  # one way to read a field
+    changed = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, max_steps=9))
+    assert changed.schedule.max_steps == 9 and cfg.schedule.max_steps == 200
+    with pytest.raises(TypeError, match="unknown field 'save_stepz'"):
+        TrainConfig.from_flat(save_stepz=5)
+
+
+def test_from_flat_holds_no_copy_of_the_aliases():
+    """Other names are resolved by Params (load_params); TrainConfig itself knows only current names."""
+    with pytest.raises(TypeError, match="unknown field 'save_steps'"):
+        TrainConfig.from_flat(save_steps=5)
 
 
 @pytest.mark.parametrize("old,new,value", [("save_steps", "save_interval", 25), ("dynamic_seq_length", "context_growth", True),
                                            ("min_seq_length", "context_growth_from", 8), ("max_seq_length", "context_growth_to", 32),
                                            ("disable_optimizations", "disable_speedups", True), ("max_grad_norm", "grad_clip", 0.5)])
-def test_earlier_names_work_everywhere(old, new, value):
-    assert RENAMED_TRAIN_FIELDS[old] == new
-    cfg = TrainConfig(**{old: value})
-    assert getattr(cfg, new) == value and getattr(cfg, old) == value
-    assert TrainConfig.from_flat(**{old: value}).to_flat()[new] == value
+def test_seed_names_are_resolved_where_parameters_are_read(old, new, value):
+    assert ALIASES[old][0] == new
     P = load_params("pretrain", config="ci", **{old: value})
     assert P[new] == value and getattr(P, old) == value and P.get(old) == value and old not in registry("pretrain")
     assert P.build(TrainConfig).to_flat()[new] == value
 
 
-def test_an_earlier_and_a_current_name_must_agree():
-    assert TrainConfig(save_steps=5, save_interval=5).save_interval == 5
-    with pytest.raises(ValueError, match="save_steps: earlier name of save_interval"):
-        TrainConfig(save_steps=5, save_interval=6)
-    with pytest.raises(TypeError, match="save_stepz"):
-        TrainConfig(save_stepz=5)
+def test_an_alias_and_its_current_name_must_agree():
+    assert load_params("pretrain", config="ci", save_steps=5, save_interval=5).save_interval == 5
+    with pytest.raises(ParameterError, match="save_steps: alias of save_interval, but both are set"):
+        load_params("pretrain", config="ci", save_steps=5, save_interval=6)
 
 
 def test_params_store_earlier_names_under_the_current_key():
@@ -61,8 +64,10 @@ def test_params_store_earlier_names_under_the_current_key():
     assert P.save_interval == 4 and P["save_steps"] == 4
 
 
-def test_validation_names_the_current_and_the_earlier_key():
-    with pytest.raises(ValueError, match=r"save_interval \(save_steps\): expected a positive integer"):
-        TrainConfig(save_interval=0).validate()
-    with pytest.raises(ValueError, match=r"context_growth_from \(min_seq_length\)"):
-        TrainConfig(context_growth=True, context_growth_from=64, context_growth_to=32).validate()
+def test_validation_names_the_key_and_its_aliases():
+    with pytest.raises(ValueError, match=r"^save_interval: expected a positive integer"):
+        TrainConfig.from_flat(save_interval=0).validate()
+    with pytest.raises(ParameterError, match=r"^save_interval \(checkpoint_interval, save_steps\): expected a positive integer"):
+        validate_dataclass(TrainConfig.from_flat(save_interval=0))
+    with pytest.raises(ParameterError, match=r"^context_growth_from \(min_seq_length\): expected at most context_growth_to=32"):
+        validate_dataclass(TrainConfig.from_flat(context_growth=True, context_growth_from=64, context_growth_to=32))

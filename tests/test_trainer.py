@@ -26,11 +26,11 @@ def tokens(n=4000, seed=0):
 def make_trainer(tmp_path, max_steps=20, seed=0, guard=None, callbacks=(), **kw):
     torch.manual_seed(seed)
     model = GPT(ModelConfig(**CFG))
-    cfg = TrainConfig(**{**dict(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, warmup_steps=2,
-                                eval_interval=5, num_eval_batches=2, save_steps=5, log_interval=1, plot_loss=False,
+    cfg = TrainConfig.from_flat(**{**dict(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, warmup_steps=2,
+                                eval_interval=5, num_eval_batches=2, save_interval=5, log_interval=1, plot_loss=False,
                                 seq_len=16, seed=seed, progress_bar=False), **kw})
     data = tokens()
-    sampler = WindowSampler(data, cfg.batch_size, 16, seed=seed)
+    sampler = WindowSampler(data, cfg.optim.batch_size, 16, seed=seed)
     evals = sequential_windows(tokens(seed=1), 4, 16, 2)
     return Trainer(model, cfg, sampler, evals, tmp_path / "out", guard=guard, callbacks=callbacks)
 
@@ -182,13 +182,13 @@ def test_stop_request_saves_and_returns(tmp_path):
     assert (tmp_path / "out" / "checkpoint_step_3" / "manifest.json").is_file()
 
 
-@pytest.mark.parametrize("key,value", [("learning_rate", -1.0), ("batch_size", 0), ("save_steps", 0),
+@pytest.mark.parametrize("key,value", [("learning_rate", -1.0), ("batch_size", 0), ("save_interval", 0),
                                        ("lr_scheduler", "cosine_annealing"), ("optimizer_type", "sgd")])
 def test_bad_parameters_stop_before_compute(key, value):
     with pytest.raises(ValueError, match=key):
-        TrainConfig(**{key: value}).validate()
+        TrainConfig.from_flat(**{key: value}).validate()
     with pytest.raises(ValueError, match="warmup_steps"):
-        TrainConfig(warmup_steps=50, max_steps=10).validate()
+        TrainConfig.from_flat(warmup_steps=50, max_steps=10).validate()
 
 
 def test_no_weight_decay_on_norms():
@@ -288,14 +288,14 @@ def test_dynamic_seq_length_grows_in_doubling_stages(tmp_path):
 
     assert [dynamic_seq_len(s, 12, 4, 16) for s in (0, 3, 4, 7, 8, 11, 20)] == [4, 4, 8, 8, 16, 16, 16]
     assert [dynamic_seq_len(s, 9, 8, 20) for s in (0, 2, 3, 5, 6, 8)] == [8, 8, 16, 16, 20, 20]
-    t = make_trainer(tmp_path, max_steps=9, dynamic_seq_length=True, min_seq_length=4, max_seq_length=16)
+    t = make_trainer(tmp_path, max_steps=9, context_growth=True, context_growth_from=4, context_growth_to=16)
     t.fit()
     recs = [json.loads(l) for l in open(t.metrics_path) if '"seq_len"' in l]
     assert [r["seq_len"] for r in recs] == [4, 4, 4, 8, 8, 8, 16, 16, 16]
 
 
 def test_dynamic_seq_length_resume_is_exact(tmp_path):
-    kw = dict(dynamic_seq_length=True, min_seq_length=4, max_seq_length=16)
+    kw = dict(context_growth=True, context_growth_from=4, context_growth_to=16)
     straight = make_trainer(tmp_path / "a", max_steps=10, **kw)
     straight.fit()
     first = make_trainer(tmp_path / "b", max_steps=10, **kw)
@@ -329,5 +329,5 @@ def test_compile_mode_per_device(monkeypatch, device, requested, expected):
 
     seen = {}
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.setdefault("mode", mode) or model)
-    compile_model(torch.nn.Linear(2, 2), TrainConfig(compile_mode=requested), torch.device(device))
+    compile_model(torch.nn.Linear(2, 2), TrainConfig.from_flat(compile_mode=requested), torch.device(device))
     assert seen["mode"] == expected

@@ -67,8 +67,9 @@ def test_variant_parameters_and_counts():
         ModelConfig(mlp="gelu")
 
 
-def test_config_dict_of_todays_model_is_unchanged_and_variants_round_trip():
-    assert "qk_norm" not in ModelConfig().to_dict() and "mlp" not in ModelConfig().to_dict()  # earlier code reads it
+def test_config_dict_holds_every_variant_and_round_trips():
+    assert ModelConfig().to_dict()["qk_norm"] is False and ModelConfig().to_dict()["mlp"] == "swiglu"
+    assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
     cfg = ModelConfig(qk_norm=True, mlp="relu2", tie_word_embeddings=False)
     assert cfg.to_dict()["qk_norm"] is True and cfg.to_dict()["mlp"] == "relu2"
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -164,7 +165,7 @@ def test_muon_groups_and_step():
     assert names == ["layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
                      "layers.0.self_attn.v_proj.weight", "layers.0.self_attn.o_proj.weight",
                      "layers.0.mlp.gate_proj.weight", "layers.0.mlp.up_proj.weight", "layers.0.mlp.down_proj.weight"]
-    cfg = TrainConfig(optimizer_type="muon", learning_rate=0.01, weight_decay=0.1)
+    cfg = TrainConfig.from_flat(optimizer_type="muon", learning_rate=0.01, weight_decay=0.1)
     opt = build_optimizer(model, cfg, torch.device("cpu"))
     assert isinstance(opt, MuonAdamW)
     opt.ns_dtype = torch.float32  # the formula at full precision (a CPU with native bf16 iterates in bf16)
@@ -209,7 +210,7 @@ def test_newton_schulz_precision_follows_the_device(monkeypatch):
 def test_muon_with_tied_embeddings_keeps_the_embedding_on_adamw():
     model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1))
     assert not [n for n in muon_parameter_names(model) if "embed" in n or "lm_head" in n or "norm" in n]
-    opt = build_optimizer(model, TrainConfig(optimizer_type="muon"), torch.device("cpu"))
+    opt = build_optimizer(model, TrainConfig.from_flat(optimizer_type="muon"), torch.device("cpu"))
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n_opt == model.num_params()  # every parameter once, the tied matrix included
 
@@ -227,9 +228,9 @@ def test_wsd_values(step, expected):
 
 
 def test_wsd_decay_fraction_is_validated_and_used():
-    assert TrainConfig().decay_fraction == 0.2
+    assert TrainConfig().schedule.decay_fraction == 0.2
     with pytest.raises(ValueError, match="decay_fraction: expected a share of the steps in \\(0, 1\\], got 1.5"):
-        TrainConfig(decay_fraction=1.5).validate()
+        TrainConfig.from_flat(decay_fraction=1.5).validate()
     assert lr_at(50, learning_rate=1.0, min_lr=0.0, warmup_steps=0, max_steps=100, lr_scheduler="wsd",
                  decay_fraction=0.5) == pytest.approx(1.0)
     assert lr_at(75, learning_rate=1.0, min_lr=0.0, warmup_steps=0, max_steps=100, lr_scheduler="wsd",
@@ -286,14 +287,14 @@ def train(tmp_path, model_kw=None, max_steps=12, **train_kw):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=32,
                             **(model_kw or {})))
-    cfg = TrainConfig(**{**dict(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, warmup_steps=2,
-                                eval_interval=6, num_eval_batches=1, save_steps=6, log_interval=1, plot_loss=False,
+    cfg = TrainConfig.from_flat(**{**dict(learning_rate=3e-3, min_lr=3e-4, max_steps=max_steps, batch_size=4, warmup_steps=2,
+                                eval_interval=6, num_eval_batches=1, save_interval=6, log_interval=1, plot_loss=False,
                                 seq_len=16, seed=0, progress_bar=False), **train_kw})
     from minigpt.data.datasets import sequential_windows
     from minigpt.train.trainer import Trainer
 
     data = tokens()
-    sampler = WindowSampler(data, 4, 16, seed=0, doc_aligned=cfg.doc_aligned_batches)
+    sampler = WindowSampler(data, 4, 16, seed=0, doc_aligned=cfg.schedule.doc_aligned_batches)
     return Trainer(model, cfg, sampler, sequential_windows(tokens(seed=1), 4, 16, 1), tmp_path / "out")
 
 

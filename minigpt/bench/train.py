@@ -48,7 +48,7 @@ def _train_setup(preset: str, impl: str, compile_: bool):
     model = GPT(cfg) if impl == "minigpt" else _hf_llama(cfg)
     model.train()
     # The trainer's optimizer (AdamW, decay on matrices only; fused where the trainer fuses), for both impls.
-    opt = build_optimizer(model, TrainConfig(learning_rate=1e-4), torch.device("cpu"))
+    opt = build_optimizer(model, TrainConfig.from_flat(learning_rate=1e-4), torch.device("cpu"))
     fwd = model
     if compile_:
         fwd = torch.compile(model)

@@ -2,10 +2,10 @@
 
 Field names are snake_case and follow Hugging Face's Llama names (`n_kv_heads`, `rope_theta`, `rms_norm_eps`)
 so users recognise them. TrainConfig is composed of one small dataclass per concern (optim, schedule,
-evaluation, checkpoints, logging, machine, guard); flat and earlier names keep working.
+evaluation, checkpoints, logging, machine, guard), read grouped: `cfg.optim.learning_rate`.
 
 The package: this module (ModelConfig and the presets), `train` (TrainConfig and its groups), `files` (strict
-YAML and run names); everything is importable from `minigpt.config` as before.
+YAML and run names); everything is importable from `minigpt.config`.
 """
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .files import check_run_name, load_yaml_strict
-from .train import (DEVICE_PATTERN, GUARD_RESUME_MARGIN, RENAMED_TRAIN_FIELDS, TRAIN_GROUPS, CheckpointConfig,
-                    EvalConfig, GuardConfig, LoggingConfig, MachineConfig, OptimConfig, ScheduleConfig, TrainConfig,
-                    canonical_train_fields, non_finite_fields)
+from .train import (DEVICE_PATTERN, GUARD_RESUME_MARGIN, TRAIN_GROUPS, CheckpointConfig, EvalConfig, GuardConfig,
+                    LoggingConfig, MachineConfig, OptimConfig, ScheduleConfig, TrainConfig, non_finite_fields)
 
-__all__ = ["PRESETS", "MLP_HIDDEN", "VARIANT_DEFAULTS", "ModelConfig", "TrainConfig", "OptimConfig", "ScheduleConfig",
+__all__ = ["PRESETS", "MLP_HIDDEN", "ModelConfig", "TrainConfig", "OptimConfig", "ScheduleConfig",
            "EvalConfig", "CheckpointConfig", "LoggingConfig", "MachineConfig", "GuardConfig", "TRAIN_GROUPS",
-           "RENAMED_TRAIN_FIELDS", "GUARD_RESUME_MARGIN", "DEVICE_PATTERN", "canonical_train_fields",
-           "non_finite_fields", "load_yaml_strict", "check_run_name"]
+           "GUARD_RESUME_MARGIN", "DEVICE_PATTERN", "non_finite_fields", "load_yaml_strict", "check_run_name"]
 
 # Shapes of the presets. `small` is MiniMind2-small's shape (d512, 8 layers, 8 heads, 2 KV heads).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -40,7 +38,6 @@ def _swiglu_hidden(d_model: int) -> int:
 
 # relu2: 4*d (rounded up to 64); two matrices of 4*d hold about SwiGLU's parameters (three of 8/3*d): equal sizes.
 MLP_HIDDEN = {"swiglu": _swiglu_hidden, "relu2": lambda d_model: 64 * math.ceil(d_model * 4 / 64)}
-VARIANT_DEFAULTS = {"qk_norm": False, "mlp": "swiglu", "attention_bias": False}  # fields added after checkpoints existed
 
 
 @dataclass
@@ -85,11 +82,9 @@ class ModelConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        # Variant switches at their default are left out: today's model keeps the config earlier code wrote and reads.
-        # head_dim likewise when it is the derived d_model / n_heads.
+        # head_dim is left out when it is the derived d_model / n_heads (it follows d_model when read back).
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if not (k in VARIANT_DEFAULTS and v == VARIANT_DEFAULTS[k])
-                and not (k == "head_dim" and v == self.d_model // self.n_heads)}
+                if not (k == "head_dim" and v == self.d_model // self.n_heads)}
 
     def validate(self) -> None:
         for key in non_finite_fields(self):

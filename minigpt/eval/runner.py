@@ -97,6 +97,20 @@ def score_user_benchmarks(model: Any, tok: Any, benches: list[Benchmark], cfg: E
             rows.append(total)
     return rows
 
+def run_seed(folder: Path) -> int:
+    """The training seed a checkpoint was made with (config.json "train"), 0 when it does not say."""
+    from ..config import TrainConfig
+    from ..train.checkpoint import read_config
+
+    train = read_config(folder, check_weights=False).get("train") or {}
+    if not isinstance(train, dict) or not train:
+        return 0
+    try:
+        return int(TrainConfig.from_flat(**train).schedule.seed)
+    except (TypeError, ValueError):
+        return 0
+
+
 
 def val_metrics(model: Any, run_dir: Path) -> dict[str, float] | None:
     """Validation loss, perplexity and bits per character on runs/<run>/tokens (None without token files)."""

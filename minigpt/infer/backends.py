@@ -29,16 +29,13 @@ from .native_decode import NativeDecoder, check_quantize, load_library, quantize
 logger = logging.getLogger(__name__)
 
 DECODE_BACKENDS = ("auto", "native", "model")
-_ALIASES = {"torch": "model"}  # the PyTorch step's former name, still accepted from saved parameters
 
 
 def check_backend(name: str) -> str:
-    """The canonical backend name; ValueError naming the choices otherwise."""
-    canonical = _ALIASES.get(name, name)
-    if canonical not in DECODE_BACKENDS:
-        raise ValueError(f"decode_backend={name!r}: expected one of {', '.join(DECODE_BACKENDS)} "
-                         "('torch' is accepted as model)")
-    return canonical
+    """`name` when it is a backend; ValueError naming the choices otherwise."""
+    if name not in DECODE_BACKENDS:
+        raise ValueError(f"decode_backend={name!r}: expected one of {', '.join(DECODE_BACKENDS)}")
+    return name
 
 
 def weights_signature(model: GPT) -> tuple:

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--system", default="", help="an optional system message")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quantize", default=None, choices=["int8"], help="int8 weights for the decode steps (faster on a CPU)")
-    ap.add_argument("--decode_backend", default="auto", choices=["auto", "native", "model", "torch"],
+    ap.add_argument("--decode_backend", default="auto", choices=["auto", "native", "model"],
                     help="auto: the C decode step on a CPU when it builds, else the model's forward (model; torch = model)")
     ap.add_argument("--no_stream", action="store_true", help="print each reply when complete")
     return ap

@@ -3,7 +3,8 @@
 A checkpoint folder (`checkpoint_step_N/` or `final_model/`) holds:
   model.safetensors      the weights (tied head stored once)
   ema.safetensors        EMA weights, when use_ema
-  config.json            {"model": ModelConfig, "train": TrainConfig, "step", "tokens_seen", "tokenizer_sha256", ...}
+  config.json            {"format_version", "model": ModelConfig, "train": TrainConfig (flat), "step", "tokens_seen",
+                         "tokenizer_sha256", ...}
   optimizer.pt           optimizer / scheduler / scaler state (tensors only: loaded with weights_only=True)
   trainer_state.json     RNG states, sampler position, metric history needed to resume exactly
   tokenizer.json, tokenizer_config.json, special_tokens_map.json
@@ -34,8 +35,9 @@ logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _STEP_DIR = re.compile(r"^checkpoint_step_(\d+)$")
-
-
+# The layout of a checkpoint folder, recorded in config.json. Any other version (older or unknown) is refused,
+# never adapted. 2: grouped TrainConfig fields written flat under their current names, every ModelConfig field.
+FORMAT_VERSION = 2
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -81,7 +83,7 @@ def write_manifest(folder: Path) -> dict:
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.name != MANIFEST:
             files[p.name] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
-    manifest = {"format": "minigpt-checkpoint-1", "files": files}
+    manifest = {"format": f"minigpt-checkpoint-{FORMAT_VERSION}", "files": files}
     atomic_write_json(folder / MANIFEST, manifest)
     return manifest
 
@@ -168,7 +170,7 @@ def _write_checkpoint_files(tmp: Path, model, config, tokenizer_dir, ema_state, 
         _write_file(tmp / "optimizer.pt", lambda f: torch.save(optimizer_state, f))
     if trainer_state is not None:
         _write_file(tmp / "trainer_state.json", json_bytes(trainer_state))
-    _write_file(tmp / "config.json", json_bytes(config, indent=2))
+    _write_file(tmp / "config.json", json_bytes({"format_version": FORMAT_VERSION, **config}, indent=2))
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name
@@ -190,6 +192,11 @@ def read_config(folder: str | Path, check_weights: bool = True) -> dict[str, Any
     meta = read_json(path, "config")
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{path}: expected an object with a \"model\" entry (a minigpt checkpoint's config)")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} (missing means written before versions "
+                              f"were recorded); this minigpt reads version {FORMAT_VERSION} only. Retrain, or load it "
+                              f"with the minigpt commit that wrote it")
     check_model_shape(path, meta["model"], Path(folder) / "model.safetensors" if check_weights else None)
     return meta
 

@@ -30,7 +30,7 @@ def model_config_from_params(P: Params, vocab_size: int | None = None) -> ModelC
 
 
 def train_config_from_params(P: Params, **changes: Any) -> TrainConfig:
-    """The TrainConfig of resolved parameters (flat names, earlier ones included) with `changes` on top, validated."""
+    """The TrainConfig of resolved parameters (flat names; aliases already resolved by Params) with `changes` on top, validated."""
     cfg = TrainConfig.from_flat(**{**{k: v for k, v in P.items() if k in TrainConfig.FIELD_GROUPS and v is not None},
                                    **changes})
     validate_dataclass(cfg)

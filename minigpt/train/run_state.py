@@ -150,10 +150,10 @@ def check_compatible(trainer: Trainer, folder: Path, meta: dict[str, Any]) -> No
     sha = getattr(trainer.tokenizer, "sha256", None)
     if sha and meta.get("tokenizer_sha256") and meta["tokenizer_sha256"] != sha:
         raise ckpt.CheckpointError(f"{folder}: trained with tokenizer {meta['tokenizer_sha256'][:12]}, current is {sha[:12]}")
-    old_train = meta.get("train", {})
+    old_train, now = meta.get("train", {}), trainer.cfg.to_flat()
     for key in WATCHED_ON_RESUME:
-        if key in old_train and old_train[key] != getattr(trainer.cfg, key):
-            logger.warning("resume: %s changed from %s to %s", key, old_train[key], getattr(trainer.cfg, key))
+        if key in old_train and old_train[key] != now[key]:
+            logger.warning("resume: %s changed from %s to %s", key, old_train[key], now[key])
 
 
 def resume(trainer: Trainer, folder: str | Path) -> None:

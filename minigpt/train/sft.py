@@ -30,7 +30,6 @@ section default is the full fine-tune's, so set learning_rate explicitly with us
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,6 @@ from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from ..data.chat_data import ChatBatches, build_chat_example, pad_examples
 from ..data.chat_source import BUILTIN_CHAT, ChatReport, load_chat_source, no_chat_message, read_chat_file
-from ..data.chat_source import split_conversations  # noqa: F401  (its former address)
 from ..data.datasets import IGNORE_INDEX
 from ..model.lora import ADAPTER_FILE, LORA_TARGETS, adapter_state, count_trainable, has_lora, inject_lora, load_adapter_state, merged_state
 from ..params import ParameterError, Params, jsonable, validate_dataclass

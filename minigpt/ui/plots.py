@@ -105,7 +105,7 @@ class PlotOnSave:
     """Trainer callback: loss-curve PNGs at each checkpoint and at the end (plot_loss)."""
 
     def on_save(self, trainer, folder: Path) -> None:
-        if trainer.is_main and trainer.cfg.plot_loss:
+        if trainer.is_main and trainer.cfg.logging.plot_loss:
             save_loss_plots(trainer.output_dir, trainer.step, final=folder.name == "final_model")
 
 
