@@ -6,7 +6,9 @@ minigpt's parameter names already mirror `modeling_llama.py`, so the export is a
 `tie_word_embeddings: true` transformers ties `lm_head.weight` to `model.embed_tokens.weight` on load.
 Variants: an untied head is written as `lm_head.weight` with `tie_word_embeddings: false`; `qk_norm` exports
 as Qwen3 (`Qwen3ForCausalLM`: Llama plus per-head `self_attn.q_norm`/`k_norm` before RoPE, the same names);
-`mlp="relu2"` has no transformers architecture and is refused.
+`attention_bias` (q/k/v biases, imported Qwen2 models) exports as Qwen2 (`Qwen2ForCausalLM`), and together with
+`qk_norm` is refused (no transformers architecture has both); `mlp="relu2"` has no transformers architecture and
+is refused. An imported tokenizer (minigpt.convert) keeps its own chat template and special-token ids.
 
     python -m minigpt.infer.export runs/demo/sft/final_model runs/demo/hf
     python -m minigpt.export runs/demo/sft/final_model runs/demo/gguf --format gguf --outtype q8_0   # see gguf.py
@@ -144,10 +146,15 @@ def check_exportable(cfg: Any) -> None:
     if cfg.mlp != "swiglu":
         raise ValueError(f"mlp={cfg.mlp!r}: no transformers architecture has this MLP (Llama and Qwen3 use SwiGLU), "
                          "so the model cannot be exported to transformers; train with mlp='swiglu' to export")
+    if cfg.attention_bias and cfg.qk_norm:
+        raise ValueError("attention_bias with qk_norm: no transformers architecture has q/k/v biases and q/k norms "
+                         "(Qwen2 has the biases, Qwen3 the norms), so the model cannot be exported to transformers")
 
 
-def hf_config(model: GPT, dtype: str = "float32") -> dict[str, Any]:
-    """config.json: Llama's, or Qwen3's when the model has QK-norm."""
+def hf_config(model: GPT, dtype: str = "float32", ids: dict[str, int] | None = None) -> dict[str, Any]:
+    """config.json: Llama's, Qwen3's when the model has QK-norm, Qwen2's with q/k/v biases. ids: the
+    tokenizer's bos/eos/pad ids (minigpt's own 0, 0, 3 when None)."""
+    ids = ids or {"bos_token_id": _EOS_ID, "eos_token_id": _EOS_ID, "pad_token_id": _PAD_ID}
     c = model.config
     check_exportable(c)
     try:
@@ -176,9 +183,7 @@ def hf_config(model: GPT, dtype: str = "float32") -> dict[str, Any]:
         "mlp_bias": False,
         "initializer_range": 0.02,
         "tie_word_embeddings": bool(c.tie_word_embeddings),
-        "bos_token_id": _EOS_ID,
-        "eos_token_id": _EOS_ID,
-        "pad_token_id": _PAD_ID,
+        **ids,
         "use_cache": True,
         "dtype": dtype,
         "torch_dtype": dtype,
@@ -187,14 +192,18 @@ def hf_config(model: GPT, dtype: str = "float32") -> dict[str, Any]:
         cfg.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", use_sliding_window=False,
                    sliding_window=None, max_window_layers=c.n_layers)
         del cfg["mlp_bias"]  # not a Qwen3 field
+    if c.attention_bias:  # Qwen2: q/k/v biases always on, no attention_bias field
+        cfg.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False,
+                   sliding_window=None, max_window_layers=c.n_layers)
+        del cfg["mlp_bias"], cfg["attention_bias"]
     if version:
         cfg["transformers_version"] = version
     return cfg
 
 
-def _generation_config(eos_ids: list[int]) -> dict[str, Any]:
+def _generation_config(eos_ids: list[int], bos_id: int = _EOS_ID, pad_id: int = _PAD_ID) -> dict[str, Any]:
     # Same stops as minigpt's generator: end of document and end of an assistant turn.
-    return {"bos_token_id": _EOS_ID, "eos_token_id": eos_ids, "pad_token_id": _PAD_ID, "do_sample": False}
+    return {"bos_token_id": bos_id, "eos_token_id": eos_ids, "pad_token_id": pad_id, "do_sample": False}
 
 
 def export_model(model: GPT, tokenizer_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
@@ -209,20 +218,26 @@ def export_model(model: GPT, tokenizer_dir: str | Path, out_dir: str | Path, dty
     if missing:
         raise FileNotFoundError(f"{tokenizer_dir}: missing tokenizer files {missing}; expected {list(TOKENIZER_FILES)}")
     out = check_export_target(out_dir, "hf", tokenizer_dir)
+    from ..data.tokenizer import MiniTokenizer
+
+    tok = MiniTokenizer.load(tokenizer_dir)  # special-token ids by name for an imported tokenizer
+    ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    stops = [tok.eos_id] + ([tok.im_end_id] if tok.im_end_id is not None else [])
     with atomic_folder(out) as tmp:
         write_export_marker(tmp, "hf", tokenizer_dir)
         save_file(hf_state_dict(model, getattr(torch, dtype)), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf_config(model, dtype), indent=2), encoding="utf-8")
+        (tmp / "config.json").write_text(json.dumps(hf_config(model, dtype, ids), indent=2), encoding="utf-8")
         (tmp / "generation_config.json").write_text(
-            json.dumps(_generation_config([_EOS_ID, _IM_END_ID]), indent=2), encoding="utf-8")
+            json.dumps(_generation_config(stops, tok.bos_id, tok.pad_id), indent=2), encoding="utf-8")
         for name in TOKENIZER_FILES:
             shutil.copy2(tokenizer_dir / name, tmp / name)
-        harden_hf_folder(tmp)  # the escaping chat template, also for tokenizers saved before it existed
+        if tok.imported is None:  # an imported tokenizer's template stays as it came
+            harden_hf_folder(tmp)  # the escaping chat template, also for tokenizers saved before it existed
         # The model cannot read past its context: tell the tokenizer so, keep its chat template.
         tc_path = tmp / "tokenizer_config.json"
         tc = json.loads(tc_path.read_text(encoding="utf-8"))
         tc["model_max_length"] = model.config.max_seq_len
-        if "chat_template" not in tc:
+        if "chat_template" not in tc and tok.imported is None:
             raise ValueError(f"{tokenizer_dir / 'tokenizer_config.json'}: no chat_template; expected minigpt's ChatML template")
         tc_path.write_text(json.dumps(tc, ensure_ascii=False, indent=2), encoding="utf-8")
     logger.info("exported %s parameters to %s", f"{model.num_params():,}", out)
