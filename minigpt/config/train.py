@@ -19,9 +19,37 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def non_finite_fields(obj: Any) -> list[str]:
-    """Names of a dataclass's float fields holding NaN or an infinity."""
-    return [f.name for f in dataclasses.fields(obj)
-            if isinstance(getattr(obj, f.name), float) and not math.isfinite(getattr(obj, f.name))]
+    """Names of a dataclass's float fields holding NaN or an infinity (those of dataclass fields included)."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += non_finite_fields(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(f.name)
+    return out
+
+
+def find_value(obj: Any, key: str) -> Any:
+    """The field `key` of `obj` or of one of its dataclass fields (TrainConfig's groups)."""
+    if hasattr(obj, key):
+        return getattr(obj, key)
+    return next(getattr(v, key) for f in dataclasses.fields(obj)
+                if dataclasses.is_dataclass(v := getattr(obj, f.name)) and hasattr(v, key))
+
+
+# One check of a config: (holds, the key it names, what was expected, with the value given).
+Check = tuple[bool, str, str]
+
+
+def check_config(obj: Any) -> None:
+    """The one validation of every config dataclass (ModelConfig, TrainConfig, GenerationConfig): a NaN or
+    infinite number, then `obj.checks()` in order; the first that fails is a ValueError "key: expected ..."."""
+    for key in non_finite_fields(obj):
+        raise ValueError(f"{key}: expected a finite number, got {find_value(obj, key)}")
+    for ok, key, expected in obj.checks():
+        if not ok:
+            raise ValueError(f"{key}: expected {expected}")
 
 
 # ----- training configuration: one small dataclass per concern, composed into TrainConfig -----------------
@@ -47,7 +75,7 @@ class OptimConfig:
 
     OPTIMIZERS = ("adamw", "adam", "muon")
 
-    def checks(self) -> list[tuple[bool, str, str]]:
+    def checks(self) -> list[Check]:
         return [
             (self.learning_rate > 0, "learning_rate", f"a positive number, got {self.learning_rate}"),
             (self.optimizer_type in self.OPTIMIZERS, "optimizer_type", f"one of {self.OPTIMIZERS}, got {self.optimizer_type!r}"),
@@ -84,7 +112,7 @@ class ScheduleConfig:
 
     SCHEDULERS = ("cosine", "linear", "polynomial", "constant", "cosine_with_restarts", "wsd")
 
-    def checks(self) -> list[tuple[bool, str, str]]:
+    def checks(self) -> list[Check]:
         growth = self.context_growth
         return [
             (self.max_steps > 0 or self.epochs > 0 or (self.max_steps == 0 and self.max_minutes > 0), "max_steps",
@@ -115,7 +143,7 @@ class EvalConfig:
     sample_interval: int = 100  # steps between greedy samples from sample_prompts (0 = never)
     sample_prompts: list[str] = field(default_factory=lambda: ["你好，"])  # prompts for those samples
 
-    def checks(self) -> list[tuple[bool, str, str]]:
+    def checks(self) -> list[Check]:
         return [
             (self.eval_interval > 0, "eval_interval", f"a positive integer, got {self.eval_interval}"),
             (self.num_eval_batches > 0, "num_eval_batches", f"a positive integer, got {self.num_eval_batches}"),
@@ -136,7 +164,7 @@ class CheckpointConfig:
     auto_resume: bool = False  # continue from the newest verified checkpoint in output_dir, if any
     save_config: bool = True  # write run_config.json (the merged parameters) next to the checkpoints
 
-    def checks(self) -> list[tuple[bool, str, str]]:
+    def checks(self) -> list[Check]:
         return [
             (self.save_interval > 0, "save_interval", f"a positive integer, got {self.save_interval}"),
             (self.save_minutes >= 0, "save_minutes", f"a number of minutes >= 0 (0 = off), got {self.save_minutes}"),
@@ -158,7 +186,7 @@ class LoggingConfig:
     wandb_run_name: str = ""  # the W&B run name ("" = run_name)
     use_tensorboard: bool = False  # write TensorBoard event files under <output_dir>/tensorboard
 
-    def checks(self) -> list[tuple[bool, str, str]]:
+    def checks(self) -> list[Check]:
         return [(self.log_interval > 0, "log_interval", f"a positive integer, got {self.log_interval}")]
 
 
@@ -173,11 +201,16 @@ class MachineConfig:
     num_threads: int = 0  # CPU threads for torch (0 = physical cores)
     dataloader_workers: int = 0  # threads that prefetch batches ahead of the step
     disable_speedups: bool = False  # turn off fused AdamW, TF32, compile and prefetching (for debugging)
+    # memory: recompute each transformer block in the backward instead of keeping its activations (about a third
+    # more compute; the activations held drop from every layer's to one layer's plus each block's input)
+    activation_checkpointing: bool = False
+    chunked_loss: bool = True  # the LM head's loss in chunks of rows: the batch x seq x vocab logits are never held
+    check_memory: bool = True  # estimate the step's peak memory at start and refuse a run that cannot fit
 
     DTYPES = ("auto", "float32", "float16", "bfloat16")
     COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "auto")
 
-    def checks(self) -> list[tuple[bool, str, str]]:
+    def checks(self) -> list[Check]:
         most = 4 * (os.cpu_count() or 1)  # more threads than this only thrash (or crash the thread pool)
         return [
             (self.dtype in self.DTYPES, "dtype", f"one of {self.DTYPES}, got {self.dtype!r}"),
@@ -206,7 +239,7 @@ class GuardConfig:
     disable_monitoring: bool = False  # never read usage, whatever the limits say
     guard_interval: float = 2.0  # seconds between resource readings
 
-    def checks(self) -> list[tuple[bool, str, str]]:
+    def checks(self) -> list[Check]:
         out = []
         for k in ("max_cpu", "max_memory", "max_gpu_memory"):
             v = getattr(self, k)
@@ -262,14 +295,14 @@ class TrainConfig:
         """Every field under its flat name (what checkpoints' config.json and run_config.json hold as "train")."""
         return {k: copy.deepcopy(v) for group in TRAIN_GROUPS for k, v in dataclasses.asdict(getattr(self, group)).items()}
 
-    def validate(self) -> None:
-        """Stop bad values before any compute, naming the key."""
-        for group in TRAIN_GROUPS:
-            for key in non_finite_fields(getattr(self, group)):
-                raise ValueError(f"{key}: expected a finite number, got {getattr(getattr(self, group), key)}")
-        checks = [c for group in TRAIN_GROUPS for c in getattr(self, group).checks()]
+    def __post_init__(self) -> None:
+        check_config(self)  # once, when the object is made: bad values stop before any compute
+
+    def checks(self) -> list[Check]:
         lr, min_lr = self.optim.learning_rate, self.schedule.min_lr
-        checks.append((min_lr <= lr, "min_lr", f"at most learning_rate={lr:g} (the decay ends there), got {min_lr:g}"))
-        for ok, key, expected in checks:
-            if not ok:
-                raise ValueError(f"{key}: expected {expected}")
+        return [c for group in TRAIN_GROUPS for c in getattr(self, group).checks()] + [
+            (min_lr <= lr, "min_lr", f"at most learning_rate={lr:g} (the decay ends there), got {min_lr:g}")]
+
+    def validate(self) -> None:
+        """Check again after fields were changed in place."""
+        check_config(self)

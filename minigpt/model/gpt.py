@@ -25,8 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
+from .chunked_loss import chunked_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +176,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    # Memory switches, set by the Trainer from TrainConfig.machine; not part of the architecture, never saved.
+    activation_checkpointing: bool = False  # recompute each Block in the backward (torch.utils.checkpoint)
+    chunked_loss: bool = False  # training loss via model/chunked_loss.py (returns no logits)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -229,8 +235,8 @@ class GPT(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (logits, loss); loss is None without targets.
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Return (logits, loss); loss is None without targets, logits None when `chunked_loss` computed the loss.
 
         targets: (B, T) next-token ids, -100 where a position carries no loss (padding, prompts in SFT).
         attn_mask: bool (B, 1, T, S), True = may attend; S counts the cached keys plus these T.
@@ -241,13 +247,20 @@ class GPT(nn.Module):
         B, T = input_ids.shape
         cos, sin = self.rope(positions, cache.length if cache is not None else 0, T)
         x = self.drop(self.embed_tokens(input_ids))
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for block in self.layers:
-            x = block(x, cos, sin, attn_mask, cache)
+            if recompute:  # keep only each block's input; its inside is recomputed in the backward
+                x = checkpoint(block, x, cos, sin, attn_mask, None, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, attn_mask, cache)
         if cache is not None:
             cache.length += T
         x = self.norm(x)
         if targets is None:
             return self.lm_head(x[:, -1:] if last_only else x), None
+        if self.chunked_loss and self.training and torch.is_grad_enabled():
+            # the same loss without the B x T x vocab logits (model/chunked_loss.py); no logits are returned
+            return None, chunked_cross_entropy(x, self.lm_head.weight, targets)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss

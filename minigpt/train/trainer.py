@@ -27,6 +27,7 @@ from .budget import TrainClock
 from .guard import ResourceGuard
 from .batches import BatchSource, GrowingBatchSource, accumulation_steps, check_batch_source, grow_context, unpack_batch
 from .machine import autocast, compile_model, install_stop_signals, setup_machine
+from .memory import plan_memory
 from .metrics import flops_per_token, format_metrics, layer_grad_norms
 from .optim import EMA, build_optimizer, param_groups
 from .schedules import lr_at
@@ -87,6 +88,10 @@ class Trainer:
         if cfg.schedule.context_growth:
             self._grow_context(train_batches)
         self.seq_len = train_batches.seq_len or self.model_cfg.max_seq_len
+        # the memory switches go onto the model; a step that cannot fit stops here, naming what would fit
+        self.memory_estimate = plan_memory(self.model, cfg.machine, cfg.optim.batch_size, self.seq_len,
+                                           accumulation_steps(cfg, self.seq_len, world_size),
+                                           cfg.optim.optimizer_type, self.device, self.dtype)
         self.train_batches = self._prefetched(train_batches)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         fp16_cuda = self.dtype == torch.float16 and self.device.type == "cuda"

@@ -1,0 +1,95 @@
+"""The LM head's cross-entropy in chunks of rows: the training loss without the (batch x seq x vocab) logits.
+
+The reference path (`GPT.forward`) computes `lm_head(x)` for every position, casts the logits to fp32 and
+calls `F.cross_entropy`; autograd then keeps the fp32 logits, their log-softmax and, in the backward, a
+gradient of the same size: at medium's 8 x 1024 x 6400 that is about 0.2 GB per copy. Here the rows are
+processed a chunk at a time and each chunk's gradient is computed in the forward pass itself, since
+d loss / d logits = (softmax(logits) - onehot(target)) / n_targets is known as soon as the loss is. Only the
+gradients of the hidden states (rows x d_model) and of the head's matrix (vocab x d_model) are kept for the
+backward, which scales them by the incoming gradient. The matmul work equals the reference's (one forward and
+two gradient matmuls per row), so nothing is recomputed.
+
+Under autocast the caller passes the hidden states and the matrix already cast to the autocast dtype; the
+logits are computed in that dtype and the softmax in fp32, as the reference does. Parity with the reference in
+fp32 (loss and gradients to 1e-5) is tests/test_memory.py's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+# Rows per chunk are chosen so a chunk's fp32 logits hold about this many elements (64 MB).
+CHUNK_ELEMENTS = 1 << 24
+
+
+def chunk_rows(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
+    """Rows per chunk so that rows x vocab_size is about `elements` (at least one row)."""
+    return max(1, elements // max(vocab_size, 1))
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, gradients computed chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+        needs = ctx.needs_input_grad
+        ctx.weight_dtype = weight.dtype  # the head matrix's gradient is returned in its dtype
+        valid = targets != IGNORE_INDEX
+        n_valid = valid.sum()
+        # 0/0 = nan when no row carries a target, as F.cross_entropy's mean gives
+        scale = 1.0 / n_valid.to(torch.float32)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if needs[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs[1] else None
+        for start in range(0, hidden.shape[0], rows):
+            h = hidden[start:start + rows]
+            t = targets[start:start + rows]
+            logits = (h @ weight.t()).float()
+            total += F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
+            if grad_hidden is None and grad_weight is None:
+                continue
+            # d(sum of row losses)/d logits = softmax - onehot on rows with a target, 0 on ignored rows
+            g = torch.softmax(logits, dim=-1)
+            keep = t != IGNORE_INDEX
+            g[keep, t[keep]] -= 1.0
+            g[~keep] = 0.0
+            g = (g * scale).to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start:start + rows] = g @ weight
+            if grad_weight is not None:
+                grad_weight += (g.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = grad_hidden * grad_out.to(grad_hidden.dtype) if grad_hidden is not None else None
+        gw = (grad_weight * grad_out).to(ctx.weight_dtype) if grad_weight is not None else None
+        return gh, gw, None, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          rows: int | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of `hidden @ weight.T` (the LM head) against `targets`, ignoring -100.
+
+    hidden: (B, T, d) final-norm outputs; weight: (vocab, d) the head's matrix; targets: (B, T).
+    Equals `F.cross_entropy(lm_head(hidden).float().view(-1, vocab), targets.view(-1), ignore_index=-100)`,
+    and so do its gradients, but never holds more than `rows` rows of logits (default: chunk_rows(vocab)).
+    """
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"chunked_cross_entropy: hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} "
+                         "differ in their leading (batch, seq) dimensions")
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        # the dtype autocast would run the head's matmul in; the casts stay outside the Function, so autograd
+        # returns the head's gradient to the fp32 parameter as autocast's own matmul would
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    elif hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
+    rows = rows or chunk_rows(weight.shape[0])
+    with torch.autocast(device_type, enabled=False):
+        return _ChunkedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), rows)
+
