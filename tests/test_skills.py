@@ -319,3 +319,35 @@ def test_read_rejects_a_problem_moved_into_another_split(tmp_path):
     with pytest.raises(ValueError, match=rf"{path}:1: key 'split' is 'test'; this file holds 'train'"):
         S.read_skills_jsonl(path, "train")
     assert S.read_skills_jsonl(path, "test") == [test_item]
+
+
+@pytest.mark.parametrize("op,a,b,lang,expected", [
+    ("+", 23, 45, "zh", "个位3+5=8，十位2+4=6，答案：68"),
+    ("+", 58, 67, "zh", "个位8+7=15，写5进1，十位5+6+1=12，写2进1，百位1，答案：125"),
+    ("-", 52, 17, "zh", "个位2+10-7=5（借1），十位5-1-1=3，答案：35"),
+    ("-", 502, 198, "en", "ones 2+10-8=4 (borrow 1), tens 0-1+10-9=0 (borrow 1), hundreds 5-1-1=3, answer: 304"),
+    ("+", 999, 1, "en", "ones 9+1=10 write 0 carry 1, tens 9+0+1=10 write 0 carry 1, "
+                        "hundreds 9+0+1=10 write 0 carry 1, thousands 1, answer: 1000"),
+])
+def test_column_solutions_by_hand(op, a, b, lang, expected):
+    assert S._column_solution(op, a, b, lang) == expected
+
+
+def test_worked_solutions_end_in_the_checked_answer(tmp_path):
+    plain = S.make_skills("train", 40, seed=0, lang="both")
+    worked = S.make_skills("train", 40, seed=0, lang="both", worked=True)
+    assert [(i.question, i.answer) for i in plain] == [(i.question, i.answer) for i in worked]  # same problems
+    with_solution = {i.family for i in worked if i.solution}
+    assert with_solution == {"add", "sub", "add3", "word_problem"}
+    for it in worked:
+        reply = it.conversation()[1]["content"]
+        assert S.check_answer(it.family, reply, it.answer), reply  # the checker reads only the final answer
+        assert normalize(reply) == reply
+        if it.solution:
+            assert reply.endswith(f"答案：{it.answer}" if it.lang == "zh" else f"answer: {it.answer}")
+            wrong = reply.rsplit(it.answer, 1)[0] + str(int(it.answer) + 1)
+            assert not S.check_answer(it.family, wrong, it.answer)
+    path = tmp_path / "worked.jsonl"
+    S.write_skills_jsonl(worked, path)
+    assert S.read_skills_jsonl(path) == worked
+    assert "个位" in S.make_skills("val", 1, families=["add3"], worked=True)[0].conversation()[1]["content"]

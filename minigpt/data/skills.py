@@ -44,7 +44,7 @@ import logging
 import random
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -261,23 +261,27 @@ class SkillFamily:
     canon: Callable[[Payload], Payload] = field(default=lambda p: p, repr=False)  # twins (3+5, 5+3) -> one key
     space: Callable[[], list[Payload]] | None = field(default=None, repr=False)  # every payload, when enumerable
     render: Callable[[Payload, str, random.Random], tuple[str, str]] | None = field(default=None, repr=False)
+    # optional worked solution (payload, lang) -> a short scratchpad ending in "答案：X" / "answer: X"
+    solve: Callable[[Payload, str], str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class SkillItem:
-    """One problem: the question as a user turn, the bare reference answer, its family, language and split."""
+    """One problem: the question as a user turn, the bare reference answer, its family, language and split;
+    ``solution``, when set, is the reply to train on (a worked solution ending in the answer) instead of the answer."""
 
     family: str
     lang: str
     question: str
     answer: str
     split: str
+    solution: str = ""
 
     def messages(self) -> list[dict]:
         return [{"role": "user", "content": self.question}]
 
     def conversation(self) -> list[dict]:
-        return self.messages() + [{"role": "assistant", "content": self.answer}]
+        return self.messages() + [{"role": "assistant", "content": self.solution or self.answer}]
 
     def to_json(self) -> dict:
         """MiniMind chat format plus the keys a checker needs (readers of ``conversations`` ignore the rest)."""
@@ -308,12 +312,55 @@ def _sorted(p: Payload) -> Payload:
 def _family(name: str, description: str, draw: Callable[[random.Random], Payload],
             render: Callable[[Payload, str, random.Random], tuple[str, str]], parse: Callable[[str, str], Payload],
             check: Callable[[str, str], bool] = check_number, canon: Callable[[Payload], Payload] = lambda p: p,
-            space: Callable[[], list[Payload]] | None = None) -> SkillFamily:
+            space: Callable[[], list[Payload]] | None = None,
+            solve: Callable[[Payload, str], str] | None = None) -> SkillFamily:
     def generate(rng: random.Random, lang: str) -> tuple[str, str]:
         return render(draw(rng), lang, rng)
 
     return SkillFamily(name=name, generate=generate, check=check, description=description, parse=parse,
-                       canon=canon, space=space, render=render)
+                       canon=canon, space=space, render=render, solve=solve)
+
+
+# worked solutions: column arithmetic, one place at a time from the ones up (the "detailed scratchpad" of Lee et
+# al. 2023, "Teaching Arithmetic to Small Transformers"), then the answer after a marker the checker reads
+_PLACES = {"zh": ("个位", "十位", "百位", "千位"), "en": ("ones", "tens", "hundreds", "thousands")}
+
+
+def _column_solution(op: str, a: int, b: int, lang: str) -> str:
+    zh = lang == "zh"
+    steps, carry = [], 0
+    for i in range(max(len(str(a)), len(str(b)))):
+        x, y = a // 10**i % 10, b // 10**i % 10
+        place = _PLACES[lang][i]
+        if op == "+":
+            total = x + y + carry
+            step = f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={total}"
+            carry = total // 10
+            if carry:
+                step += f"，写{total % 10}进1" if zh else f" write {total % 10} carry 1"
+        else:
+            top = x - carry  # the digit after lending 1 to the place below
+            carry = 1 if top < y else 0
+            step = f"{x}" + ("-1" if x != top else "") + ("+10" if carry else "") + f"-{y}={top + 10 * carry - y}"
+            if carry:
+                step += "（借1）" if zh else " (borrow 1)"
+        steps.append(f"{place}{step}" if zh else f"{place} {step}")
+    if carry:  # an addition's last carry is the leading digit
+        steps.append(f"{_PLACES[lang][len(steps)]}1" if zh else f"{_PLACES[lang][len(steps)]} 1")
+    result = a + b if op == "+" else a - b
+    return ("，".join(steps) + f"，答案：{result}") if zh else (", ".join(steps) + f", answer: {result}")
+
+
+def _solve_op(p: Payload, lang: str) -> str:
+    op, a, b = p
+    return _column_solution(op, a, b, lang)
+
+
+def _solve_equation(p: Payload, lang: str) -> str:
+    """A one-step word problem: its equation, then the answer."""
+    op, a, b = p
+    result = a + b if op == "+" else a - b
+    return f"{a}{op}{b}={result}，答案：{result}" if lang == "zh" else f"{a} {op} {b} = {result}, answer: {result}"
 
 
 # built-in material: common characters and words without numeral characters (so answers never read as numbers)
@@ -521,13 +568,13 @@ def _wp_render(p: Payload, lang: str, rng: random.Random) -> tuple[str, str]:
         if op == "+":
             q = f"{name}有{a}{unit}{thing}，又买了{b}{unit}，一共有几{unit}？"
         else:
-            q = f"{name}有{a}{unit}{thing}，{rng.choice(('吃了', '送出'))}{b}{unit}，还剩几{unit}？"
+            q = f"{name}有{a}{unit}{thing}，{rng.choice(('送出', '丢了'))}{b}{unit}，还剩几{unit}？"
     else:
         name, thing = rng.choice(_NAMES_EN), rng.choice(_THINGS_EN)
         if op == "+":
             q = f"{name} has {a} {thing} and buys {b} more. How many {thing} does {name} have now?"
         else:
-            q = f"{name} has {a} {thing} and {rng.choice(('eats', 'gives away'))} {b}. How many {thing} are left?"
+            q = f"{name} has {a} {thing} and {rng.choice(('gives away', 'loses'))} {b}. How many {thing} are left?"
     return q, ans
 
 
@@ -581,22 +628,24 @@ def _build_families() -> dict[str, SkillFamily]:
                 _zh_to_num_render, _zh_to_num_parse, check=check_digits, space=lambda: [(n,) for n in range(1000)]),
         _family("add", "the sum of two numbers 0-99", lambda r: (r.randint(0, 99), r.randint(0, 99)),
                 _binary_render("+", "加", "+", "plus", lambda a, b: a + b), _pair_parse, canon=_sorted,
-                space=lambda: [(a, b) for a in range(100) for b in range(100)]),
+                space=lambda: [(a, b) for a in range(100) for b in range(100)],
+                solve=lambda p, lang: _solve_op(("+", *p), lang)),
         _family("sub", "the difference a - b of numbers 0-99, a >= b",
                 lambda r: tuple(sorted((r.randint(0, 99), r.randint(0, 99)), reverse=True)),
                 _binary_render("-", "减", "-", "minus", lambda a, b: a - b), _pair_parse,
-                space=lambda: [(a, b) for a in range(100) for b in range(a + 1)]),
+                space=lambda: [(a, b) for a in range(100) for b in range(a + 1)],
+                solve=lambda p, lang: _solve_op(("-", *p), lang)),
         SkillFamily(name="count_char", generate=_count_generate, check=check_number,
                     description="how many times a character occurs in a phrase (SpellingBee, in Chinese)",
                     parse=_count_parse, render=_count_render),
         _string_family("reverse", "a short string backwards (2-5 Han characters / 3-6 letters)", _reverse_render,
                        check_text),
-        _family("word_problem", "one-step word problems: buy more (sum) or eat/give away (difference), 1-50",
-                _wp_draw, _wp_render, _wp_parse, canon=_wp_canon,
+        _family("word_problem", "one-step word problems: buy more (sum) or give away / lose (difference), 1-50",
+                _wp_draw, _wp_render, _wp_parse, canon=_wp_canon, solve=_solve_equation,
                 space=lambda: [("+", a, b) for a in range(1, _WP_MAX + 1) for b in range(1, _WP_MAX + 1)]
                 + [("-", a, b) for a in range(2, _WP_MAX + 1) for b in range(1, a)]),
         _family("add3", "three-digit sums and differences (the harder tier)", _add3_draw, _add3_render, _add3_parse,
-                canon=_wp_canon),
+                canon=_wp_canon, solve=_solve_op),
     ]
     return {f.name: f for f in fams}
 
@@ -699,7 +748,7 @@ def _usable_words(words: Sequence[str], lang: str) -> list[str]:
 
 
 def _family_items(name: str, split: str, n: int, seed: int, langs: Sequence[str],
-                  words: Sequence[str] | None) -> list[SkillItem]:
+                  words: Sequence[str] | None, worked: bool) -> list[SkillItem]:
     fam = FAMILIES[name]
     rng = random.Random(f"minigpt-skills|{seed}|{name}|{split}|{'+'.join(langs)}")
     generators = {lang: fam.generate for lang in langs}
@@ -745,17 +794,22 @@ def _family_items(name: str, split: str, n: int, seed: int, langs: Sequence[str]
                 items.append(SkillItem(name, it.lang, q, a, split))
         else:
             logger.info("skills: %s has %d distinct %s problems (asked for %d)", name, len(items), split, n)
+    if worked and fam.solve is not None:
+        items = [replace(it, solution=fam.solve(fam.parse(it.question, it.lang), it.lang)) for it in items]
     return items
 
 
 def make_skills(split: str, n_per_family: int, seed: int = 0, lang: str = "zh",
-                families: Sequence[str] | None = None, words: Sequence[str] | None = None) -> list[SkillItem]:
+                families: Sequence[str] | None = None, words: Sequence[str] | None = None,
+                worked: bool = False) -> list[SkillItem]:
     """``n_per_family`` problems of each family (all by default, in ``FAMILIES`` order) from ``split``.
 
     Deterministic for its arguments. ``lang`` "zh", "en" or "both" (items alternate zh, en). ``words``: phrases
     from the run's corpus for ``count_char`` (Han-only 2-12 characters for zh; the built-in list otherwise). A
     val/test list holds each problem once and may be shorter than asked (see ``split_sizes``); a train list is
-    filled by repeating problems when its split has too few."""
+    filled by repeating problems when its split has too few. ``worked``: items of families with a worked solution
+    (add, sub, add3: column arithmetic; word_problem: the equation) reply with it, ending in "答案：X" /
+    "answer: X"; the problems are the same as without it."""
     if split not in SPLITS:
         raise ValueError(f"skills: split must be one of {', '.join(SPLITS)}, got {split!r}")
     _check_lang(lang, LANGS + ("both",))
@@ -767,7 +821,7 @@ def make_skills(split: str, n_per_family: int, seed: int = 0, lang: str = "zh",
     langs = LANGS if lang == "both" else (lang,)
     out: list[SkillItem] = []
     for name in names:
-        out.extend(_family_items(name, split, n_per_family, seed, langs, words))
+        out.extend(_family_items(name, split, n_per_family, seed, langs, words, worked))
     return out
 
 
@@ -809,7 +863,9 @@ def _item_from_json(obj: object, where: str) -> SkillItem:
                 and turn["content"].strip()):
             raise ValueError(f"{where}: key 'conversations' must hold {{'role': '{role}', 'content': <text>}} "
                              f"in that place, got {turn!r}")
-    return SkillItem(obj["family"], obj["lang"], conv[0]["content"], answer, obj["split"])
+    reply = conv[1]["content"] if len(conv) == 2 else answer
+    return SkillItem(obj["family"], obj["lang"], conv[0]["content"], answer, obj["split"],
+                     solution="" if reply == answer else reply)
 
 
 def read_skills_jsonl(path: str | Path, split: str | None = None) -> list[SkillItem]:
