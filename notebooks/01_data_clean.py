@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -25,7 +25,7 @@
 # the chat stage. Bring your own with `data_files` (minimind-style JSONL, `.txt`, parquet, csv).
 #
 # Outputs go to `runs/<run>/data/`: `train.jsonl`, `val.jsonl`, `sft.jsonl`, `sft_val.jsonl`,
-# `stats.json`, `rejects.jsonl` and `plots/`.
+# `stats.json`, `rejects.jsonl`, `plots/`, and the built-in skill problems in `skills/`.
 
 # %% tags=["parameters"]
 # Parameters: plain literals only. None means "take it from params/<config>.yaml".
@@ -88,3 +88,28 @@ example_rejects(P.paths["data"], per_reason=10)
 # %%
 # NBVAL_CHECK_OUTPUT
 print(data_plan(stats))
+
+# %% [markdown]
+# ## Built-in skills: problems a program can check
+# Dialogues teach a chat format, but nobody can score a free reply. Skills can: short problems (add two
+# numbers, compare, copy or reverse a string, write 345 as 三百四十五, the weekday after a date, count a
+# character, one-step word problems...) each with a reference answer and a checker that reads the final answer
+# of any reply. 04 trains on them beside the dialogues, 06 scores every stage on held-out ones, 07 and 08 use
+# the checker as a reward. Train, validation and test problems never overlap: a hash of each problem (the
+# same for its Chinese and English wording) decides its split. The files are MiniMind chat JSONL: read or
+# edit them in `runs/<run>/data/skills/`. A new family is one generator and one checker in
+# `minigpt/data/skills.py` (see `docs/skills.md`).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import pandas as pd
+
+from minigpt.data.skills import SkillsConfig, load_run_skills, write_run_skills
+
+skill_counts = write_run_skills(P.paths["data"], P.build(SkillsConfig))
+pd.DataFrame(skill_counts).fillna(0).astype(int)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pd.DataFrame([{"family": it.family, "question": it.question, "answer": it.answer}
+              for it in load_run_skills(P.paths["data"], "train", per_family=1)])

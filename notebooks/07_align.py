@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -26,6 +26,10 @@
 #   *rejected*. Or bring your own (`pairs_source`): MiniMind's `dpo.jsonl`
 #   (`{"chosen": [messages], "rejected": [messages]}`) or `{"prompt", "chosen", "rejected"}` JSONL; invalid
 #   lines go to `runs/<run>/align/rejects.jsonl` with their line number and reason.
+# - **Verifiable pairs** (`pairs_source: skills`, the demo's default): for each built-in skill problem (01) the
+#   reference answer is chosen and one of the SFT model's own sampled answers that the checker marks **wrong** is
+#   rejected. DPO then learns exactly from the model's mistakes, and the held-out pairs come from validation
+#   problems it never trained on, so the reward accuracy measures something a program can verify.
 # - **Loss** (`loss_type`, `beta`, `label_smoothing`): sigmoid DPO, conservative DPO (label smoothing) or IPO,
 #   on the final assistant reply only. The reference's log-probs are computed once and cached in
 #   `runs/<run>/align/reference_logps.safetensors`, so the reference model is not in memory while training.
@@ -38,7 +42,8 @@
 config = None
 run_dir = None
 sft_checkpoint = None          # default: runs/<run>/sft/final_model
-pairs_source = None            # spin (built-in pairs from the SFT model) | path/to/dpo.jsonl
+# pairs: spin or skills are built here from the SFT model, or a path to your dpo.jsonl
+pairs_source = None
 loss_type = None               # sigmoid | ipo
 beta = None
 label_smoothing = None
@@ -170,8 +175,11 @@ side_by_side(sft_model, trainer.model, trainer.tokenizer, trainer.pairs["eval"],
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-pd.DataFrame({"reference reply": [before["chosen_logp_per_token"], after["chosen_logp_per_token"]],
-              "model's own reply": [before["rejected_logp_per_token"], after["rejected_logp_per_token"]]},
+# the rejected side is the model's own sample for spin and skills pairs, the file's rejected reply otherwise
+own = dpo.pairs_source in ("spin", "skills")
+pd.DataFrame({"chosen reply": [before["chosen_logp_per_token"], after["chosen_logp_per_token"]],
+              "model's own reply" if own else "rejected reply": [before["rejected_logp_per_token"],
+                                                                 after["rejected_logp_per_token"]]},
              index=["before DPO", "after DPO"]).assign(gap=lambda d: d.iloc[:, 0] - d.iloc[:, 1]).round(4)
 
 # %%

@@ -10,12 +10,17 @@ from ..ui.plots import LivePlot, figure_png_base64, plt, read_metrics
 PANELS = (("DPO loss", ("loss", "val_loss")), ("reward accuracy", ("reward_accuracy", "train_reward_accuracy")),
           ("reward margin", ("reward_margin", "train_reward_margin")),
           ("log-prob per token", ("chosen_logp_per_token", "rejected_logp_per_token")), ("KL to reference", ("kl_ref",)))
+# notebook 08 (GRPO): the rollouts' reward and accuracy, held-out accuracy, the KL to the initial model, the
+# completions' length and the share of groups whose rewards are all equal (they carry no learning signal)
+RL_PANELS = (("reward (rollouts)", ("train_reward", "train_accuracy")), ("held-out accuracy", ("val_accuracy",)),
+             ("KL to initial model", ("train_kl",)), ("completion tokens", ("train_completion_tokens",)),
+             ("all-equal groups", ("train_equal_reward_fraction",)))
 
 
-def align_figure(records: list[dict[str, Any]], title: str = "DPO"):
+def align_figure(records: list[dict[str, Any]], title: str = "DPO", panels: tuple = PANELS):
     """One panel per metric group against the step; eval metrics as points joined by lines."""
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(17, 3.4))
-    for ax, (name, keys) in zip(axes, PANELS):
+    fig, axes = plt.subplots(1, len(panels), figsize=(17, 3.4))
+    for ax, (name, keys) in zip(axes, panels):
         for key in keys:
             pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and "step" in r]
             if pts:
@@ -32,14 +37,16 @@ def align_figure(records: list[dict[str, Any]], title: str = "DPO"):
 
 
 class AlignLivePlot(LivePlot):
-    """The live plot of notebook 07: the DPO metrics' panels instead of the loss curve alone."""
+    """The live plot of notebooks 07 and 08: the DPO (or GRPO) metrics' panels instead of the loss curve alone."""
+
+    panels: tuple = PANELS
 
     def _show(self) -> None:
-        fig = align_figure(self.records, self.title)
+        fig = align_figure(self.records, self.title, self.panels)
         try:
             if self.target is not None:
                 self.target.outputs = ({"output_type": "display_data", "metadata": {},
-                                        "data": {"image/png": figure_png_base64(fig), "text/plain": "<DPO metrics>"}},)
+                                        "data": {"image/png": figure_png_base64(fig), "text/plain": f"<{self.title} metrics>"}},)
             else:
                 from IPython.display import display
 
@@ -52,11 +59,18 @@ class AlignLivePlot(LivePlot):
         self.updates += 1
 
 
-def save_align_figure(output_dir: str | Path) -> Path:
-    """plots/align_metrics.png from the folder's metrics.jsonl."""
+class RLLivePlot(AlignLivePlot):
+    """Notebook 08's live plot: reward, held-out accuracy, KL, completion length, all-equal groups."""
+
+    panels = RL_PANELS
+
+
+def save_align_figure(output_dir: str | Path, panels: tuple = PANELS, name: str = "align_metrics.png",
+                      title: str = "DPO") -> Path:
+    """plots/<name> from the folder's metrics.jsonl."""
     output_dir = Path(output_dir)
-    fig = align_figure(read_metrics(output_dir / "metrics.jsonl"))
-    path = output_dir / "plots" / "align_metrics.png"
+    fig = align_figure(read_metrics(output_dir / "metrics.jsonl"), title, panels)
+    path = output_dir / "plots" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -110,3 +110,36 @@ def load_or_make_spin(folder: Path, sft_checkpoint: Path, train: list[list[dict]
     write_pairs(Path(folder) / "eval.jsonl", eval_pairs_)
     atomic_write_json(meta_path, {**key, "counts": counts})  # last: the pairs files are complete when it exists
     return PairSet(train_pairs, eval_pairs_, {"source": "spin", "folder": str(folder), **counts, "reused": False})
+
+
+@torch.no_grad()
+def skill_pairs(model: torch.nn.Module, tokenizer, items: list, gen_cfg: GenerationConfig, samples: int = 4,
+                batch_size: int = 64, device: str | torch.device | None = None
+                ) -> tuple[list[PreferencePair], dict[str, int]]:
+    """Verifiable pairs (``pairs_source: skills``): for each skill problem the reference answer is chosen and one of
+    the SFT model's own ``samples`` sampled replies that the skill's checker marks wrong is rejected. A problem the
+    model answered right every time gives no pair (counted), so the pairs are exactly the model's mistakes."""
+    from ..data.skills import reward
+
+    counts = {"problems": len(items), "pairs": 0, "all_samples_right": 0, "empty_sample": 0}
+    gen = TextGenerator(model, tokenizer, device=device)
+    pairs = []
+    for b in range(0, len(items), batch_size):
+        chunk = items[b:b + batch_size]
+        cfg = dataclasses.replace(gen_cfg, seed=None if gen_cfg.seed is None else gen_cfg.seed + b)
+        prompts = [gen.chat_prompt_ids(it.messages(), cfg) for it in chunk for _ in range(samples)]
+        outs = gen.generate_ids(prompts, cfg)
+        for i, it in enumerate(chunk):
+            replies = [textnorm.normalize(tokenizer.decode(o, skip_special_tokens=True)).strip()
+                       for o in outs[i * samples:(i + 1) * samples]]
+            wrong = [r for r in replies if r and not reward(it, r)]
+            if not wrong:
+                counts["empty_sample" if not all(replies) else "all_samples_right"] += 1
+                continue
+            try:
+                pairs.append(checked_pair((("user", it.question),), it.answer, wrong[0]))
+            except PairError:
+                counts["empty_sample"] += 1
+    counts["pairs"] = len(pairs)
+    logger.info("skill pairs: %s", counts)
+    return pairs, counts

@@ -22,6 +22,7 @@ DDP: ``build_dpo_trainer(P, pairs, rank=r, world_size=n)`` gives each rank its s
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,9 @@ class DPOConfig:
     """Notebook 07's own parameters (beside TrainConfig's)."""
 
     sft_checkpoint: str = ""  # the model to align and the reference; default runs/<run>/sft/final_model
-    pairs_source: str = "spin"  # spin (built-in SPIN pairs) | path to a dpo.jsonl / {prompt, chosen, rejected} JSONL
+    # spin (built-in SPIN pairs) | skills (reference answer vs the SFT model's own wrong answer to a built-in skill
+    # problem) | path to a dpo.jsonl / {prompt, chosen, rejected} JSONL
+    pairs_source: str = "spin"
     chat_source: str = "run"  # the dialogues SPIN pairs come from (as notebook 04's chat_source)
     loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo
     beta: float = 0.1
@@ -73,8 +76,8 @@ class DPOConfig:
     live_plot_interval: int = 10
 
     def validate(self) -> None:
-        if self.pairs_source != "spin" and not self.pairs_source.endswith((".jsonl", ".json")):
-            raise ValueError(f"pairs_source: expected 'spin' or a path to a .jsonl file, got {self.pairs_source!r}")
+        if self.pairs_source not in ("spin", "skills") and not self.pairs_source.endswith((".jsonl", ".json")):
+            raise ValueError(f"pairs_source: expected 'spin', 'skills' or a path to a .jsonl file, got {self.pairs_source!r}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type: expected one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if not self.beta > 0:
@@ -128,6 +131,8 @@ def make_pairs(P: Params) -> PairSet:
     """Training and held-out pairs for ``pairs_source``: SPIN pairs (sampled once and kept in align/pairs/) or a file."""
     dpo = dpo_config(P)
     out = align_dir(P)
+    if dpo.pairs_source == "skills":
+        return _skill_pairs(P, dpo)
     if dpo.pairs_source != "spin":
         return _file_pairs(P, dpo, out)
     from ..data.chat_source import load_chat_source, no_chat_message
@@ -140,6 +145,31 @@ def make_pairs(P: Params) -> PairSet:
     device = str(setup_machine(train_config_from_params(P))[0])
     return load_or_make_spin(out / "pairs", ckpt_dir, train_convs, val_convs, spin_settings(dpo, int(P.seed)),
                              dpo.eval_pairs, dpo.max_pairs, device=device)
+
+
+def _skill_pairs(P: Params, dpo: DPOConfig) -> PairSet:
+    """Pairs from the built-in skills (data/skills/ from 01): training problems for training, validation problems
+    (never trained on) held out; ``max_pairs`` caps the training problems, ``eval_pairs`` the held-out ones."""
+    from ..align.spin import skill_pairs
+    from ..data.skills import load_run_skills
+
+    train_items = load_run_skills(P.paths["data"], "train")
+    held_items = load_run_skills(P.paths["data"], "val")
+    # spread the caps over the families: every k-th problem rather than the first families only
+    if dpo.max_pairs and len(train_items) > dpo.max_pairs:
+        train_items = train_items[::len(train_items) // dpo.max_pairs][:dpo.max_pairs]
+    if len(held_items) > dpo.eval_pairs:
+        held_items = held_items[::len(held_items) // dpo.eval_pairs][:dpo.eval_pairs]
+    ckpt_dir = sft_checkpoint(P, dpo)
+    model, tokenizer, _ = load_checkpoint(ckpt_dir)
+    device = str(setup_machine(train_config_from_params(P))[0])
+    gen = spin_settings(dpo, int(P.seed))
+    train, c_train = skill_pairs(model, tokenizer, train_items, gen, device=device)
+    held, c_held = skill_pairs(model, tokenizer, held_items, dataclasses.replace(gen, seed=int(P.seed) + 1), device=device)
+    if not train or not held:
+        raise ValueError(f"pairs_source=skills: the SFT model {ckpt_dir} made no wrong answer to sample from "
+                         f"(train {c_train}, held out {c_held}); use pairs_source=spin")
+    return PairSet(train, held, {"source": "skills", "train": c_train, "eval": c_held})
 
 
 def _file_pairs(P: Params, dpo: DPOConfig, out: Path) -> PairSet:

@@ -55,6 +55,8 @@ class SFTConfig:
 
     chat_source: str = "run"  # run = data/sft.jsonl from 01 | chinese | english | both (built-in dialogues) | a .jsonl path
     pack_conversations: bool = False  # several conversations per row, attention kept within each
+    # the share of training examples that are built-in skill problems (data/skills/train.jsonl from 01); 0 = dialogues only
+    skills_fraction: float = 0.0
     use_lora: bool = False  # train low-rank adapters only; base weights frozen
     lora_rank: int = 8
     lora_alpha: float = 16.0  # the update is scaled by lora_alpha / lora_rank
@@ -64,6 +66,8 @@ class SFTConfig:
     def validate(self) -> None:
         if self.chat_source not in ("run", *BUILTIN_CHAT) and not self.chat_source.endswith((".jsonl", ".json")):
             raise ValueError(f"chat_source: expected 'run', 'chinese', 'english', 'both' or a path to a chat .jsonl file, got {self.chat_source!r}")
+        if not 0.0 <= self.skills_fraction <= 1.0:
+            raise ValueError(f"skills_fraction: expected a number in [0, 1], got {self.skills_fraction}")
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank: expected an integer >= 1, got {self.lora_rank}")
         if self.lora_alpha <= 0:
@@ -132,6 +136,21 @@ def read_conversations(path: str | Path) -> list[list[dict]]:
     return convs
 
 
+def mix_skills(dialogues: list[list[dict]], data_dir: Path, fraction: float) -> tuple[list[list[dict]], dict[str, Any]]:
+    """Dialogues + the run's skill problems, with the dialogues repeated so that skills are about ``fraction`` of
+    the examples (every skill problem is kept; ChatBatches samples the list, so repeats set the proportions)."""
+    from ..data.skills import load_run_skills
+
+    skills = [it.conversation() for it in load_run_skills(data_dir, "train")]
+    if fraction >= 1.0 or not dialogues:
+        repeats = 0
+    else:
+        repeats = max(1, round(len(skills) * (1 - fraction) / (fraction * len(dialogues))))
+    mixed = dialogues * repeats + skills
+    return mixed, {"dialogues": len(dialogues), "dialogue_repeats": repeats, "skills": len(skills),
+                   "skills_share": len(skills) / max(1, len(mixed))}
+
+
 def build_examples(tokenizer, conversations: list[list[dict]], max_len: int) -> tuple[list, dict[str, int]]:
     """ChatML examples with assistant-only labels, and counts of what happened to every conversation."""
     examples = []
@@ -176,6 +195,11 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
             return None, {"skipped": no_chat_message(report)}
         raise ValueError(no_chat_message(report))
     source = report.source
+    mix = None
+    if sft_cfg.skills_fraction > 0:
+        train_convs, mix = mix_skills(train_convs, P.paths["data"], sft_cfg.skills_fraction)
+        logger.info("sft: %d dialogue examples (each %dx) and %d skill problems: %.0f%% skills", mix["dialogues"],
+                    mix["dialogue_repeats"], mix["skills"], 100 * mix["skills_share"])
     train_ex, train_counts = build_examples(tokenizer, train_convs, seq_len)
     val_ex, val_counts = build_examples(tokenizer, val_convs, seq_len)
     for split, c in (("train", train_counts), ("val", val_counts)):
@@ -193,6 +217,8 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
     info: dict[str, Any] = {"checkpoint": str(ckpt_dir), "data": source, "train_examples": len(train_ex),
                             "val_examples": len(val_ex), **train_counts, "packing": sft_cfg.pack_conversations,
                             "chat_data": report.as_dict()}
+    if mix is not None:
+        info["skills_mix"] = mix
     if sft_cfg.use_lora:
         torch.manual_seed(cfg.schedule.seed)  # the adapters' random init depends on the seed alone, not on what ran before
         inject_lora(model, sft_cfg.lora_rank, sft_cfg.lora_alpha, sft_cfg.lora_dropout, sft_cfg.lora_targets)

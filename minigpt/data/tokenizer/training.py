@@ -57,17 +57,17 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, normalize_versio
 
 
 def training_texts(data_dir: str | os.PathLike, cfg: TokenizerConfig) -> Iterator[str]:
-    """Train documents (+ SFT dialogue text when sft.jsonl exists), sampled per ``tokenizer_train_mb``
-    (by line hash) and ``tokenizer_samples``.
+    """Train documents (+ SFT dialogue text when sft.jsonl exists, + the built-in skills' training problems when
+    skills/train.jsonl exists), sampled per ``tokenizer_train_mb`` (by line hash) and ``tokenizer_samples``.
 
-    SFT text is included so chat words are in the vocabulary.
+    Chat and skill text is included so their words are in the vocabulary.
     """
     data_dir = Path(data_dir)
     train = require_file(data_dir / "train.jsonl")
-    sft = data_dir / "sft.jsonl"
     sources: list[tuple[Path, int, str]] = [(train, count_lines(train), "text")]
-    if sft.is_file():
-        sources.append((sft, count_lines(sft), "conversations"))
+    for chat in (data_dir / "sft.jsonl", data_dir / "skills" / "train.jsonl"):
+        if chat.is_file():
+            sources.append((chat, count_lines(chat), "conversations"))
     total = sum(n for _, n, _ in sources)
     nbytes = sum(p.stat().st_size for p, _, _ in sources)
     fraction = min(1.0, cfg.tokenizer_train_mb * 1e6 / nbytes) if cfg.tokenizer_train_mb and nbytes else 1.0
