@@ -1,14 +1,14 @@
 """Built-in problems with checkable answers ("skills"): generators, splits and checkers, in one place.
 
-    items = make_skills("train", n_per_family=500, seed=0, lang="zh")     # list[SkillItem]
+    items = make_skills("train", n_per_family=500, seed=0, lang="zh", families=["add"])     # list[SkillItem]
     items[0].conversation()   # [{"role": "user", "content": "23加45等于多少？"}, {"role": "assistant", "content": "68"}]
     check_answer("add", "答案是 68。", "68")   # True  (the checker of evaluation and of the RL reward)
-    write_skills_jsonl(items, "runs/demo/data/skills_train.jsonl")             # MiniMind chat JSONL
+    write_skills_jsonl(items, "runs/demo/data/skills/train.jsonl")             # MiniMind chat JSONL
 
 Every family is a ``SkillFamily`` in ``FAMILIES`` (ordered easy -> hard): a generator ``(rng, lang) -> (question,
 answer)``, a checker ``(completion, answer) -> bool`` and a parser that reads the question's payload (its numbers
 and strings) back, so ``split_of`` can place any question without knowing how it was drawn. Adding a family is one
-``_Spec`` in this file (see docs/skills.md).
+``_family(...)`` entry in ``_build_families`` (see docs/skills.md).
 
 Splits. A problem's *canonical key* is its family plus its payload, the same for the Chinese and the English
 wording (``3×7`` in zh and en is one problem) and, where the operation commutes (add, compare, the multiplication
@@ -23,8 +23,8 @@ English test problem's Chinese twin, or its swapped twin, never lands in train:
   0 -> test, 1 -> val, else train.
 
 ``make_skills`` never repeats a problem (same payload in the same order) within a val or test list; a family whose
-split has fewer distinct problems than asked returns all it has (the 9x9 table's test split has 8: 4 products,
-both orders). Train lists are filled to ``n_per_family`` by repeating their distinct problems (with fresh wording)
+split has fewer distinct problems than asked returns all it has (the 9x9 table's test split has 7 questions: 4
+products, both orders, one a square). Train lists are filled to ``n_per_family`` by repeating their distinct problems (with fresh wording)
 when the split has too few, as epochs would.
 
 Checking (``extract_answer`` / ``normalize_answer``): the text after the last answer marker ("答案是", "答案：",
@@ -63,7 +63,6 @@ Payload = tuple  # a problem's numbers and strings, language-independent
 _CN_DIGITS = "零一二三四五六七八九"
 _CN_DIGIT_VALUE = {c: i for i, c in enumerate(_CN_DIGITS)} | {"〇": 0, "两": 2}
 _CN_SMALL_UNITS = {"十": 10, "百": 100, "千": 1000}
-_CN_BIG_UNITS = {"万": 10**4, "亿": 10**8}
 _CN_CHARS = "零〇一二两三四五六七八九十百千万亿"
 _CN_RUN = re.compile(f"[{_CN_CHARS}]+")
 
@@ -205,14 +204,15 @@ def check_digits(completion: str, answer: str) -> bool:
     """Like ``check_number`` but only ASCII (or full-width) digits count: for ``zh_to_num``, whose question holds the
     Chinese numeral already."""
     nums = [int(t.replace(",", "")) for t in re.findall(r"\d{1,3}(?:,\d{3})+(?!\d)|\d+", _answer_span(completion))]
-    return bool(nums) and nums[-1] == int(answer)
+    want = _numbers(unicodedata.normalize("NFKC", answer))
+    return bool(nums) and len(want) == 1 and nums[-1] == want[0]
 
 
 def check_chinese_numeral(completion: str, answer: str) -> bool:
     """The last Chinese numeral of the answer span has the reference's value (two forms of one value both count:
     两百/二百); digits do not count."""
     want = from_chinese_numeral(answer)
-    runs = [r for r in _CN_RUN.findall(_answer_span(completion))]
+    runs = _CN_RUN.findall(_answer_span(completion))
     return want is not None and bool(runs) and from_chinese_numeral(runs[-1]) == want
 
 
@@ -902,64 +902,3 @@ def read_skills_jsonl(path: str | Path, split: str | None = None) -> list[SkillI
         logger.info("skills: %s: %d questions not in a built-in wording; their splits were not checked", path,
                     unchecked)
     return items
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the run's skills folder: what notebook 01 writes and 02, 04, 06, 07 and 08 read
-
-SKILLS_DIR = "skills"  # runs/<run>/data/skills/{train,val,test}.jsonl
-
-
-@dataclass
-class SkillsConfig:
-    """Notebook 01's skills parameters: the built-in problems written to ``data/skills/`` for the later notebooks."""
-
-    skills_train_per_family: int = 1000  # training problems per family (02's tokenizer text, 04's SFT, 07, 08)
-    skills_eval_per_family: int = 200  # held-out problems per family in val and in test (fewer where a family has fewer)
-    skills_lang: str = "zh"  # zh | en | both
-    skills_seed: int = 0
-
-    def validate(self) -> None:
-        for key in ("skills_train_per_family", "skills_eval_per_family", "skills_seed"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{key}: expected an integer >= 0, got {v!r}")
-        if self.skills_lang not in LANGS + ("both",):
-            raise ValueError(f"skills_lang: expected one of zh, en, both, got {self.skills_lang!r}")
-
-
-def write_run_skills(data_dir: str | Path, cfg: SkillsConfig) -> dict[str, dict[str, int]]:
-    """Write ``data_dir/skills/{train,val,test}.jsonl`` (MiniMind chat JSONL, one problem a line, editable);
-    returns {split: {family: count}}. The same config gives the same files."""
-    cfg.validate()
-    folder = Path(data_dir) / SKILLS_DIR
-    counts: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
-        n = cfg.skills_train_per_family if split == "train" else cfg.skills_eval_per_family
-        items = make_skills(split, n, seed=cfg.skills_seed, lang=cfg.skills_lang)
-        write_skills_jsonl(items, folder / f"{split}.jsonl")
-        counts[split] = {}
-        for it in items:
-            counts[split][it.family] = counts[split].get(it.family, 0) + 1
-    logger.info("skills: %s", ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
-    return counts
-
-
-def load_run_skills(data_dir: str | Path, split: str, families: Sequence[str] | None = None,
-                    per_family: int | None = None) -> list[SkillItem]:
-    """The problems of ``split`` that notebook 01 wrote (or a user edited), optionally only some families and at
-    most ``per_family`` of each (the file's first ones)."""
-    path = Path(data_dir) / SKILLS_DIR / f"{split}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebooks/01_data_clean first (it writes the built-in skills)")
-    wanted = set(families) if families else None
-    taken: dict[str, int] = {}
-    out = []
-    for it in read_skills_jsonl(path, split):  # a line of another split is an error naming its line
-        if wanted is not None and it.family not in wanted:
-            continue
-        if per_family is not None and taken.get(it.family, 0) >= per_family:
-            continue
-        taken[it.family] = taken.get(it.family, 0) + 1
-        out.append(it)
-    return out
