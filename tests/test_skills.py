@@ -373,3 +373,14 @@ def test_every_payload_reads_back_the_same_in_both_languages():
                     assert fam.parse(q, lang) == p, (name, lang, q)
                     keys.add(S.canonical_key(name, lang, q))
             assert len(keys) == 1, (name, p, keys)
+
+
+def test_repeated_train_problems_alternate_languages():
+    """A train list longer than its split repeats problems; with lang="both" each one is then seen in zh and en."""
+    items = S.make_skills("train", 300, seed=0, lang="both", families=["next_weekday"])
+    assert len(items) == 300
+    langs_by_problem: dict = {}
+    for it in items:
+        langs_by_problem.setdefault(S.FAMILIES["next_weekday"].parse(it.question, it.lang), set()).add(it.lang)
+    assert len(langs_by_problem) == S.split_sizes("next_weekday")["train"]  # every train problem, none other
+    assert all(v == {"zh", "en"} for v in langs_by_problem.values())

@@ -786,12 +786,15 @@ def _family_items(name: str, split: str, n: int, seed: int, langs: Sequence[str]
             items.append(SkillItem(name, lang, q, a, split))
     if len(items) < n:
         if split == "train" and items and fam.render is not None:
-            # too few distinct train problems: repeat them (new wording), as further epochs would
+            # too few distinct train problems: repeat them, as further epochs would, with fresh wording and (for
+            # "both") the languages still alternating, so a problem seen in zh is also seen in en
             base = list(items)
             while len(items) < n:
-                it = base[(len(items) - len(base)) % len(base)]
-                q, a = fam.render(fam.parse(it.question, it.lang), it.lang, rng)
-                items.append(SkillItem(name, it.lang, q, a, split))
+                cycle, i = divmod(len(items), len(base))
+                it = base[i]
+                lang = langs[(langs.index(it.lang) + cycle) % len(langs)]
+                q, a = fam.render(fam.parse(it.question, it.lang), lang, rng)
+                items.append(SkillItem(name, lang, q, a, split))
         else:
             logger.info("skills: %s has %d distinct %s problems (asked for %d)", name, len(items), split, n)
     if worked and fam.solve is not None:
