@@ -3,7 +3,8 @@ chosen (with the reason), and for a preset its parameter count and estimated tra
 
 Also the report card's entry point (minigpt/eval/report_card.py):
 
-    python -m minigpt.report RUN_DIR            # RUN_DIR/report.md (evaluates the run first if it has no eval/)
+    python -m minigpt.report RUN_DIR            # RUN_DIR/report.md, from what is on disk: evaluates the run first
+                                                # when eval/results.json is missing or a stage changed since
     python -m minigpt.report RUN_A RUN_B        # RUN_B/compare.md: two runs side by side
 """
 from __future__ import annotations
@@ -38,12 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigpt.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run (report card) or two (comparison)")
-    ap.add_argument("--no-eval", action="store_true", help="do not evaluate a run that has no eval/results.json")
+    ap.add_argument("--no-eval", action="store_true",
+                    help="never evaluate: a stage missing from eval/results.json is marked 'not evaluated yet'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from .atomic import atomic_write_text
     from .eval.report_card import compare, write_report
-    from .eval.runner import RESULTS, evaluate_run
+    from .eval.facts import read_json
+    from .eval.runner import RESULTS, config_of, evaluate_run, stale_models
 
     runs = [Path(r) for r in args.runs]
     if len(runs) > 2:
@@ -57,9 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         print(f"wrote {runs[1] / 'compare.md'}")
         return 0
-    if not args.no_eval and not (runs[0] / RESULTS).is_file():
-        evaluate_run(runs[0])
-    print(write_report(runs[0]))
+    try:  # a bad results.json, checkpoint or benchmark file: its message, no traceback
+        results = read_json(runs[0] / RESULTS)
+        stale = stale_models(runs[0], results)
+        for name, why in stale.items():
+            logging.getLogger(__name__).info("%s: %s", name, why)
+        if not args.no_eval and (results is None or stale):
+            evaluate_run(runs[0], config_of(results))  # with the settings of the last evaluation, if there was one
+        print(write_report(runs[0]))
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -68,11 +68,13 @@ for item in cloze[:1]:
     print("\n".join(f"  {'*' if i == item.answer else ' '} {c}" for i, c in enumerate(item.choices)))
 
 # %% [markdown]
-# ## Benchmarks
-# Every model of the run (pretrained, fine-tuned, and a freshly initialised one of the same shape for
-# reference) on every benchmark; accuracy with its 95% interval (Wilson) against random. The same pass
-# measures validation loss, asks the SFT prompts before and after fine-tuning, and times generation:
-# all of it goes to `runs/<run>/eval/results.json`.
+# ## Benchmarks and skills
+# Every model of the run (untrained: the run's shape with its seed's random initialisation; pretrained,
+# fine-tuned, aligned, RL, whichever exist) on every benchmark, yours included; accuracy with its 95%
+# interval (Wilson) against random. A benchmark on which the *untrained* model beats random is flagged as
+# biased (e.g. the right choice is usually the longest). The same pass scores the built-in skills by
+# generation, measures validation loss, asks each stage the same chat prompts and times generation:
+# `runs/<run>/eval/results.json` and `eval/skills.json`, with each checkpoint's SHA-256.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -88,6 +90,23 @@ import math
 
 assert results["benchmarks"], "no benchmark was scored"
 assert all(r["n"] > 0 and 0.0 <= r["accuracy"] <= 1.0 and math.isfinite(r["random"]) for r in results["benchmarks"])
+
+# %% [markdown]
+# ## The built-in skills, stage by stage
+# Held-out problems (the test split, never seen in training) with answers a program checks: greedy
+# pass@1 with its Wilson 95% interval per family and stage; sampled pass@k (k replies per problem) from
+# SFT on shows how often the model *can* answer, the headroom RL turns into greedy accuracy.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from IPython.display import Image
+
+from minigpt.eval import format_skills_table, skills_by_stage
+from minigpt.ui.plots import save_skills_plot
+
+skills = skills_by_stage(P.run_dir)
+display(Markdown(format_skills_table(skills)))
+Image(filename=str(save_skills_plot(skills, P.run_dir / "eval" / "skills.png"))) if skills else None
 
 # %% [markdown]
 # ## Standard benchmarks with lm-evaluation-harness
@@ -106,17 +125,18 @@ print(shlex.join(command(P.run_dir / "hf", "ceval-valid,cmmlu", num_fewshot=5)))
 # %% [markdown]
 # ## The report card
 # One page for the run: environment, data and rejects, tokenizer, model size, training curves, throughput
-# and MFU, validation loss / bits per character / perplexity, the benchmark table, SFT answers before and
-# after, samples, generation speed, the git commit and the parameters. A stage that did not run is marked
-# as such. `python -m minigpt.report RUN_DIR` writes the same file from a terminal.
+# and MFU, validation loss / bits per character / perplexity, the benchmark table, the skills table and
+# plot, alignment and RL, each stage's chat answers, samples, generation speed, the git commit and the
+# parameters. A stage that did not run is marked as such. `python -m minigpt.report RUN_DIR` writes the same
+# file from a terminal. Its images sit beside it in the run folder; shown here they are embedded.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from minigpt.eval import write_report
+from minigpt.eval import embed_images, write_report
 
 report_path = write_report(P.run_dir)
 print(f"wrote {report_path}")
-Markdown(report_path.read_text(encoding="utf-8"))
+Markdown(embed_images(report_path.read_text(encoding="utf-8"), P.run_dir))
 
 # %% [markdown]
 # Two runs side by side (`python -m minigpt.report RUN_A RUN_B`), when `compare_with` names another run:

@@ -109,11 +109,17 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run directory not found")
+    from .runner import RESULTS, stale_models
+    from .skills import skills_by_stage
+
     models = {s: model_facts(run_dir / s / "final_model") for s in ("pretrain", "sft")}
+    results = read_json(run_dir / RESULTS)
     return {"run_dir": str(run_dir), "git": git_commit(repo_root()), "data": data_facts(run_dir),
             "tokenizer": tokenizer_facts(run_dir), "model": models["sft"] or models["pretrain"],
             "pretrain": training_facts(run_dir / "pretrain"), "sft": training_facts(run_dir / "sft"),
-            "eval": read_json(run_dir / "eval" / "results.json"), "samples": samples_text(run_dir)}
+            "align": training_facts(run_dir / "align"), "align_summary": read_json(run_dir / "align" / "align_summary.json"),
+            "rl": training_facts(run_dir / "rl"), "eval": results, "stale": stale_models(run_dir, results),
+            "skills": skills_by_stage(run_dir), "samples": samples_text(run_dir)}
 
 
 def headline(facts: dict[str, Any]) -> dict[str, float | int | None]:

@@ -107,10 +107,12 @@ def _loss_png(run_dir: Path, stage: str) -> str | None:
 def _section_training(f: dict, run_dir: Path, lines: list[str]) -> None:
     lines += ["## Training", ""]
     rows = []
-    for stage in ("pretrain", "sft"):
-        t = f[stage]
+    for stage in ("pretrain", "sft", "align", "rl"):
+        t = f.get(stage)
         if t is None:
-            lines += _not_run(f"no {stage}/metrics.jsonl", f"Notebook {'03' if stage == 'pretrain' else '04'} writes it.")
+            if stage in ("pretrain", "sft"):  # align and rl have their own sections, which say so
+                lines += _not_run(f"no {stage}/metrics.jsonl",
+                                  f"Notebook {'03' if stage == 'pretrain' else '04'} writes it.")
             continue
         rows.append([stage, t["steps"], t["tokens_seen"], t["first_loss"], t["final_loss"], t.get("first_val_loss"),
                      t.get("val_loss"), t.get("val_bpc"), t.get("tokens_per_s"),
@@ -118,8 +120,8 @@ def _section_training(f: dict, run_dir: Path, lines: list[str]) -> None:
     if rows:
         lines += _table(["stage", "steps", "tokens", "first loss", "final loss", "first val loss", "val loss",
                          "val bits/char", "tokens/s", "MFU", "seconds"], rows)
-    for stage in ("pretrain", "sft"):
-        png = _loss_png(run_dir, stage) if f[stage] else None
+    for stage in ("pretrain", "sft", "align", "rl"):
+        png = _loss_png(run_dir, stage) if f.get(stage) else None
         if png:
             lines += [f"![{stage} loss]({png})", ""]
 
@@ -164,18 +166,23 @@ def _section_benchmarks(f: dict, run_dir: Path, lines: list[str]) -> None:
                           "built-in cloze and any `eval_data` benchmarks.")
         return
     lines += ["Each choice is scored by the log-likelihood of its continuation; *accuracy* picks the highest total, "
-              "*per char* the highest per character. `untrained` is a freshly initialised model of the same shape.", ""]
+              "*per char* the highest per character. `untrained` is the run's model shape with its seed's random "
+              "initialisation, before any training.", ""]
+    lines += _stale_note(f)
     lines += [benchmark_table(rows), f"![benchmarks]({_benchmark_png(rows, run_dir)})", ""]
+    for msg in (f["eval"] or {}).get("flags") or []:
+        lines += [f"**Warning, {msg}.** Its accuracies say little about what the models learnt.", ""]
 
 
 def _section_answers(f: dict, lines: list[str]) -> None:
-    lines += ["## SFT: answers before and after", ""]
-    answers = (f["eval"] or {}).get("sft_answers") or []
+    lines += ["## Chat answers of each stage", ""]
+    answers = (f["eval"] or {}).get("chat_answers") or []
     if not answers:
-        lines += _not_run("no pretrained and SFT model pair evaluated", "Notebooks 03 and 04, then 06.")
+        lines += _not_run("no trained model evaluated", "Notebooks 03 and 04, then 06.")
     else:
-        lines += _table(["prompt", "before SFT (pretrained)", "after SFT"], [[a["prompt"], a["before"], a["after"]]
-                                                                            for a in answers])
+        names = list(answers[0]["replies"])
+        lines += ["Greedy replies to the same prompts, through the chat template.", ""]
+        lines += _table(["prompt", *names], [[a["prompt"], *(a["replies"].get(n) for n in names)] for a in answers])
     lines += ["## Samples", ""]
     lines += ([f["samples"].replace("\n### ", "\n#### ").replace("### ", "#### ", 1), ""] if f["samples"]
               else _not_run("no samples.md", "Notebook 05 writes it."))
@@ -190,8 +197,8 @@ def _section_answers(f: dict, lines: list[str]) -> None:
 
 def _section_parameters(f: dict, lines: list[str]) -> None:
     lines += ["## Parameters", ""]
-    for stage in ("pretrain", "sft"):
-        params = (f[stage] or {}).get("params")
+    for stage in ("pretrain", "sft", "align", "rl"):
+        params = (f.get(stage) or {}).get("params")
         if params:
             lines += [f"<details><summary>{stage} (run_config.json)</summary>", "",
                       "```json", json.dumps(params, ensure_ascii=False, indent=1), "```", "</details>", ""]
@@ -199,6 +206,110 @@ def _section_parameters(f: dict, lines: list[str]) -> None:
     if cfg:
         lines += ["<details><summary>evaluation</summary>", "", "```json", json.dumps(cfg, indent=1), "```",
                   "</details>", ""]
+
+
+def _stale_note(f: dict) -> list[str]:
+    """The models whose checkpoint on disk is not the one evaluated ("not evaluated yet")."""
+    if not f.get("eval") or not f.get("stale"):
+        return []
+    items = "; ".join(f"`{name}`: {why}" for name, why in f["stale"].items())
+    return [f"*Not evaluated yet: {items}. Notebook 06 or `python -m minigpt.report RUN_DIR` evaluates it; the "
+            f"numbers below are from {(f['eval'] or {}).get('written_at', 'an earlier evaluation')}.*", ""]
+
+
+def _section_skills(f: dict, run_dir: Path, lines: list[str]) -> None:
+    from ..ui.plots import save_skills_plot
+    from .skills import format_skills_table
+
+    lines += ["## Built-in skills", ""]
+    by_stage = f.get("skills") or {}
+    if not by_stage:
+        lines += _not_run("no skills evaluated", "Notebook 06 (or `python -m minigpt.report RUN_DIR`) scores every "
+                          "model on held-out problems of the built-in skills (eval/skills.json).")
+        return
+    first = next(iter(by_stage.values()))
+    lines += [f"Held-out (test split) problems with checkable answers; greedy pass@1 with its Wilson 95% interval "
+              f"(at most {first['settings']['max_new_tokens']} new tokens); the family's checker reads the final "
+              f"answer. Sampled pass@k: {first['settings']['pass@k']}.", ""]
+    lines += _stale_note(f)
+    lines += [format_skills_table(by_stage)]
+    png = save_skills_plot(by_stage, run_dir / "report_skills.png")
+    lines += [f"![skills by stage]({png.name})", ""]
+    examples = [(stage, e) for stage, r in by_stage.items() if stage != "untrained" for e in r.get("examples", [])[:1]]
+    if examples:
+        lines += ["One reply per stage (the first problem of the first family):", ""]
+        lines += _table(["stage", "family", "question", "reference", "reply", "right"],
+                        [[s, e["family"], e["question"], e["answer"], e["completion"], "yes" if e["correct"] else "no"]
+                         for s, e in examples])
+
+
+def rejected_label(pairs_source: str | None) -> str:
+    """What the rejected reply of a preference pair is, by where the pairs came from: the SFT model's own samples
+    for the built-in pairs (spin, skills), the file's rejected reply otherwise."""
+    if pairs_source in (None, "", "spin"):
+        return "model's own reply"
+    if pairs_source == "skills":
+        return "model's own wrong answer"
+    return f"rejected reply ({Path(str(pairs_source)).name})"
+
+
+def _section_align(f: dict, lines: list[str]) -> None:
+    from .scoring import change_note
+
+    lines += ["## Alignment (DPO)", ""]
+    t, summary = f.get("align"), f.get("align_summary")
+    if t is None and summary is None:
+        lines += _not_run("no align/metrics.jsonl", "Notebook 07 aligns the SFT model with preference pairs.")
+        return
+    source = ((t or {}).get("params") or {}).get("pairs_source") or ((summary or {}).get("info") or {}).get("source")
+    lines += [f"Pairs: `{source or 'spin'}`; the rejected side is the {rejected_label(source)}.", ""]
+    if summary:
+        before, after = summary.get("before") or {}, summary.get("after") or {}
+        n = int((summary.get("info") or {}).get("eval_pairs") or 0)
+        keys = [k for k in ("reward_accuracy", "reward_margin", "chosen_logp_per_token", "rejected_logp_per_token")
+                if k in before or k in after]
+        label = {"chosen_logp_per_token": "chosen log-prob per token",
+                 "rejected_logp_per_token": f"{rejected_label(source)}: log-prob per token"}
+        lines += _table(["held-out measure", "before", "after"],
+                        [[label.get(k, k.replace("_", " ")), before.get(k), after.get(k)] for k in keys])
+        if n and "reward_accuracy" in before and "reward_accuracy" in after:
+            note = change_note(round(before["reward_accuracy"] * n), round(after["reward_accuracy"] * n), n,
+                               "held-out reward accuracy")
+            lines += [("**" + note + ".**") if "cannot tell" in note else note + ".", ""]
+
+
+def _section_rl(f: dict, run_dir: Path, lines: list[str]) -> None:
+    lines += ["## Reinforcement learning (GRPO)", ""]
+    from ..ui.plots import read_metrics
+
+    records = read_metrics(run_dir / "rl" / "metrics.jsonl")
+    if not records:
+        lines += _not_run("no rl/metrics.jsonl", "The RL notebook trains the SFT model on the built-in skills with "
+                          "verifiable rewards.")
+        return
+    last = records[-1]
+    nums = [[k, v] for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    lines += [f"The last logged record (step {last.get('step')}):", ""] + _table(["measure", "value"], nums)
+    lines += [f"![{p.stem}]({p.relative_to(run_dir)})" for p in sorted((run_dir / "rl" / "plots").glob("*.png"))
+              if "loss_curve_step" not in p.name] + [""]
+
+
+def embed_images(markdown: str, run_dir: str | Path) -> str:
+    """The report's markdown with each local PNG it links (paths relative to the run folder) inlined as a data URI,
+    so it displays wherever it is shown (inside a notebook, whose folder is not the run's)."""
+    import base64
+    import re
+
+    run_dir = Path(run_dir)
+
+    def inline(m: "re.Match[str]") -> str:
+        path = run_dir / m.group(2)
+        if not path.is_file():
+            return m.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{m.group(1)}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)", inline, markdown)
 
 
 def render(run_dir: str | Path) -> str:
@@ -212,6 +323,9 @@ def render(run_dir: str | Path) -> str:
     _section_training(f, run_dir, lines)
     _section_validation(f, lines)
     _section_benchmarks(f, run_dir, lines)
+    _section_skills(f, run_dir, lines)
+    _section_align(f, lines)
+    _section_rl(f, run_dir, lines)
     _section_answers(f, lines)
     _section_parameters(f, lines)
     return "\n".join(lines)

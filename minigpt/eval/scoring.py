@@ -50,15 +50,81 @@ class MCItem:
         return out
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of correct/n (95% for z=1.96); (0, 1) when n == 0."""
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of k successes in n trials (95% for z=1.96); (0, 1) when n == 0."""
     if n <= 0:
         return 0.0, 1.0
-    p = correct / n
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: expected 0 <= k <= n, got k={k}, n={n}")
+    p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def change_note(k_before: int, k_after: int, n: int, what: str = "accuracy", z: float = 1.96) -> str:
+    """One line: `what` before -> after on n held-out items, each with its Wilson 95% interval, and a warning
+    when the two intervals overlap (the held-out set is too small to tell the change from noise).
+
+    e.g. change_note(1, 1, 2, "held-out reward accuracy") ->
+    "held-out reward accuracy 0.500 [0.095, 0.905] before -> 0.500 [0.095, 0.905] after (n=2): the 95% intervals
+    overlap; 2 held-out items cannot tell this change from noise" """
+    lo_b, hi_b = wilson_interval(k_before, n, z)
+    lo_a, hi_a = wilson_interval(k_after, n, z)
+    pb, pa = (k_before / n, k_after / n) if n else (float("nan"), float("nan"))
+    line = (f"{what} {pb:.3f} [{lo_b:.3f}, {hi_b:.3f}] before -> {pa:.3f} [{lo_a:.3f}, {hi_a:.3f}] after (n={n})")
+    if intervals_overlap((lo_b, hi_b), (lo_a, hi_a)):
+        line += f": the 95% intervals overlap; {n} held-out items cannot tell this change from noise"
+    return line
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, "Evaluating Large Language Models
+    Trained on Code", eq. 1):  pass@k = 1 - C(n-c, k) / C(n, k),  computed as a product to stay stable:
+    1 - prod_{i=n-c+1}^{n} (1 - k/i). With n == k it is 1 if any sample is correct, else 0."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: expected 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def length_bias(items: Sequence["MCItem"]) -> dict[str, Any]:
+    """How often the right choice is the (strictly) longest or shortest one, against the 1/choices a fair set has.
+
+    A model that knows nothing can still beat random on a set where the answer is systematically the longest
+    (or shortest) choice: it only has to prefer long (or short) continuations."""
+    n = len(items)
+    longest = sum(len(it.choices[it.answer]) > max(len(c) for j, c in enumerate(it.choices) if j != it.answer)
+                  for it in items)
+    shortest = sum(len(it.choices[it.answer]) < min(len(c) for j, c in enumerate(it.choices) if j != it.answer)
+                   for it in items)
+    fair = sum(1 / len(it.choices) for it in items) / n if n else float("nan")
+    return {"n": n, "answer_longest": longest / n if n else float("nan"),
+            "answer_shortest": shortest / n if n else float("nan"), "fair": fair}
+
+
+def bias_flag(untrained_correct: int, n: int, random: float, items: Sequence["MCItem"] = ()) -> str | None:
+    """A warning when an untrained model scores far above random: the lower end of its Wilson 95% interval is
+    above the random baseline. With the items, it says whether the answer's length gives it away."""
+    lo, hi = wilson_interval(untrained_correct, n)
+    if n == 0 or lo <= random:
+        return None
+    msg = (f"biased: an untrained model scores {untrained_correct / n:.3f} [{lo:.3f}, {hi:.3f}] against {random:.3f} "
+           f"random, so the items give their answer away")
+    if items:
+        b = length_bias(items)
+        msg += (f"; the right choice is the longest in {b['answer_longest']:.0%} of items and the shortest in "
+                f"{b['answer_shortest']:.0%} ({b['fair']:.0%} if length said nothing)")
+    return msg
 
 
 def render_item(item: MCItem, style: str) -> tuple[str, list[str]]:

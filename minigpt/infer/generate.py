@@ -176,18 +176,31 @@ class TextGenerator:
         cfg = config or GenerationConfig()
         batch = bool(prompt_ids) and isinstance(prompt_ids[0], (list, tuple))
         prompts = [list(p) or [self.eos_id] for p in (prompt_ids if batch else [prompt_ids])]
+        self._check_ids(prompts)
         rows = self._rows(len(prompts), cfg)
         for _ in self._run(prompts, cfg, rows):
             pass
         out = [r.ids for r in rows]
         return out if batch else out[0]
 
+    def generate_texts(self, prompt_ids: Sequence[Sequence[int]], config: GenerationConfig | None = None) -> list[str]:
+        """Token-id prompts in (e.g. chat templates), their continuations' texts out, in one batched call: the text
+        `chat` would give each (special tokens and an unfinished character at the end left out)."""
+        cfg = config or GenerationConfig()
+        prompts = [list(p) or [self.eos_id] for p in prompt_ids]
+        rows = self._rows(len(prompts), cfg)
+        for _ in self._run(prompts, cfg, rows):
+            pass
+        return [r.text for r in rows]
+
     def stream_ids(self, prompt_ids: Sequence[int], config: GenerationConfig | None = None) -> Iterator[str]:
         """Text pieces as they become final, for a prompt given as token ids (e.g. a chat template)."""
         cfg = config or GenerationConfig()
+        prompt = list(prompt_ids) or [self.eos_id]
+        self._check_ids([prompt])
         rows = self._rows(1, cfg)
         row = rows[0]
-        for _ in self._run([list(prompt_ids) or [self.eos_id]], cfg, rows):
+        for _ in self._run([prompt], cfg, rows):
             piece = row.pending()
             if piece:
                 yield piece

@@ -184,3 +184,47 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def skills_figure(results_by_stage: dict[str, dict]):
+    """Greedy skill accuracy by stage: one line per family, the mean over families in bold with its 95% interval."""
+    from ..eval.skills import ordered_stages
+
+    stages = ordered_stages(list(results_by_stage))
+    fams = list(dict.fromkeys(f for s in stages for f in results_by_stage[s]["families"]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    x = list(range(len(stages)))
+    for f in fams:
+        ys = [results_by_stage[s]["families"].get(f, {}).get("pass@1", float("nan")) for s in stages]
+        ax.plot(x, ys, "o-", lw=1, ms=3, alpha=0.7, label=f)
+    mean = [results_by_stage[s]["mean"] for s in stages]
+    ys = [m["pass@1"] for m in mean]
+    err = [[y - m["ci95"][0] for y, m in zip(ys, mean)], [m["ci95"][1] - y for y, m in zip(ys, mean)]]
+    ax.errorbar(x, ys, yerr=err, fmt="s-", color="black", lw=2.5, capsize=4, label="mean (95% interval)")
+    ax.set_xticks(x, stages)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("stage")
+    ax.set_ylabel("held-out accuracy (greedy pass@1)")
+    ax.set_title("built-in skills by stage")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path, dpi: int = 80) -> Path:
+    """Save a figure as PNG atomically (a temporary name beside it, then os.replace) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def save_skills_plot(results_by_stage: dict[str, dict], path: str | Path) -> Path:
+    """skills_figure written to `path` (PNG, atomic)."""
+    return save_figure(skills_figure(results_by_stage), path)
