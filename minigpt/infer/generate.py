@@ -176,7 +176,6 @@ class TextGenerator:
         cfg = config or GenerationConfig()
         batch = bool(prompt_ids) and isinstance(prompt_ids[0], (list, tuple))
         prompts = [list(p) or [self.eos_id] for p in (prompt_ids if batch else [prompt_ids])]
-        self._check_ids(prompts)
         rows = self._rows(len(prompts), cfg)
         for _ in self._run(prompts, cfg, rows):
             pass
@@ -196,11 +195,9 @@ class TextGenerator:
     def stream_ids(self, prompt_ids: Sequence[int], config: GenerationConfig | None = None) -> Iterator[str]:
         """Text pieces as they become final, for a prompt given as token ids (e.g. a chat template)."""
         cfg = config or GenerationConfig()
-        prompt = list(prompt_ids) or [self.eos_id]
-        self._check_ids([prompt])
         rows = self._rows(1, cfg)
         row = rows[0]
-        for _ in self._run([prompt], cfg, rows):
+        for _ in self._run([list(prompt_ids) or [self.eos_id]], cfg, rows):
             piece = row.pending()
             if piece:
                 yield piece
