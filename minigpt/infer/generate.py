@@ -118,6 +118,17 @@ class TextGenerator:
                        len(ids), ctx, keep)
         return ids[-keep:]
 
+    def _check_ids(self, prompts: list[list[int]]) -> None:
+        """Token-id prompts: integers in [0, vocab_size), else an error naming the row, the id and the vocabulary."""
+        V = self.cfg.vocab_size
+        for r, p in enumerate(prompts):
+            for t in p:
+                if isinstance(t, bool) or not isinstance(t, int):
+                    raise TypeError(f"prompt_ids[{r}]: expected token ids (integers), got {t!r}")
+                if not 0 <= t < V:
+                    raise ValueError(f"prompt_ids[{r}]: token id {t} is outside the vocabulary: expected 0 .. {V - 1} "
+                                     f"(vocab_size {V})")
+
     def _stop_ids(self, cfg: GenerationConfig) -> set[int]:
         ids = set(cfg.stop_token_ids)
         if not cfg.ignore_eos:
@@ -136,6 +147,7 @@ class TextGenerator:
         return budget
 
     def _rows(self, n: int, cfg: GenerationConfig) -> list[RowText]:
+        cfg.validate()  # before anything reads the settings: a bad value is a message naming its field
         stop = self._stop_ids(cfg)
         for s in cfg.stop_strings:  # a special token's text given as a stop string stops at that token
             for i in self.special_ids:
@@ -149,7 +161,6 @@ class TextGenerator:
 
     def _run(self, prompts: list[list[int]], cfg: GenerationConfig, rows: list[RowText]) -> Iterator[None]:
         """Generate into `rows` (filled in place); yields after every step so callers can stream."""
-        cfg.validate()
         prompts = [self._fit_context(p, cfg.max_new_tokens) for p in prompts]
         budget = self._budget(prompts, cfg)
         model, native = self.steps.forward_model(), self.steps.native_step()
@@ -176,6 +187,7 @@ class TextGenerator:
         cfg = config or GenerationConfig()
         batch = bool(prompt_ids) and isinstance(prompt_ids[0], (list, tuple))
         prompts = [list(p) or [self.eos_id] for p in (prompt_ids if batch else [prompt_ids])]
+        self._check_ids(prompts)
         rows = self._rows(len(prompts), cfg)
         for _ in self._run(prompts, cfg, rows):
             pass
@@ -195,9 +207,11 @@ class TextGenerator:
     def stream_ids(self, prompt_ids: Sequence[int], config: GenerationConfig | None = None) -> Iterator[str]:
         """Text pieces as they become final, for a prompt given as token ids (e.g. a chat template)."""
         cfg = config or GenerationConfig()
+        prompt = list(prompt_ids) or [self.eos_id]
+        self._check_ids([prompt])
         rows = self._rows(1, cfg)
         row = rows[0]
-        for _ in self._run([list(prompt_ids) or [self.eos_id]], cfg, rows):
+        for _ in self._run([prompt], cfg, rows):
             piece = row.pending()
             if piece:
                 yield piece
@@ -222,17 +236,29 @@ class TextGenerator:
 
     def batch_generate(self, prompts: Sequence[str], config: GenerationConfig | None = None,
                        batch_size: int = 8) -> list[str]:
-        """Continuations of several prompts, `batch_size` at a time (left padding, per-row stopping)."""
+        """Continuations of several prompts, `batch_size` at a time (left padding, per-row stopping).
+
+        Each row gets the budget it would get alone: min(max_new_tokens, room its own prompt leaves in the
+        context). Rows of one chunk with different budgets decode as separate batches, so a long prompt never
+        cuts a short one's continuation (rows decode exactly as alone, so the grouping changes no greedy text)."""
         cfg = config or GenerationConfig()
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a list of strings, got one string (use generate)")
+        cfg.validate()
         out: list[str] = []
         for i in range(0, len(prompts), max(1, batch_size)):
-            chunk = [self.encode_prompt(p) for p in prompts[i:i + batch_size]]
-            rows = self._rows(len(chunk), cfg)
-            for _ in self._run(chunk, cfg, rows):
-                pass
-            out.extend(r.text for r in rows)
+            chunk = [self._fit_context(self.encode_prompt(p), cfg.max_new_tokens) for p in prompts[i:i + batch_size]]
+            groups: dict[int, list[int]] = {}
+            for k, ids in enumerate(chunk):
+                groups.setdefault(min(cfg.max_new_tokens, self.cfg.max_seq_len - len(ids)), []).append(k)
+            texts = [""] * len(chunk)
+            for members in groups.values():
+                rows = self._rows(len(members), cfg)
+                for _ in self._run([chunk[k] for k in members], cfg, rows):
+                    pass
+                for k, row in zip(members, rows):
+                    texts[k] = row.text
+            out.extend(texts)
         return out
 
     def chat_prompt_ids(self, messages: list[dict], config: GenerationConfig | None = None) -> list[int]:

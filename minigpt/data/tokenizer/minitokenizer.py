@@ -142,14 +142,22 @@ class MiniTokenizer:
 
     # ---- encode / decode
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        try:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        except TypeError:
+            _check_texts([text], "text")
+            raise
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Parallel (Rust threads) encoding of many texts."""
         texts = list(texts)
         # encode_batch_fast skips offset tracking (faster); same ids.
         fast = getattr(self._tok, "encode_batch_fast", None)
-        encs = fast(texts, add_special_tokens=False) if fast else self._tok.encode_batch(texts, add_special_tokens=False)
+        try:
+            encs = fast(texts, add_special_tokens=False) if fast else self._tok.encode_batch(texts, add_special_tokens=False)
+        except TypeError:  # tokenizers' message names no text: find the one and say what is wrong with it
+            _check_texts(texts, "texts")
+            raise
         return [e.ids for e in encs]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
@@ -245,3 +253,18 @@ class MiniTokenizer:
             return self._chat.render(messages, add_generation_prompt)
         s = "".join(f"{IM_START_TOKEN}{m['role']}\n{m['content']}{IM_END_TOKEN}\n" for m in messages)
         return s + (f"{IM_START_TOKEN}assistant\n" if add_generation_prompt else "")
+
+
+def _check_texts(texts: Sequence[object], name: str) -> None:
+    """Raise a clear error for the first text tokenizers cannot take: not a string, or not encodable as UTF-8
+    (a lone surrogate, e.g. from bytes decoded with errors='surrogateescape')."""
+    for i, t in enumerate(texts):
+        where = name if name == "text" else f"{name}[{i}]"
+        if not isinstance(t, str):
+            raise TypeError(f"{where}: expected a string, got {type(t).__name__}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where}: character {e.start} is a lone surrogate (U+{ord(t[e.start]):04X}), which is not "
+                             "valid Unicode text; expected text that encodes as UTF-8 (decode bytes with "
+                             "errors='replace' to keep such bytes as U+FFFD)") from None
