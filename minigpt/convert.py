@@ -22,8 +22,9 @@ inference_rope_scaling too), an activation other than silu, an unknown model_typ
 tokenizer.json or without safetensors weights (pytorch_model.bin is a pickle and is never loaded).
 
 Memory: the model is built once (float32) and each tensor is read from its shard and copied into its
-parameter, one at a time; saving serialises the weights once more. So at most two copies of the weights
-are held (see docs/pretrained.md for measured peaks).
+parameter, one at a time (the shard file is memory-mapped while it is read); the weights are then written
+tensor by tensor from the parameters' memory. So at most two copies of the weights are held: the model and
+the mapped source file (see docs/pretrained.md for measured peaks).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -220,6 +222,35 @@ def load_hf_weights(model: torch.nn.Module, files: list[Path]) -> None:
         raise ValueError(f"{files[0].parent}: no weights for {missing[:4]}{' ...' if len(missing) > 4 else ''}")
 
 
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file written tensor by tensor from the tensors' own memory: an 8-byte little-endian header
+    length, the JSON header (dtype, shape, data_offsets per tensor, padded to 8 bytes), then the raw data.
+    safetensors' own save first copies every tensor to bytes (one more copy of all the weights); this does not."""
+    names = sorted(state)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        t = state[name]
+        if t.dtype not in _ST_DTYPES or t.device.type != "cpu":
+            raise ValueError(f"{name}: cannot stream a {t.dtype} tensor on {t.device}")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for name in names:
+            t = state[name].detach().contiguous()  # contiguous already for parameters: no copy
+            f.write(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _chat_template(folder: Path, conf: dict) -> str | None:
     tpl = conf.get("chat_template")
     if isinstance(tpl, list):  # [{"name": "default", "template": ...}, ...]
@@ -277,7 +308,8 @@ def import_hf(folder: str | Path, out: str | Path, max_seq_len: int | None = Non
     """Import the Hugging Face model `folder` as a minigpt checkpoint folder `out` (written atomically)."""
     from .data.tokenizer import MiniTokenizer
     from .model.gpt import GPT
-    from .train.checkpoint import save_checkpoint
+    from .atomic import atomic_folder
+    from .train.checkpoint import FORMAT_VERSION, TOKENIZER_FILES, model_state_live, write_manifest
 
     folder, out = Path(folder), Path(out)
     cfile = folder / "config.json"
@@ -303,12 +335,18 @@ def import_hf(folder: str | Path, out: str | Path, max_seq_len: int | None = Non
         model = GPT(cfg)
         load_hf_weights(model, files)
         model.eval()
-        meta = {"kind": "import", "model": cfg.to_dict(), "step": 0, "tokens_seen": 0,
+        meta = {"format_version": FORMAT_VERSION, "kind": "import", "model": cfg.to_dict(), "step": 0, "tokens_seen": 0,
                 "tokenizer_sha256": tokenizer.sha256,
                 "imported_from": {"folder": str(folder.resolve()), "architecture": SUPPORTED[mt], "model_type": mt,
                                   "source_sha256": source_fingerprint(folder),
                                   "torch_dtype": hf.get("torch_dtype") or hf.get("dtype")}}
-        save_checkpoint(out, model, meta, tokenizer_dir=tok_dir)
+        with atomic_folder(out) as folder_tmp:  # the checkpoint layout of train/checkpoint.py, weights streamed
+            write_safetensors(model_state_live(model), folder_tmp / "model.safetensors")
+            (folder_tmp / "config.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+            for name in TOKENIZER_FILES:
+                if (tok_dir / name).is_file():
+                    shutil.copyfile(tok_dir / name, folder_tmp / name)
+            write_manifest(folder_tmp)
     logger.info("imported %s (%s, %s parameters) into %s in %.1fs", folder, SUPPORTED[mt], f"{model.num_params():,}",
                 out, time.perf_counter() - t0)
     return out
