@@ -905,3 +905,64 @@ def read_skills_jsonl(path: str | Path, split: str | None = None) -> list[SkillI
         logger.info("skills: %s: %d questions not in a built-in wording; their splits were not checked", path,
                     unchecked)
     return items
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run's skills folder: what notebook 01 writes and 02, 04, 06, 07 and 08 read
+
+SKILLS_DIR = "skills"  # runs/<run>/data/skills/{train,val,test}.jsonl
+
+
+@dataclass
+class SkillsConfig:
+    """Notebook 01's skills parameters: the built-in problems written to ``data/skills/`` for the later notebooks."""
+
+    skills_train_per_family: int = 1000  # training problems per family (02's tokenizer text, 04's SFT, 07, 08)
+    skills_eval_per_family: int = 200  # held-out problems per family in val and in test (fewer where a family has fewer)
+    skills_lang: str = "zh"  # zh | en | both
+    skills_seed: int = 0
+
+    def validate(self) -> None:
+        for key in ("skills_train_per_family", "skills_eval_per_family", "skills_seed"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{key}: expected an integer >= 0, got {v!r}")
+        if self.skills_lang not in LANGS + ("both",):
+            raise ValueError(f"skills_lang: expected one of zh, en, both, got {self.skills_lang!r}")
+
+
+def write_run_skills(data_dir: str | Path, cfg: SkillsConfig) -> dict[str, dict[str, int]]:
+    """Write ``data_dir/skills/{train,val,test}.jsonl`` (MiniMind chat JSONL, one problem a line, editable);
+    returns {split: {family: count}}. The same config gives the same files."""
+    cfg.validate()
+    folder = Path(data_dir) / SKILLS_DIR
+    counts: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        n = cfg.skills_train_per_family if split == "train" else cfg.skills_eval_per_family
+        items = make_skills(split, n, seed=cfg.skills_seed, lang=cfg.skills_lang)
+        write_skills_jsonl(items, folder / f"{split}.jsonl")
+        counts[split] = {}
+        for it in items:
+            counts[split][it.family] = counts[split].get(it.family, 0) + 1
+    logger.info("skills: %s", ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
+    return counts
+
+
+def load_run_skills(data_dir: str | Path, split: str, families: Sequence[str] | None = None,
+                    per_family: int | None = None) -> list[SkillItem]:
+    """The problems of ``split`` that notebook 01 wrote (or a user edited), optionally only some families and at
+    most ``per_family`` of each (the file's first ones)."""
+    path = Path(data_dir) / SKILLS_DIR / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebooks/01_data_clean first (it writes the built-in skills)")
+    wanted = set(families) if families else None
+    taken: dict[str, int] = {}
+    out = []
+    for it in read_skills_jsonl(path, split):  # a line of another split is an error naming its line
+        if wanted is not None and it.family not in wanted:
+            continue
+        if per_family is not None and taken.get(it.family, 0) >= per_family:
+            continue
+        taken[it.family] = taken.get(it.family, 0) + 1
+        out.append(it)
+    return out
