@@ -399,7 +399,10 @@ class Params(dict):
         names = _field_types(cls)
         values = {k: v for k, v in self.items() if k in names and v is not None}
         from_flat = getattr(cls, "from_flat", None)  # a grouped config takes flat names through its one converter
-        return from_flat(**values) if from_flat else cls(**values)
+        try:
+            return from_flat(**values) if from_flat else cls(**values)
+        except ValueError as e:  # configs that check themselves when made (TrainConfig, GenerationConfig)
+            raise parameter_error(e) from e
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -495,12 +498,17 @@ def jsonable(P: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_dataclass(obj) -> None:
-    """Call obj.validate() and re-raise as ParameterError so notebooks show one kind of error; a key that has
-    aliases (the seeds' flag names) is shown with them, since the user may have typed one of those."""
+    """Call obj.validate(); its error becomes a ParameterError (see parameter_error)."""
     try:
         obj.validate()
     except ValueError as e:
-        msg = str(e)
-        key = msg.split(":", 1)[0]
-        names = sorted(alias for alias, (canonical, _, _) in ALIASES.items() if canonical == key)
-        raise ParameterError(f"{key} ({', '.join(names)}){msg[len(key):]}" if names else msg) from e
+        raise parameter_error(e) from e
+def parameter_error(e: ValueError) -> ParameterError:
+    """A config's "key: expected ..." error as a ParameterError, so notebooks show one kind of error; a key that
+    has aliases (the seeds' flag names) is shown with them, since the user may have typed one of those."""
+    msg = str(e)
+    key = msg.split(":", 1)[0]
+    names = sorted(alias for alias, (canonical, _, _) in ALIASES.items() if canonical == key)
+    return ParameterError(f"{key} ({', '.join(names)}){msg[len(key):]}" if names else msg)
+
+

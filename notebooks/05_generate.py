@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,13 +41,12 @@ decode_backend = None    # "auto" (the C step on a CPU), "native" or "model" (GP
 # NBVAL_CHECK_OUTPUT
 from pathlib import Path
 
-from minigpt.params import load_params, validate_dataclass
+from minigpt.params import load_params
 from minigpt.infer.generate import GenerationConfig, TextGenerator, read_prompts_file
 from minigpt.train.checkpoint import load_checkpoint
 
 P = load_params("generate", globals())
-gen_cfg = P.build(GenerationConfig)
-validate_dataclass(gen_cfg)
+gen_cfg = P.build(GenerationConfig)  # checked once, as it is made: a bad value stops here naming the key
 sft_model = P.paths["sft"] / "final_model"
 ckpt_dir = Path(P.checkpoint) if P.checkpoint else (sft_model if sft_model.is_dir() else P.paths["pretrain"] / "final_model")
 model, tokenizer, model_cfg = load_checkpoint(ckpt_dir)

@@ -395,11 +395,16 @@ def test_chat_drops_oldest_turns_when_too_long(gen, caplog):
     ("temperature", -0.1), ("top_k", -1), ("repetition_penalty", 0.0), ("no_repeat_ngram_size", -1),
 ])
 def test_bad_config_names_field(gen, field, value):
-    cfg = GenerationConfig(**{field: value})
-    with pytest.raises(ValueError, match=field):
-        cfg.validate()
-    with pytest.raises(ValueError, match=field):
-        gen.generate("你好", cfg)
+    """A GenerationConfig checks itself once, when made (replace() makes a new one): a bad value never reaches
+    generate; a field changed in place is caught by validate()."""
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        GenerationConfig(**{field: value})
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        gen.generate("你好", GREEDY.replace(**{field: value}))
+    changed = GenerationConfig()
+    setattr(changed, field, value)
+    with pytest.raises(ValueError, match=f"^{field}: expected"):
+        changed.validate()
 
 
 def test_empty_prompt_starts_from_eos(gen, tok, model, caplog):

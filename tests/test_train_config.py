@@ -65,9 +65,14 @@ def test_params_store_earlier_names_under_the_current_key():
 
 
 def test_validation_names_the_key_and_its_aliases():
+    """TrainConfig checks itself once, when made; read through the parameters, the error also names the aliases."""
     with pytest.raises(ValueError, match=r"^save_interval: expected a positive integer"):
-        TrainConfig.from_flat(save_interval=0).validate()
+        TrainConfig.from_flat(save_interval=0)
     with pytest.raises(ParameterError, match=r"^save_interval \(checkpoint_interval, save_steps\): expected a positive integer"):
-        validate_dataclass(TrainConfig.from_flat(save_interval=0))
+        load_params("pretrain", config="ci", save_steps=0).build(TrainConfig)
     with pytest.raises(ParameterError, match=r"^context_growth_from \(min_seq_length\): expected at most context_growth_to=32"):
-        validate_dataclass(TrainConfig.from_flat(context_growth=True, context_growth_from=64, context_growth_to=32))
+        load_params("pretrain", config="ci", context_growth=True, context_growth_from=64, context_growth_to=32).build(TrainConfig)
+    cfg = TrainConfig()
+    cfg.optim.batch_size = 0  # changed in place: validate() checks again
+    with pytest.raises(ParameterError, match=r"^batch_size: expected a positive integer, got 0"):
+        validate_dataclass(cfg)

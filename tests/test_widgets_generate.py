@@ -96,6 +96,6 @@ def test_none_parameters_are_accepted(gen):
 
 def test_bad_value_shows_error(gen):
     panel = generation_panel(gen, GenerationConfig(max_new_tokens=5))
-    panel.defaults = panel.defaults.replace(no_repeat_ngram_size=-1)
+    panel.defaults.no_repeat_ngram_size = -1  # a bad value (replace() would refuse it): the next config() fails
     assert panel.on_generate() == ""
     assert "no_repeat_ngram_size" in text_of(panel)

@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 
 from .files import check_run_name, load_yaml_strict
 from .train import (DEVICE_PATTERN, GUARD_RESUME_MARGIN, TRAIN_GROUPS, CheckpointConfig, EvalConfig, GuardConfig,
-                    LoggingConfig, MachineConfig, OptimConfig, ScheduleConfig, TrainConfig, non_finite_fields)
+                    LoggingConfig, MachineConfig, OptimConfig, ScheduleConfig, TrainConfig, Check, check_config,
+                    non_finite_fields)
 
 __all__ = ["PRESETS", "MLP_HIDDEN", "ModelConfig", "TrainConfig", "OptimConfig", "ScheduleConfig",
            "EvalConfig", "CheckpointConfig", "LoggingConfig", "MachineConfig", "GuardConfig", "TRAIN_GROUPS",
-           "GUARD_RESUME_MARGIN", "DEVICE_PATTERN", "non_finite_fields", "load_yaml_strict", "check_run_name"]
+           "GUARD_RESUME_MARGIN", "DEVICE_PATTERN", "Check", "check_config", "non_finite_fields", "load_yaml_strict", "check_run_name"]
 
 # Shapes of the presets. `small` is MiniMind2-small's shape (d512, 8 layers, 8 heads, 2 KV heads).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -59,12 +60,13 @@ class ModelConfig:
     head_dim: int = 0  # 0 = d_model / n_heads; imported Qwen3 / Llama models may set another width per head
 
     MLPS: ClassVar[tuple[str, ...]] = ("swiglu", "relu2")
+
     def __post_init__(self) -> None:
-        if not self.d_ff:  # an unknown mlp is reported by validate()
+        if not self.d_ff:  # an unknown mlp is reported by the checks
             self.d_ff = MLP_HIDDEN.get(self.mlp, _swiglu_hidden)(self.d_model)
-        if not self.head_dim and self.n_heads > 0:  # derived; a bad n_heads is reported by validate()
+        if not self.head_dim and isinstance(self.n_heads, int) and self.n_heads > 0:  # derived; a bad n_heads is reported by the checks
             self.head_dim = self.d_model // self.n_heads
-        self.validate()
+        check_config(self)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
@@ -86,24 +88,28 @@ class ModelConfig:
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if not (k == "head_dim" and v == self.d_model // self.n_heads)}
 
+    def checks(self) -> list[Check]:
+        def positive(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+        sizes = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "head_dim")
+        out: list[Check] = [(positive(getattr(self, k)), k, f"a positive integer, got {getattr(self, k)!r}") for k in sizes]
+        if not all(ok for ok, _, _ in out):
+            return out  # the shape relations below need positive integers
+        return out + [
+            (not (self.d_model % self.n_heads and self.head_dim == self.d_model // self.n_heads), "d_model",
+             f"a multiple of n_heads={self.n_heads} (or set head_dim), got {self.d_model}"),
+            (self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
+             f"a divisor of n_heads={self.n_heads}, got {self.n_kv_heads}"),
+            (self.head_dim % 2 == 0, "head_dim", f"an even number (RoPE rotates pairs), got {self.head_dim}"),
+            (0.0 <= self.dropout < 1.0, "dropout", f"a value in [0, 1), got {self.dropout}"),
+            (self.rope_theta > 0, "rope_theta", f"a positive number, got {self.rope_theta}"),
+            (self.mlp in self.MLPS, "mlp", f"one of {self.MLPS}, got {self.mlp!r}"),
+        ]
+
     def validate(self) -> None:
-        for key in non_finite_fields(self):
-            raise ValueError(f"{key}: expected a finite number, got {getattr(self, key)}")
-        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "head_dim"):
-            if int(getattr(self, key)) <= 0:
-                raise ValueError(f"{key}: expected a positive integer, got {getattr(self, key)!r}")
-        if self.d_model % self.n_heads and self.head_dim == self.d_model // self.n_heads:
-            raise ValueError(f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads} (or set head_dim)")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for RoPE, got head_dim={self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a value in [0, 1), got {self.dropout}")
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta: expected a positive number, got {self.rope_theta}")
-        if self.mlp not in self.MLPS:
-            raise ValueError(f"mlp: expected one of {self.MLPS}, got {self.mlp!r}")
+        """Check again after fields were changed in place (construction checks already)."""
+        check_config(self)
 
     def num_params(self) -> int:
         """Parameter count from the shapes alone (tied embeddings counted once)."""

@@ -71,13 +71,12 @@ def run(gen: TextGenerator, cfg: GenerationConfig, system: str = "", stream: boo
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    cfg = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        do_sample=not args.greedy, repetition_penalty=args.repetition_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed,
-    )
     try:
-        cfg.validate()
+        cfg = GenerationConfig(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            do_sample=not args.greedy, repetition_penalty=args.repetition_penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed,
+        )
         gen = TextGenerator.from_checkpoint(args.checkpoint, device=args.device, quantize=args.quantize,
                                              decode_backend=args.decode_backend)
     except (OSError, ValueError, RuntimeError) as e:

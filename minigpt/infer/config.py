@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..config import Check, check_config
 
 # torch.Generator.manual_seed takes a 64-bit integer; seeds are kept to its non-negative half.
 SEED_MAX = 2**63 - 1
@@ -33,37 +34,38 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        # An out-of-range seed would only fail deep inside torch (an OverflowError at the first draw).
-        check_seed(self.seed)
+        check_config(self)  # once, when made (replace() makes a new one); validate() after changing a field
+
+    def checks(self) -> list[Check]:
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def count(v: Any, least: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+        def got(key: str) -> str:
+            return f"got {getattr(self, key)!r}"
+
+        return [
+            (count(self.max_new_tokens, 1), "max_new_tokens", f"a positive integer, {got('max_new_tokens')}"),
+            (number(self.temperature) and self.temperature >= 0, "temperature", f"a number >= 0 (0 = greedy), {got('temperature')}"),
+            (count(self.top_k, 0), "top_k", f"an integer >= 0 (0 = off), {got('top_k')}"),
+            (number(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", f"a number in (0, 1] (1 = off), {got('top_p')}"),
+            (number(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+             f"a positive number (1.0 = off), {got('repetition_penalty')}"),
+            (count(self.no_repeat_ngram_size, 0), "no_repeat_ngram_size", f"an integer >= 0 (0 = off), {got('no_repeat_ngram_size')}"),
+            (isinstance(self.stop_strings, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop_strings),
+             "stop_strings", f"a list of non-empty strings, {got('stop_strings')}"),
+            (isinstance(self.stop_token_ids, (list, tuple)) and all(count(i, 0) for i in self.stop_token_ids),
+             "stop_token_ids", f"a list of token ids >= 0, {got('stop_token_ids')}"),
+            # torch.Generator.manual_seed takes a 64-bit integer: an out-of-range seed would only fail at the first draw
+            (self.seed is None or count(self.seed, 0) and self.seed <= SEED_MAX, "seed",
+             f"an integer in 0 .. {SEED_MAX} (2**63-1) or None, {got('seed')}"),
+        ]
 
     def validate(self) -> None:
-        """Raise ValueError naming the field when a value is out of range."""
-        def bad(key: str, expected: str) -> ValueError:
-            return ValueError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
-
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
-            raise bad("max_new_tokens", "a positive integer")
-        for key in ("temperature", "top_p", "repetition_penalty"):
-            value = getattr(self, key)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise bad(key, "a finite number")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise bad("temperature", "a number >= 0 (0 = greedy)")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise bad("top_k", "an integer >= 0 (0 = off)")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-            raise bad("top_p", "a number in (0, 1] (1 = off)")
-        if not isinstance(self.repetition_penalty, (int, float)) or self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", "a positive number (1.0 = off)")
-        if isinstance(self.no_repeat_ngram_size, bool) or not isinstance(self.no_repeat_ngram_size, int) \
-                or self.no_repeat_ngram_size < 0:
-            raise bad("no_repeat_ngram_size", "an integer >= 0 (0 = off)")
-        if not isinstance(self.stop_strings, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop_strings):
-            raise bad("stop_strings", "a list of non-empty strings")
-        if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.stop_token_ids):
-            raise bad("stop_token_ids", "a list of token ids >= 0")
-        check_seed(self.seed)
+        """Check again after a field was changed in place; ValueError naming the field."""
+        check_config(self)
 
     @property
     def greedy(self) -> bool:
@@ -83,13 +85,3 @@ class GenerationConfig:
         if strict and unknown:
             raise ValueError(f"generation config: unknown keys {sorted(unknown)}; expected some of {sorted(names)}")
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def check_seed(seed: Any) -> None:
-    """Raise ValueError naming `seed` unless it is None or an integer in 0 .. SEED_MAX."""
-    if seed is None:
-        return
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed: expected an integer in 0 .. {SEED_MAX} (2**63-1) or None, got {seed!r}")
-    if not 0 <= seed <= SEED_MAX:
-        raise ValueError(f"seed: expected an integer in 0 .. {SEED_MAX} (2**63-1), got {seed}")

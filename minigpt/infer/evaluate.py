@@ -167,7 +167,6 @@ def write_samples(generator: Any, prompts: Sequence[str] | None = None, config: 
     from .generate import GenerationConfig
 
     config = config or GenerationConfig()
-    config.validate()
     prompts = list(prompts or (DEFAULT_CHAT_PROMPTS if chat else DEFAULT_PROMPTS))
     lines = [f"# {title}", "", "## Parameters", "", "| parameter | value |", "| --- | --- |"]
     params = {**config.to_dict(), "mode": "chat" if chat else "completion"}

@@ -120,11 +120,15 @@ def _generation(body: dict, n_prompt: int, context: int) -> GenerationConfig:
         raise bad_request("seed", f"'seed' must be an integer, got {_type_name(seed)}")
     if seed is not None and not 0 <= seed <= SEED_MAX:
         raise bad_request("seed", f"'seed' must be between 0 and {SEED_MAX} (2**63-1), got {seed}")
-    return GenerationConfig(
-        max_new_tokens=min(max_tokens or room, room), temperature=temperature,
-        # top_p 0 (allowed by OpenAI) keeps only the most likely token: the nucleus of a tiny mass.
-        top_p=max(top_p, 1e-9), top_k=_integer(body, "top_k", 0) or 0, do_sample=temperature > 0,
-        repetition_penalty=penalty, stop_strings=_stop(body), ignore_eos=_boolean(body, "ignore_eos"), seed=seed)
+    top_k, stop, ignore_eos = _integer(body, "top_k", 0) or 0, _stop(body), _boolean(body, "ignore_eos")
+    try:  # GenerationConfig checks itself when made: its error is a 400 naming the field
+        return GenerationConfig(
+            max_new_tokens=min(max_tokens or room, room), temperature=temperature,
+            # top_p 0 (allowed by OpenAI) keeps only the most likely token: the nucleus of a tiny mass.
+            top_p=max(top_p, 1e-9), top_k=top_k, do_sample=temperature > 0,
+            repetition_penalty=penalty, stop_strings=stop, ignore_eos=ignore_eos, seed=seed)
+    except ValueError as e:
+        raise APIError(400, str(e), str(e).split(":")[0]) from None
 
 
 def _stream(body: dict) -> tuple[bool, bool]:

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from ..config import ModelConfig, TrainConfig
 from ..data.datasets import WindowSampler, sequential_windows
 from ..model.gpt import GPT
-from ..params import Params, ParameterError, jsonable, validate_dataclass
+from ..params import Params, ParameterError, jsonable, parameter_error
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,11 @@ def model_config_from_params(P: Params, vocab_size: int | None = None) -> ModelC
 
 def train_config_from_params(P: Params, **changes: Any) -> TrainConfig:
     """The TrainConfig of resolved parameters (flat names; aliases already resolved by Params) with `changes` on top, validated."""
-    cfg = TrainConfig.from_flat(**{**{k: v for k, v in P.items() if k in TrainConfig.FIELD_GROUPS and v is not None},
-                                   **changes})
-    validate_dataclass(cfg)
-    return cfg
+    try:  # TrainConfig checks itself when made
+        return TrainConfig.from_flat(**{**{k: v for k, v in P.items() if k in TrainConfig.FIELD_GROUPS and v is not None},
+                                        **changes})
+    except ValueError as e:
+        raise parameter_error(e) from e
 
 
 def chars_per_token(meta: dict, split: str) -> float | None:

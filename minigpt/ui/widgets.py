@@ -39,7 +39,6 @@ class GenerationPanel(W.VBox):
         prompt, prompts_file = prompt or "", str(prompts_file or "")  # notebook parameters may be None
         self.generator = generator
         self.defaults = defaults or GenerationConfig()
-        self.defaults.validate()
         self.refresh_s = refresh_s
         self.sliders: dict[str, W.Widget] = {}
         for name, (cls, lo, hi, step) in _SLIDERS.items():
@@ -117,9 +116,8 @@ class GenerationPanel(W.VBox):
 
     def on_generate(self) -> str:
         """Generate (or, in chat mode, send the message) and stream into the output. Returns the new text."""
-        cfg = self.config()
         try:
-            cfg.validate()
+            cfg = self.config()  # a GenerationConfig checks itself when made
         except ValueError as e:
             self._show(f"error: {e}\n")
             return ""
