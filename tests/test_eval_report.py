@@ -13,6 +13,7 @@ import torch
 
 from minigpt.eval import EvalConfig, compare, embed_images, evaluate_run, render, stale_models, write_report
 from minigpt.eval.runner import checkpoint_identity
+from minigpt.data.skills import make_skills, write_skills_jsonl
 from minigpt.params import load_params, registry
 from minigpt.train.checkpoint import save_checkpoint
 from conftest import make_tiny_run, tiny_gpt
@@ -61,6 +62,8 @@ def trained_run(tmp_path_factory):
             f.write(json.dumps({"step": step, "loss": loss, "tokens_seen": step * 512, "elapsed_s": step * 0.1,
                                 **({"val_loss": 4.4, "val_bpc": 6.1, "tokens_per_s": 5120.0, "mfu": 0.012}
                                    if step == 3 else {})}) + "\n")
+    # the run's held-out skill problems, as notebook 01 writes them (here three families only, three of each)
+    write_skills_jsonl(make_skills("test", 3, families=["copy", "compare", "add"]), run / "data" / "skills" / "test.jsonl")
     results = evaluate_run(run, EVAL)
     return run, results
 
@@ -84,6 +87,9 @@ def test_evaluate_run_writes_results(trained_run):
     assert results["models"]["pretrain"]["sha256"] == checkpoint_identity(run / "pretrain" / "final_model")["sha256"]
     assert results["models"]["untrained"]["seed"] == 0  # the micro model's config.json names no training seed
     assert set(results["skills"]) == {"untrained", "pretrain"} and stale_models(run, results) == {}
+    skills = json.loads((run / "eval" / "skills.json").read_text())["stages"]["pretrain"]["result"]
+    assert {f: r["n"] for f, r in skills["families"].items()} == {"copy": 2, "compare": 2, "add": 2}  # the run's file
+    assert "pass@k" not in skills["mean"]  # sampled pass@k from SFT on only
 
 
 def test_report_card_of_an_evaluated_run(trained_run):
@@ -191,6 +197,11 @@ def test_align_section_labels_the_rejected_side_by_its_source(trained_run, tmp_p
     assert ("**held-out reward accuracy 0.500 [0.095, 0.905] before -> 0.500 [0.095, 0.905] after (n=2): the 95% "
             "intervals overlap; 2 held-out items cannot tell this change from noise.**") in align
     assert "## Reinforcement learning (GRPO)\n\n*Not run" in md
+    (run / "rl").mkdir()
+    (run / "rl" / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 0.1, "train_reward": 0.625,
+                                                          "val_accuracy": 0.5, "val_accuracy/add": 0.25}) + "\n")
+    rl = render(run).split("## Reinforcement learning (GRPO)", 1)[1].split("\n## ", 1)[0]
+    assert "| train_reward | 0.625 |" in rl and "| val_accuracy | 0.5 |" in rl and "val_accuracy/add" not in rl
 
 
 def test_every_model_scores_a_brought_benchmark_and_a_biased_one_is_flagged(trained_run, tmp_path):

@@ -90,12 +90,13 @@ def test_counts_equal_a_hand_loop_of_the_checker(tok_model):
 
 def test_sampled_pass_at_k_is_reproducible_and_bounded(tok_model):
     _, tok, model = tok_model
-    items = make_skills("test", 2, seed=0, families=["copy", "compare"])
-    a = evaluate_skills(model, tok, items, samples=3, max_new_tokens=6, seed=5)
-    b = evaluate_skills(model, tok, items, samples=3, max_new_tokens=6, seed=5)
+    items = make_skills("test", 3, seed=0, families=["copy", "compare"])
+    a = evaluate_skills(model, tok, items, samples=3, max_new_tokens=6, seed=5, sample_per_family=2)
+    b = evaluate_skills(model, tok, items, samples=3, max_new_tokens=6, seed=5, sample_per_family=2)
     assert a["families"] == b["families"]
     for fam in a["families"].values():
-        assert fam["k"] == 3 and 0.0 <= fam["sampled_pass@1"] <= fam["pass@k"] <= 1.0
+        assert fam["k"] == 3 and fam["sampled_n"] == 2 and fam["n"] == 3
+        assert 0.0 <= fam["sampled_pass@1"] <= fam["pass@k"] <= 1.0
     assert "pass@3" in format_skills_table({"sft": a})
 
 

@@ -22,9 +22,10 @@ class EvalConfig:
     max_items: at most this many items per benchmark file (0 = all).
     untrained_baseline: also score a model of the run's shape with its seed's random initialisation.
     skills: score every model on the built-in skills (held-out test problems, greedy pass@1, eval/skills.json);
-        skills_per_family problems per family, skills_lang "zh" or "en", skills_seed picks the problems and seeds
+        skills_per_family problems per family, skills_lang "zh", "en" or "both", skills_seed picks the problems and seeds
         the sampling; skills_samples = k > 0 adds sampled pass@k (temperature skills_temperature) for the models
-        from SFT on; skills_max_new_tokens per reply; skills_batch_size prompts per batched generation call.
+        from SFT on, on the first skills_sample_per_family problems of each family (0 = all; k samples cost k
+        greedy replies); skills_max_new_tokens per reply; skills_batch_size prompts per batched generation call.
     """
 
     checkpoint: str = ""
@@ -44,6 +45,7 @@ class EvalConfig:
     skills_lang: str = "zh"
     skills_seed: int = 0
     skills_samples: int = 8
+    skills_sample_per_family: int = 20
     skills_temperature: float = 1.0
     skills_max_new_tokens: int = 16
     skills_batch_size: int = 64
@@ -56,14 +58,15 @@ class EvalConfig:
             raise ValueError(f"mc_style: expected one of {STYLES}, got {self.mc_style!r}")
         if self.chat_template not in CHAT_MODES:
             raise ValueError(f"chat_template: expected one of {CHAT_MODES}, got {self.chat_template!r}")
-        if self.skills_lang not in ("zh", "en"):
-            raise ValueError(f"skills_lang: expected 'zh' or 'en', got {self.skills_lang!r}")
+        if self.skills_lang not in ("zh", "en", "both"):
+            raise ValueError(f"skills_lang: expected 'zh', 'en' or 'both', got {self.skills_lang!r}")
         for name in ("skills_per_family", "skills_max_new_tokens", "skills_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected 1 or more, got {getattr(self, name)}")
         if not self.skills_temperature > 0:
             raise ValueError(f"skills_temperature: expected a number > 0, got {self.skills_temperature}")
-        for name in ("num_fewshot", "max_items", "cloze_items", "speed_new_tokens", "skills_samples", "skills_seed"):
+        for name in ("num_fewshot", "max_items", "cloze_items", "speed_new_tokens", "skills_samples", "skills_seed",
+                     "skills_sample_per_family"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected 0 or more, got {getattr(self, name)}")
         if not 0 < self.cloze_min_chars <= self.cloze_max_chars:

@@ -288,8 +288,9 @@ def _section_rl(f: dict, run_dir: Path, lines: list[str]) -> None:
                           "verifiable rewards.")
         return
     last = records[-1]
-    nums = [[k, v] for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    lines += [f"The last logged record (step {last.get('step')}):", ""] + _table(["measure", "value"], nums)
+    nums = [[k, v] for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" not in k]
+    lines += [f"The last logged record (step {last.get('step')}; per-family numbers are in rl/metrics.jsonl and the "
+              f"skills table above):", ""] + _table(["measure", "value"], nums)
     lines += [f"![{p.stem}]({p.relative_to(run_dir)})" for p in sorted((run_dir / "rl" / "plots").glob("*.png"))
               if "loss_curve_step" not in p.name] + [""]
 

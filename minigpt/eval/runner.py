@@ -215,10 +215,13 @@ def generation_speed(model: Any, tok: Any, new_tokens: int = 32) -> dict[str, An
             "device": str(next(model.parameters()).device), "threads": torch.get_num_threads()}
 
 
-def skill_items(cfg: EvalConfig) -> list:
-    """The held-out (test split) skill problems the report card scores every model on."""
-    from ..data.skills import make_skills
+def skill_items(run_dir: Path, cfg: EvalConfig) -> list:
+    """The held-out (test split) skill problems every model is scored on: the run's data/skills/test.jsonl (what
+    notebook 01 wrote, or you edited), at most skills_per_family per family; made afresh when the run has none."""
+    from ..data.skills import SKILLS_DIR, load_run_skills, make_skills
 
+    if (run_dir / "data" / SKILLS_DIR / "test.jsonl").is_file():
+        return load_run_skills(run_dir / "data", "test", per_family=cfg.skills_per_family)
     return make_skills("test", cfg.skills_per_family, seed=cfg.skills_seed, lang=cfg.skills_lang)
 
 
@@ -228,9 +231,9 @@ def _skills(run_dir: Path, loaded: dict[str, tuple[Any, Any]], identities: dict[
 
     settings = {"samples": cfg.skills_samples, "temperature": cfg.skills_temperature,
                 "max_new_tokens": cfg.skills_max_new_tokens, "batch_size": cfg.skills_batch_size,
-                "seed": cfg.skills_seed}
+                "seed": cfg.skills_seed, "sample_per_family": cfg.skills_sample_per_family}
     models = {name: (m, tok, identities[name]["sha256"]) for name, (m, tok) in loaded.items()}
-    return evaluate_run_skills(run_dir, models, skill_items(cfg), settings, progress=progress)
+    return evaluate_run_skills(run_dir, models, skill_items(run_dir, cfg), settings, progress=progress)
 
 
 def _load_models(run_dir: Path, models: dict[str, Path], cfg: EvalConfig, device: torch.device

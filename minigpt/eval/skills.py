@@ -50,8 +50,9 @@ def _generate(gen: Any, prompts: list[list[int]], cfg: Any, batch_size: int) -> 
 
 def evaluate_skills(model: Any, tokenizer: Any, items: Sequence[Any], *, greedy: bool = True, samples: int = 0,
                     temperature: float = 1.0, max_new_tokens: int = 16, batch_size: int = 64,
-                    seed: int = 0) -> dict[str, Any]:
-    """Score `items` (SkillItems) by generation; see the module docstring.
+                    seed: int = 0, sample_per_family: int = 0) -> dict[str, Any]:
+    """Score `items` (SkillItems) by generation; see the module docstring. sample_per_family > 0 draws the samples
+    for the first that many problems of each family only (k samples cost k greedy replies).
 
     Returns {"families": {family: {n, correct, pass@1, ci95[, samples, k, pass@k]}}, "mean": {pass@1, ci95, n,
     correct[, pass@k]}, "settings": {...}, "completions": [{family, question, answer, completion, correct}]
@@ -86,15 +87,22 @@ def evaluate_skills(model: Any, tokenizer: Any, items: Sequence[Any], *, greedy:
             # each prompt repeated `samples` times in a row; one seeded generator for the whole call
             cfg = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                    max_new_tokens=max_new_tokens, seed=seed)
-            rep = [p for p in prompts for _ in range(samples)]
+            seen: dict[str, int] = {}
+            chosen = []
+            for j, it in enumerate(items):
+                seen[it.family] = seen.get(it.family, 0) + 1
+                if not sample_per_family or seen[it.family] <= sample_per_family:
+                    chosen.append(j)
+            rep = [prompts[j] for j in chosen for _ in range(samples)]
             replies = _generate(gen, rep, cfg, max(batch_size, 1))
             passk: dict[str, list[float]] = {}
-            for j, it in enumerate(items):
-                c = sum(bool(check_answer(it.family, r, it.answer)) for r in replies[j * samples:(j + 1) * samples])
+            for jj, j in enumerate(chosen):
+                it = items[j]
+                c = sum(bool(check_answer(it.family, r, it.answer)) for r in replies[jj * samples:(jj + 1) * samples])
                 passk.setdefault(it.family, []).append(pass_at_k(samples, c, samples))
                 families[it.family]["sample_correct"] = families[it.family].get("sample_correct", 0) + c
             for fam, vals in passk.items():
-                families[fam].update({"k": samples, "pass@k": sum(vals) / len(vals),
+                families[fam].update({"k": samples, "sampled_n": len(vals), "pass@k": sum(vals) / len(vals),
                                       "sampled_pass@1": families[fam]["sample_correct"] / (samples * len(vals))})
     finally:
         model.train(was_training)
@@ -112,7 +120,7 @@ def evaluate_skills(model: Any, tokenizer: Any, items: Sequence[Any], *, greedy:
     examples = [c for fam in families for c in [x for x in completions if x["family"] == fam][:EXAMPLES_PER_FAMILY]]
     return {"families": families, "mean": mean, "completions": completions, "examples": examples,
             "settings": {"greedy": greedy, "samples": samples, "temperature": temperature,
-                         "max_new_tokens": max_new_tokens, "seed": seed,
+                         "max_new_tokens": max_new_tokens, "seed": seed, "sample_per_family": sample_per_family,
                          "pass@k": "unbiased estimator (Chen et al. 2021) with n = k samples per problem"}}
 
 
@@ -149,11 +157,14 @@ def format_skills_table(results_by_stage: dict[str, dict]) -> str:
         k = results_by_stage[sampled[0]]["mean"]["k"]
         lines += ["", f"Sampled pass@{k} ({k} samples per problem, temperature "
                       f"{results_by_stage[sampled[0]]['settings']['temperature']}):", "",
-                  "| family | " + " | ".join(sampled) + " |", "| --- |" + " --- |" * len(sampled)]
+                  "| family | n | " + " | ".join(sampled) + " |", "| --- | --- |" + " --- |" * len(sampled)]
         for f in fams:
-            lines.append(f"| {f} | " + " | ".join(_cell(results_by_stage[s]["families"].get(f), "pass@k")
+            ns = {results_by_stage[s]["families"][f].get("sampled_n") for s in sampled
+                  if f in results_by_stage[s]["families"]}
+            lines.append(f"| {f} | {'/'.join(str(x) for x in sorted(ns, key=str))} | " + " | ".join(
+                _cell(results_by_stage[s]["families"].get(f), "pass@k")
                                                   for s in sampled) + " |")
-        lines.append("| **mean** | " + " | ".join(_cell(results_by_stage[s]["mean"], "pass@k") for s in sampled) + " |")
+        lines.append("| **mean** | | " + " | ".join(_cell(results_by_stage[s]["mean"], "pass@k") for s in sampled) + " |")
     return "\n".join(lines) + "\n"
 
 
