@@ -283,3 +283,52 @@ def test_chat_needs_chatml_specials(tmp_path):
     assert tok.encode("hello") and tok.eos_id == tok.vocab_size - 1  # pretraining works
     with pytest.raises(ValueError, match=r"has no <\|im_start\|> and no <\|im_end\|>; chat .* needs ChatML"):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_gguf_writes_the_new_switches(imported, tmp_path):
+    """qwen2 architecture with the q/k/v biases, head_dim in key/value length, the imported ids by name."""
+    gguf = pytest.importorskip("gguf")
+    from minigpt.infer.gguf import export_gguf
+
+    kind, _root, _hf, out = imported
+    model, tok, cfg = load_checkpoint(out)
+    r = gguf.GGUFReader(str(export_gguf(out, tmp_path / "gguf")))
+
+    def field(key):
+        f = r.fields[key]
+        v = f.parts[f.data[0]]
+        return bytes(v).decode() if f.types[0] == gguf.GGUFValueType.STRING else v.tolist()[0]
+
+    arch = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[kind]
+    assert field("general.architecture") == arch
+    assert field(f"{arch}.attention.key_length") == cfg.head_dim == field(f"{arch}.attention.value_length")
+    assert field(f"{arch}.rope.dimension_count") == cfg.head_dim
+    assert (field("tokenizer.ggml.eos_token_id"), field("tokenizer.ggml.eot_token_id"),
+            field("tokenizer.ggml.padding_token_id")) == (tok.eos_id, tok.im_end_id, tok.pad_id)
+    names = {t.name for t in r.tensors}
+    biases = {f"blk.{i}.attn_{x}.bias" for i in range(cfg.n_layers) for x in "qkv"}
+    assert biases <= names if kind == "qwen2" else not biases & names
+
+
+def test_gguf_refuses_a_pre_tokenizer_it_cannot_name(imported, tmp_path):
+    from minigpt.infer.gguf import tokenizer_pre
+
+    _kind, _root, _hf, out = imported
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    spec = json.loads((out / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                                   spec["pre_tokenizer"]]}
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    (folder / "tokenizer_config.json").write_text((out / "tokenizer_config.json").read_text())
+    with pytest.raises(ValueError, match=r"pre-tokenizer .*Digits.* is not one this GGUF export maps to llama\.cpp"):
+        tokenizer_pre(MiniTokenizer.load(folder))
+    assert tokenizer_pre(MiniTokenizer.load(out)) == "gpt-2"
+    # Qwen2's layout (its split regex, then a regex-free ByteLevel) is llama.cpp's "qwen2"
+    from minigpt.infer.gguf import QWEN2_SPLIT
+
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    assert tokenizer_pre(MiniTokenizer.load(folder)) == "qwen2"

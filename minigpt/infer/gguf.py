@@ -3,7 +3,9 @@
 The file uses llama.cpp's "llama" architecture; minigpt's decoder is that architecture (RMSNorm,
 rotary positions, grouped-query attention, SwiGLU), so the export is a rename plus one reorder. A model
 with `qk_norm` uses llama.cpp's "qwen3" architecture instead (the same decoder plus per-head RMSNorms
-blk.N.attn_q_norm/attn_k_norm on q and k before RoPE, and RoPE in the rotate-half layout, so no reorder):
+blk.N.attn_q_norm/attn_k_norm on q and k before RoPE, and RoPE in the rotate-half layout, so no reorder), and
+one with `attention_bias` (an imported Qwen2) llama.cpp's "qwen2" (blk.N.attn_q/k/v.bias; rotate-half, no reorder).
+key_length / value_length carry head_dim, which an imported model may set apart from d_model / n_heads:
 
 - Tensor names follow llama.cpp's llama layout: token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v,
   attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}, output_norm, and output when the head is untied
@@ -57,7 +59,13 @@ _LAYER_NAMES = {
     "self_attn.o_proj.weight": "attn_output.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
-    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"}
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
+    # attention_bias (qwen2 architecture)
+    "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias"}
+# An imported tokenizer's pre-tokenizer as llama.cpp names it: GPT-2's regex inside ByteLevel (minigpt's own and
+# MiniMind's), or Qwen2's split regex before a regex-free ByteLevel. Any other is refused by name.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+               r"\s+(?!\S)|\s+")
 
 
 def interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -68,7 +76,10 @@ def interleave_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def gguf_architecture(cfg: Any) -> str:
-    """llama.cpp's architecture for this config: "qwen3" with q/k norms, else "llama"."""
+    """llama.cpp's architecture for this config: "qwen3" with q/k norms, "qwen2" with q/k/v biases (imported
+    Qwen2 models; its RoPE is rotate-half too), else "llama"."""
+    if getattr(cfg, "attention_bias", False):
+        return "qwen2"
     return "qwen3" if cfg.qk_norm else "llama"
 
 
@@ -78,6 +89,9 @@ def check_gguf_variant(cfg: Any) -> None:
     if cfg.mlp != "swiglu":
         raise ValueError(f"mlp={cfg.mlp!r}: llama.cpp's llama and qwen3 architectures have only the SwiGLU MLP; "
                          "train with mlp='swiglu' to export a GGUF")
+    if getattr(cfg, "attention_bias", False) and cfg.qk_norm:
+        raise ValueError("attention_bias with qk_norm: no llama.cpp architecture has q/k/v biases and q/k norms "
+                         "(qwen2 has the biases, qwen3 the norms); no GGUF can be written")
 
 
 def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
@@ -166,16 +180,35 @@ def _metadata(w: Any, model: GPT, outtype: str, name: str) -> None:
     w.add_vocab_size(c.vocab_size)
 
 
+def tokenizer_pre(tokenizer: Any) -> str:
+    """llama.cpp's tokenizer.ggml.pre for this tokenizer (ValueError naming an imported one it cannot split alike)."""
+    if getattr(tokenizer, "imported", None) is None:
+        return TOKENIZER_PRE
+    pre = json.loads(tokenizer.to_json()).get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return TOKENIZER_PRE
+    parts = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(parts) == 2 and parts[0].get("type") == "Split"
+            and parts[0].get("pattern", {}).get("Regex") == QWEN2_SPLIT and parts[1].get("type") == "ByteLevel"):
+        return "qwen2"
+    raise ValueError(f"{tokenizer.source}: pre-tokenizer {json.dumps(pre)[:120]}... is not one this GGUF export maps to "
+                     "llama.cpp (supported: GPT-2's ByteLevel, Qwen2's split); convert that model with llama.cpp's "
+                     "convert_hf_to_gguf.py instead")
+
+
 def _tokenizer_metadata(w: Any, tokenizer: Any, vocab_size: int, chat_template: str) -> None:
+    pre = tokenizer_pre(tokenizer)
     tokens, types, merges = vocabulary(tokenizer, vocab_size)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(TOKENIZER_PRE)
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
     w.add_bos_token_id(getattr(tokenizer, "bos_id", _EOS_ID))
     w.add_eos_token_id(getattr(tokenizer, "eos_id", _EOS_ID))
-    w.add_eot_token_id(getattr(tokenizer, "im_end_id", _IM_END_ID))
+    eot = getattr(tokenizer, "im_end_id", _IM_END_ID)
+    if eot is not None:  # an imported tokenizer without ChatML has none
+        w.add_eot_token_id(eot)
     w.add_pad_token_id(getattr(tokenizer, "pad_id", _PAD_ID))
     w.add_add_bos_token(False)
     w.add_add_eos_token(False)
@@ -193,6 +226,8 @@ def write_gguf(model: GPT, tokenizer: Any, path: str | Path, outtype: str = "f32
         raise ValueError(f"outtype: expected one of {', '.join(OUTTYPES)}, got {outtype!r}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    check_gguf_variant(model.config)
+    tokenizer_pre(tokenizer)  # refusals before any file is opened
     w = gguf.GGUFWriter(str(tmp), arch=gguf_architecture(model.config))
     try:
         _metadata(w, model, outtype, name)
