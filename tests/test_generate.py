@@ -17,13 +17,17 @@ from minigpt import GPT, ModelConfig
 from minigpt.train.checkpoint import save_checkpoint
 from minigpt.infer.generate import ChatSession, GenerationConfig, TextGenerator, read_prompts_file
 from minigpt.infer.sampling import (
+    Sampler,
+    Scores,
+    apply_processors,
     apply_repetition_penalty,
+    keep_top_k,
+    keep_top_p,
+    logits_processors,
     ngram_bans,
-    process_logits,
     sample_from_logits,
-    top_k_filter,
-    top_p_filter,
 )
+from sampling_oracle import reference_filters
 from minigpt.infer.streaming import RowText
 from minigpt.data.tokenizer import TokenizerConfig, train_tokenizer
 
@@ -138,18 +142,17 @@ def test_decoder_refreshes_after_weights_change(tok):
 # ---------------------------------------------------------------- filters on hand-made distributions
 
 
-def test_top_k_filter():
+def test_top_k_on_the_vocabulary():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.5, 2.5]])
-    out = top_k_filter(logits, 2)
-    assert torch.isinf(out[0, [0, 2, 3]]).all()
-    assert out[0, 1] == 3.0 and out[0, 4] == 2.5
-    assert torch.equal(top_k_filter(logits, 0), logits)
+    out = keep_top_k(Scores(logits), 2)
+    assert out.ids.tolist() == [[1, 4]] and out.logits.tolist() == [[3.0, 2.5]]  # the candidates, best first
+    assert keep_top_k(Scores(logits), 0).logits is logits
 
 
-def test_top_p_filter():
+def test_top_p_on_the_vocabulary():
     probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
     logits = probs.log()
-    keep = lambda p: (~torch.isinf(top_p_filter(logits, p)[0])).nonzero().flatten().tolist()
+    keep = lambda p: (~torch.isinf(keep_top_p(Scores(logits), p).logits[0])).nonzero().flatten().tolist()
     assert keep(0.4) == [1]            # 0.5 alone reaches 0.4
     assert keep(0.75) == [1, 3]        # 0.5 + 0.3
     assert keep(0.85) == [1, 2, 3]     # + 0.15
@@ -159,45 +162,43 @@ def test_top_p_filter():
 
 def test_temperature_and_combined_filters():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    cfg = GenerationConfig(temperature=0.5, top_k=3, top_p=1.0)
-    out = process_logits(logits, cfg)
-    assert torch.allclose(out[0, :3], torch.tensor([4.0, 2.0, 0.0]))
-    assert torch.isinf(out[0, 3])
+    out = apply_processors(logits_processors(GenerationConfig(temperature=0.5, top_k=3, top_p=1.0)), Scores(logits))
+    assert out.ids.tolist() == [[0, 1, 2]] and torch.allclose(out.logits, torch.tensor([[4.0, 2.0, 0.0]]))
 
 
-def test_top_k_candidates_equal_the_full_filters():
-    """sample_next's shortcut (top-p on the k candidates only) keeps exactly what process_logits keeps."""
-    from minigpt.infer.sampling import candidate_logits
+def _as_vocabulary(s: Scores, vocab: int) -> torch.Tensor:
+    return s.logits if s.ids is None else torch.full((s.logits.shape[0], vocab), float("-inf")).scatter(-1, s.ids, s.logits)
 
+
+def test_the_processors_keep_what_the_reference_filters_keep():
+    """The sampler's shortcuts (top-p on the k candidates only; a tie at the k-th value falls back to the whole
+    vocabulary) keep exactly the tokens and logits of the plain whole-vocabulary filters (tests/sampling_oracle.py)."""
     torch.manual_seed(0)
     rows = torch.randn(6, 40) * 3
     rows[1, :5] = float("-inf")                   # banned tokens (n-gram bans, penalties)
     for cfg in [GenerationConfig(temperature=0.7, top_k=5, top_p=0.9), GenerationConfig(temperature=1.0, top_k=12, top_p=0.5),
-                GenerationConfig(temperature=1.3, top_k=3, top_p=1.0), GenerationConfig(temperature=0.5, top_k=30, top_p=0.95)]:
-        full = process_logits(rows, cfg)
-        ids, vals = candidate_logits(rows, cfg)
-        assert ids is not None and ids.shape == (6, cfg.top_k)
-        rebuilt = torch.full_like(full, float("-inf")).scatter(-1, ids, vals)
-        assert torch.allclose(rebuilt, full) and torch.equal(torch.isinf(rebuilt), torch.isinf(full))
-    # A tie at the k-th value keeps more than k tokens: the shortcut steps aside.
+                GenerationConfig(temperature=1.3, top_k=3, top_p=1.0), GenerationConfig(temperature=0.5, top_k=30, top_p=0.95),
+                GenerationConfig(temperature=0.9, top_k=0, top_p=0.8)]:
+        out = apply_processors(logits_processors(cfg), Scores(rows))
+        assert (out.ids is None) == (cfg.top_k == 0)
+        got, want = _as_vocabulary(out, 40), reference_filters(rows, cfg.temperature, cfg.top_k, cfg.top_p)
+        assert torch.equal(torch.isinf(got), torch.isinf(want)) and torch.allclose(got[~torch.isinf(got)], want[~torch.isinf(want)])
     tie = torch.tensor([[3.0, 2.0, 2.0, 1.0]])
-    ids, vals = candidate_logits(tie, GenerationConfig(top_k=2, top_p=1.0))
-    assert ids is None and torch.isinf(vals).tolist() == [[False, False, False, True]]
-    # Top-k off: the full path.
-    assert candidate_logits(tie, GenerationConfig(top_k=0, top_p=0.9))[0] is None
+    out = apply_processors(logits_processors(GenerationConfig(top_k=2, top_p=1.0)), Scores(tie))
+    assert out.ids is None and torch.isinf(out.logits).tolist() == [[False, False, False, True]]
 
 
-def test_sample_next_frequencies():
-    from minigpt.infer.sampling import sample_next
-
+def test_sampled_frequencies():
     probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05])
     logits = probs.log().expand(20000, 5).contiguous()
-    draws = sample_next(logits, GenerationConfig(temperature=1.0, top_k=3, top_p=1.0), torch.Generator().manual_seed(0))
+    prompts = [[0]] * 20000
+    cfg = GenerationConfig(temperature=1.0, top_k=3, top_p=1.0, seed=0)
+    draws = torch.tensor(Sampler(cfg, prompts, 5)(logits))
     freq = torch.bincount(draws, minlength=5).float() / len(draws)
     kept = probs[:3] / probs[:3].sum()              # top-3, renormalised
     assert torch.allclose(freq[:3], kept, atol=0.015) and freq[3:].sum() == 0
-    draws = sample_next(logits, GenerationConfig(temperature=1.0, top_k=4, top_p=0.6), torch.Generator().manual_seed(1))
-    assert set(draws.tolist()) == {0, 1}            # 0.4 + 0.25 reaches 0.6: the nucleus is two tokens
+    draws = Sampler(GenerationConfig(temperature=1.0, top_k=4, top_p=0.6, seed=1), prompts, 5)(logits)
+    assert set(draws) == {0, 1}                     # 0.4 + 0.25 reaches 0.6: the nucleus is two tokens
 
 
 def test_repetition_penalty():

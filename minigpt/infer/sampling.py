@@ -54,37 +54,14 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits of each row (ties at the k-th value are kept), -inf elsewhere."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def _top_p_sorted(sorted_logits: torch.Tensor, p: float) -> torch.Tensor:
-    """top_p_filter on logits already sorted in descending order along the last dim."""
-    if p >= 1.0:
-        return sorted_logits
+def _nucleus(sorted_logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Top-p on logits sorted best first along the last dim: -inf after the smallest prefix whose probability
+    reaches p (the best token always stays)."""
     probs = sorted_logits.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # probability mass strictly ahead of each token
     remove = before >= p
     remove[..., 0] = False
     return sorted_logits.masked_fill(remove, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    return torch.empty_like(logits).scatter_(-1, order, _top_p_sorted(sorted_logits, p))
-
-
-def process_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
-    """Temperature, top-k and top-p over the whole vocabulary: the reference the candidate path must equal."""
-    logits = logits / cfg.temperature if cfg.temperature not in (0, 1) else logits
-    return top_p_filter(top_k_filter(logits, cfg.top_k), cfg.top_p)
 
 
 # --------------------------------------------------------------------------- the processors
@@ -115,24 +92,26 @@ def keep_top_k(s: Scores, k: int) -> Scores:
     """Each row's k best tokens become its candidates, best first.
 
     A tie at the k-th value would keep more than k tokens: then the whole vocabulary stays, with
-    everything below the k-th value at -inf (top_k_filter).
+    everything below the k-th value at -inf.
     """
     logits = s.logits
     if s.ids is not None or k <= 0 or k >= logits.shape[-1]:
         return s
     vals, ids = torch.topk(logits, k, dim=-1)  # sorted, descending
-    if bool((logits >= vals[..., -1:]).sum(dim=-1).gt(k).any()):
-        return Scores(top_k_filter(logits, k))
+    kth = vals[..., -1:]
+    if bool((logits >= kth).sum(dim=-1).gt(k).any()):
+        return Scores(logits.masked_fill(logits < kth, float("-inf")))
     return Scores(vals, ids)
 
 
 def keep_top_p(s: Scores, p: float) -> Scores:
-    """Nucleus filter; on top-k candidates (already sorted) without sorting the vocabulary."""
+    """Nucleus filter. Top-k candidates are sorted already; whole-vocabulary scores are sorted for it and put back."""
     if p >= 1.0:
         return s
-    if s.ids is None:
-        return Scores(top_p_filter(s.logits, p))
-    return Scores(_top_p_sorted(s.logits, p), s.ids)
+    if s.ids is not None:
+        return Scores(_nucleus(s.logits, p), s.ids)
+    sorted_logits, order = torch.sort(s.logits, dim=-1, descending=True)
+    return Scores(torch.empty_like(s.logits).scatter_(-1, order, _nucleus(sorted_logits, p)))
 
 
 # --------------------------------------------------------------------------- valid UTF-8 only
@@ -378,18 +357,6 @@ def pick(s: Scores, greedy: bool, generator: torch.Generator | None = None) -> t
     """One token id per row: the best one, or a draw from softmax of the scores."""
     choice = greedy_tokens(s.logits) if greedy else sample_from_logits(s.logits, generator)
     return choice if s.ids is None else s.ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-
-
-def candidate_logits(logits: torch.Tensor, cfg: GenerationConfig) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Temperature, top-k and top-p as the sampler applies them: (candidate ids (B, k), their logits),
-    or (None, whole-vocabulary logits) when top-k is off or a tie keeps more than k."""
-    s = apply_processors(_sampling_processors(cfg), Scores(logits))
-    return s.ids, s.logits
-
-
-def sample_next(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One sampled token id per row under temperature, top-k and top-p."""
-    return pick(apply_processors(logits_processors(cfg), Scores(logits)), cfg.greedy, generator)
 
 
 class Sampler:
