@@ -175,7 +175,7 @@ def test_notebook_07_runs_headless_after_04(tmp_path):
     run = notebook_runs.prepared_run(tmp_path / "run")
     executed = notebook_runs.execute(run, names=("07_align",))["07_align"]
     assert (run / "align" / "final_model" / "model.safetensors").is_file()
-    assert (run / "align" / "reference_logps.safetensors").is_file() and (run / "align" / "pairs" / "meta.json").is_file()
+    assert (run / "align" / "reference_logps.safetensors").is_file()
     recs = [json.loads(x) for x in (run / "align" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     evals = [r for r in recs if "reward_accuracy" in r]
     assert evals and all(0 <= r["reward_accuracy"] <= 1 and r["kl_ref"] >= 0 for r in evals)
@@ -184,6 +184,7 @@ def test_notebook_07_runs_headless_after_04(tmp_path):
 
     before = float(re.search(r"reward accuracy before DPO: ([0-9.]+)", text).group(1))
     assert 0.4 <= before <= 0.6 and "aligned (DPO)" in text
+    assert "'source': 'skills'" in text  # params/ci.yaml: verifiable pairs from the built-in skills
 
 
 def test_sft_weight_adds_the_chosen_replies_token_nll(tok):

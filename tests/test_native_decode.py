@@ -312,3 +312,23 @@ def test_bench_generate_without_transformers_times_minigpt_alone(tok, monkeypatc
     assert res["hf"] == res["hf_sample"] == res["ratio"] == {}
     assert set(res["minigpt"]) == {1, 2} and set(res["int8"]) == set(res["sample"]) == set(res["model_step"]) == {1}
     assert res["backend"] == {1: "native", 2: "native"} and all(v > 0 for v in res["minigpt"].values())
+
+
+def test_generator_follows_weights_changed_by_a_fused_optimizer():
+    """torch's fused AdamW on the CPU updates parameters without moving their version counters: a generator kept
+    across training steps (RL rollouts) must still decode with the new weights, not stale C-step copies."""
+    from conftest import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_gpt(tok.vocab_size, max_seq_len=64)
+    kept = TextGenerator(model, tok)
+    greedy = GenerationConfig(max_new_tokens=12, do_sample=False)
+    before = kept.generate_ids([5, 9, 11], greedy)
+    assert kept.last_stats["backend"] == "native"
+    opt = torch.optim.AdamW(model.parameters(), lr=0.5, fused=True)
+    model(torch.tensor([[5, 9, 11, 4]]), torch.tensor([[9, 11, 4, 7]]))[1].backward()
+    versions = [p._version for p in model.parameters()]
+    opt.step()
+    assert [p._version for p in model.parameters()] == versions  # the counters did not move
+    after = kept.generate_ids([5, 9, 11], greedy)
+    assert after == TextGenerator(model, tok).generate_ids([5, 9, 11], greedy) and after != before

@@ -39,9 +39,13 @@ def check_backend(name: str) -> str:
 
 
 def weights_signature(model: GPT) -> tuple:
-    """Changes when any parameter is replaced or changed in place (its version counter moves), e.g. by
-    more training: a holder of derived weight copies compares it to know they are stale."""
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+    """Changes when any parameter is replaced or changed in place, e.g. by more training: a holder of derived
+    weight copies compares it to know they are stale. The version counter alone is not enough: torch's fused
+    AdamW on the CPU updates parameters without moving it, so each parameter's sum is part of the signature too
+    (one pass over the weights per generation call, ~1 ms for the tiny model)."""
+    with torch.no_grad():
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device, float(p.sum(dtype=torch.float64)))
+                     for p in model.parameters())
 
 
 # The parameters the C step reads (LoRA adapters included, through their effective weight); any other
