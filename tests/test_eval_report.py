@@ -124,6 +124,7 @@ def test_cli_report_and_compare(trained_run, tmp_path):
     md = (run / "compare.md").read_text(encoding="utf-8")
     assert md == compare(bare, run) and "| pretrain val loss | — | 4.4 | — |" in md
     assert "| documents kept (train) |" in md and "cloze accuracy (pretrain)" in md
+    assert "| skills pass@1 (pretrain) | — | 0 | — |" in md
     bad = subprocess.run([sys.executable, "-m", "minigpt.report", str(tmp_path / "nope")], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and "nope: run directory not found" in bad.stderr

@@ -143,4 +143,6 @@ def headline(facts: dict[str, Any]) -> dict[str, float | int | None]:
     for r in get("eval", "benchmarks") or []:
         if r["model"] == get("eval", "main_model") or (r["model"] == "pretrain" and r["benchmark"] == "cloze"):
             out[f"{r['benchmark']} accuracy ({r['model']})"] = r["accuracy"]
+    for stage, mean in (get("eval", "skills") or {}).items():
+        out[f"skills pass@1 ({stage})"] = mean.get("pass@1")
     return out
