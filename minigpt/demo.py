@@ -1,4 +1,5 @@
-"""`make demo`: run notebooks 01 -> 06 with papermill on one config, then say where everything is, and end with
+"""`make demo`: run notebooks 01 -> 08 with papermill on one config (06, which scores every stage the run has, runs
+last so that it sees 07's and 08's models), then say where everything is, and end with the skills table per stage,
 the report card's path and the demo model's cloze accuracy against random.
 
     python -m minigpt.demo --config tiny --run-dir runs/demo
@@ -16,7 +17,7 @@ from .params import repo_root
 
 logger = logging.getLogger(__name__)
 
-NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate", "07_align")
+NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "07_align", "08_rl", "06_evaluate")
 
 
 def run_notebooks(config: str, run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS, extra: dict | None = None,
@@ -52,10 +53,12 @@ def summary(run_dir: Path) -> str:
         ("tokens/", "train.bin / val.bin token files + meta.json"),
         ("pretrain/", "checkpoints, final_model/, metrics.jsonl, plots/"),
         ("sft/", "the chat model: final_model/, metrics.jsonl, plots/"),
-        ("align/", "the DPO-aligned model (notebook 07): final_model/, pairs/, metrics.jsonl, plots/"),
+        ("data/skills/", "the built-in skill problems: train, val and test JSONL"),
+        ("align/", "the DPO-aligned model (notebook 07): final_model/, metrics.jsonl, plots/"),
+        ("rl/", "the GRPO model (notebook 08): final_model/, metrics.jsonl, rl_summary.json, plots/"),
         ("samples.md", "generated samples with the parameters used"),
-        ("hf/", "the model exported as a transformers Llama folder"),
-        ("eval/", "benchmark items (cloze.jsonl, cloze_chat.jsonl) and results.json"),
+        ("hf/", "the model exported as a transformers folder (Qwen3 layout for tiny's QK-norm)"),
+        ("eval/", "benchmark items (cloze.jsonl, cloze_chat.jsonl), results.json, skills.json"),
         ("report.md", "the report card (PNGs beside it)"),
     ]:
         mark = "ok " if (run_dir / rel).exists() else "-- "
@@ -78,11 +81,16 @@ def summary(run_dir: Path) -> str:
 
 def closing_lines(run_dir: Path) -> str:
     """The report card's path and the run's cloze accuracy against random (the last lines of `make demo`)."""
+    from .eval.skills import format_skills_table, skills_by_stage
+
+    skills = skills_by_stage(run_dir)
+    table = ("\nbuilt-in skills, held-out test problems, greedy pass@1 [95% interval] per stage:\n"
+             + format_skills_table(skills)) if skills else ""
     results = run_dir / "eval" / "results.json"
     if not results.is_file():
-        return f"\nreport card: not written (no {results}; notebook 06 writes it)"
+        return table + f"\nreport card: not written (no {results}; notebook 06 writes it)"
     data = json.loads(results.read_text(encoding="utf-8"))
-    lines = [f"\nreport card: {run_dir / 'report.md'}"]
+    lines = [table + f"\nreport card: {run_dir / 'report.md'}"]
     for r in data.get("benchmarks", []):
         if r["benchmark"] == "cloze" and r["model"] in (data.get("main_model"), "pretrain", "untrained"):
             lo, hi = r["ci95"]

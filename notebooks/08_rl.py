@@ -132,9 +132,10 @@ print(result)
 from IPython.display import Image
 
 from minigpt.align.show import RL_PANELS, save_align_figure
-from minigpt.train.rl import accuracy_table
+from minigpt.train.rl import accuracy_table, write_summary
 
 after = trainer.evaluate()
+write_summary(trainer.output_dir, before, after, result, info)
 print(f"held-out accuracy: {before['val_accuracy']:.3f} before -> {after['val_accuracy']:.3f} after RL")
 display(accuracy_table(before, after))
 Image(filename=str(save_align_figure(trainer.output_dir, RL_PANELS, "rl_metrics.png", "GRPO")))

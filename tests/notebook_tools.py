@@ -25,7 +25,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
-NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate", "07_align")
+NOTEBOOKS = ("01_data_clean", "02_tokenizer", "03_pretrain", "04_sft", "05_generate", "06_evaluate", "07_align", "08_rl")
 DEFAULT_CONFIG = "ci"
 
 # Bounds on committed notebooks (tests/test_notebooks.py checks them).

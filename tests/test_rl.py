@@ -135,3 +135,25 @@ def test_notebook_08_parameters_are_rl_parameters():
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     names = {t.id for node in ast.parse(cell.source).body for t in node.targets}
     assert names - {"config"} <= set(registry("rl")), names - set(registry("rl"))
+
+
+@pytest.mark.slow
+def test_notebook_08_runs_headless_after_04(tmp_path):
+    """papermill 08 on a finished ci run: the RL model, its metrics (reward, held-out accuracy, KL, length, all-equal
+    groups) and the notebook's by-hand round."""
+    import nbformat
+
+    import notebook_runs
+
+    run = notebook_runs.prepared_run(tmp_path / "run")
+    executed = notebook_runs.execute(run, names=("08_rl",))["08_rl"]
+    assert (run / "rl" / "final_model" / "model.safetensors").is_file()
+    recs = [json.loads(x) for x in (run / "rl" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    train = [r for r in recs if "train_reward" in r]
+    assert train and all(0 <= r["train_reward"] <= 1 and r["train_kl"] >= 0 and r["train_completion_tokens"] >= 1
+                         and 0 <= r["train_equal_reward_fraction"] <= 1 for r in train)
+    assert [r for r in recs if "val_accuracy" in r]
+    summary = json.loads((run / "rl" / "rl_summary.json").read_text(encoding="utf-8"))
+    assert summary["after"]["val_accuracy"] == [r for r in recs if "val_accuracy" in r][-1]["val_accuracy"]
+    text = json.dumps(nbformat.read(executed, as_version=4).cells, ensure_ascii=False)
+    assert "held-out accuracy before RL" in text and "advantage" in text

@@ -351,6 +351,11 @@ def run_rl(P: Params, callbacks: Iterable[Any] = ()) -> dict[str, Any]:
     before = trainer.evaluate()
     result = trainer.fit()
     after = trainer.evaluate()
+    return write_summary(trainer.output_dir, before, after, result, info)
+
+
+def write_summary(output_dir: Path, before: dict, after: dict, result: dict, info: dict) -> dict[str, Any]:
+    """rl_summary.json (atomic): held-out accuracy before and after, the fit's result and the run's info."""
     summary = {"before": before, "after": after, "result": result, "info": info}
-    atomic_write_json(trainer.output_dir / "rl_summary.json", summary)
+    atomic_write_json(Path(output_dir) / "rl_summary.json", summary)
     return summary
