@@ -57,6 +57,8 @@ EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
         "train_data": (str, ""),
         "val_data": (str, ""),
         "token_dtype": (str, ""),
+        # continue pretraining a minigpt checkpoint or a downloaded Hugging Face folder (minigpt/convert.py)
+        "init_from": (str, ""),
         # DDP through launch(): torchrun in a subprocess, on one node or several
         "nproc_per_node": (int, 1),
         "nnodes": (int, 1),
@@ -64,7 +66,9 @@ EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
         "master_addr": (str, "127.0.0.1"),
         "master_port": (int, 29500),
     },
-    "sft": {"pretrained_checkpoint": (str, ""), "show_widgets": (bool, True), "live_plot_interval": (int, 10)},
+    # init_from: a minigpt checkpoint or a downloaded Hugging Face folder (imported once, minigpt/convert.py)
+    "sft": {"pretrained_checkpoint": (str, ""), "init_from": (str, ""), "show_widgets": (bool, True),
+            "live_plot_interval": (int, 10)},
     "generate": {
         "checkpoint": (str, ""),
         "prompt": (str, "你好，"),

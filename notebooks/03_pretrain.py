@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -20,7 +20,8 @@
 # One `Trainer` does the work here and in notebook 04: warmup + cosine learning rate, gradient
 # accumulation, clipping, periodic evaluation (loss and bits per character), checkpoints you can
 # resume from, and loss-curve PNGs. The same code runs headless under papermill, from the panel
-# at the bottom, and under `torchrun`.
+# at the bottom, and under `torchrun`. With `init_from` it continues pretraining a downloaded Hugging Face
+# model (imported once; the run's text is encoded with that model's tokenizer) or a minigpt checkpoint.
 
 # %% tags=["parameters"]
 # Parameters: plain literals only. None means "take it from params/<config>.yaml".
@@ -40,6 +41,8 @@ auto_resume = None     # continue from the newest verified checkpoint
 max_cpu = None         # resource guard: pause above this CPU % (0 means off)
 max_memory = None      # resource guard: pause above this memory %
 nproc_per_node = None  # more than 1: DDP with torchrun in a subprocess
+# continue pretraining a downloaded Hugging Face model folder or a minigpt checkpoint (shape and tokenizer come from it)
+init_from = None
 
 # %%
 # NBVAL_IGNORE_OUTPUT

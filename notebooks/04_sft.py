@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -31,12 +31,17 @@
 # - **LoRA** (`use_lora`, `lora_rank`, `lora_alpha`, `lora_dropout`, `lora_targets`): only small adapters
 #   train; step checkpoints hold `adapter.safetensors`, and `final_model/` holds the merged weights
 #   (loadable by notebook 05 and export as usual) plus the adapter.
+# - **Start from a pretrained model** (`init_from`): a downloaded Hugging Face folder (Llama, Qwen2, Qwen3,
+#   MiniMind) is imported once into `runs/<run>/import/` and fine-tuned with its own tokenizer and chat
+#   template; a minigpt checkpoint works too. See docs/pretrained.md.
 
 # %% tags=["parameters"]
 # Parameters: plain literals only. None means "take it from params/<config>.yaml" (its `sft:` block).
 config = None
 run_dir = None
 pretrained_checkpoint = None   # default: runs/<run>/pretrain/final_model
+# a downloaded Hugging Face model folder or a minigpt checkpoint to fine-tune instead
+init_from = None
 learning_rate = None
 max_steps = None
 batch_size = None

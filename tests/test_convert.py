@@ -332,3 +332,39 @@ def test_gguf_refuses_a_pre_tokenizer_it_cannot_name(imported, tmp_path):
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
     (folder / "tokenizer.json").write_text(json.dumps(spec))
     assert tokenizer_pre(MiniTokenizer.load(folder)) == "qwen2"
+
+
+@pytest.mark.slow
+def test_imported_qwen3_through_notebook_04_lora_and_back_to_transformers(tmp_path):
+    """import (the CLI) -> 04 with LoRA for a few steps, headless (papermill, init_from = the imported folder)
+    -> export to transformers -> reload -> the same greedy tokens as minigpt's fine-tuned model."""
+    import subprocess
+    import sys
+
+    pm = pytest.importorskip("papermill")
+    from minigpt.infer.export import export_hf
+
+    root = Path(__file__).resolve().parents[1]
+    build_hf_folder(tmp_path / "hf", "qwen3", seed=3)
+    done = subprocess.run([sys.executable, "-m", "minigpt.convert", str(tmp_path / "hf"), str(tmp_path / "imported")],
+                          capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "run"
+    pm.execute_notebook(str(root / "notebooks" / "04_sft.ipynb"), str(tmp_path / "04.ipynb"),
+                        parameters={"config": "ci", "run_dir": str(run_dir), "init_from": str(tmp_path / "imported"),
+                                    "chat_source": "chinese", "use_lora": True, "max_steps": 4, "skills_fraction": 0.0},
+                        cwd=str(root), kernel_name="python3", progress_bar=False, execution_timeout=240)
+    final = run_dir / "sft" / "final_model"
+    model, tok, cfg = load_checkpoint(final)
+    assert cfg.qk_norm and cfg.head_dim == 32 and (final / "adapter.safetensors").is_file()
+    base, _, _ = load_checkpoint(tmp_path / "imported")
+    assert not torch.equal(model.layers[0].self_attn.q_proj.weight, base.layers[0].self_attn.q_proj.weight)  # trained
+    export_hf(final, tmp_path / "export")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), dtype=torch.float32).eval()
+    prompt = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True)
+    back.generation_config.eos_token_id = None
+    with torch.no_grad():
+        ref = back.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10, min_new_tokens=10)[0, len(prompt):]
+    got = TextGenerator(model, tok, valid_utf8=False).generate_ids(
+        prompt, GenerationConfig(do_sample=False, max_new_tokens=10, ignore_eos=True))
+    assert got == ref.tolist()

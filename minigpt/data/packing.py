@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..atomic import atomic_write_text
-from .tokenizer import EOS_ID, MiniTokenizer
+from .tokenizer import MiniTokenizer
 from .tokenizer.corpus import DATA_NOTEBOOK, count_lines, iter_texts, require_file
 from .tokenizer.fast_encode import fast_encoder
 from .normalize import VERSION_KEY, check_same_version
@@ -80,10 +80,10 @@ def _encode_chunk(tok: MiniTokenizer, texts: Sequence[str], dtype: np.dtype) -> 
     see tokenizer/fast_encode.py), else by ``tok.encode_batch``."""
     enc = fast_encoder(tok)
     if enc is not None:
-        return enc.encode_packed(texts, eos_id=EOS_ID, dtype=dtype)[0]
+        return enc.encode_packed(texts, eos_id=tok.eos_id, dtype=dtype)[0]
     flat: list[int] = []
     for ids in tok.encode_batch(texts):
-        flat.append(EOS_ID)
+        flat.append(tok.eos_id)  # <|endoftext|>: id 0 in minigpt's tokenizers, by name in imported ones
         flat.extend(ids)
     return np.array(flat, dtype=dtype)
 
@@ -187,7 +187,7 @@ def pack_corpus(
         "format_version": FORMAT_VERSION,
         "dtype": dtype.name,
         "vocab_size": tok.vocab_size,
-        "eos_id": EOS_ID,
+        "eos_id": tok.eos_id,
         "doc_separator": DOC_SEPARATOR,
         "tokenizer_sha256": tok.sha256,
         "tokenizer_path": tok.source,

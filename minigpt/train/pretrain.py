@@ -53,11 +53,19 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
 
     paths = P.paths
     tok_dir = paths["tokenizer"]
-    if not (tok_dir / "tokenizer.json").is_file():
+    init = None
+    if P.get("init_from"):  # continue pretraining a checkpoint or an imported HF model: its shape and its tokenizer
+        from ..convert import resolve_init_from
+        from .checkpoint import load_checkpoint
+
+        tok_dir = resolve_init_from(P.init_from, paths["run"] / "import")
+        init = load_checkpoint(tok_dir)
+        logger.info("init_from: %s (the model's shape comes from it; shape parameters are not used)", tok_dir)
+    elif not (tok_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{tok_dir / 'tokenizer.json'} not found: run notebooks/02_tokenizer first")
-    tokenizer = MiniTokenizer.load(tok_dir)
+    tokenizer = init[1] if init else MiniTokenizer.load(tok_dir)
     train_cfg = train_config_from_params(P)
-    model_cfg = model_config_from_params(P, tokenizer.vocab_size)
+    model_cfg = init[2] if init else model_config_from_params(P, tokenizer.vocab_size)
     s, opt = train_cfg.schedule, train_cfg.optim
     seq_len = s.seq_len or model_cfg.max_seq_len
     if seq_len > model_cfg.max_seq_len:
@@ -74,7 +82,7 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
     import torch
 
     torch.manual_seed(s.seed)
-    model = GPT(model_cfg)
+    model = init[0].train() if init else GPT(model_cfg)
     return Trainer(
         model, train_cfg, sampler, eval_batches, output_dir,
         tokenizer=tokenizer, tokenizer_dir=tok_dir, chars_per_token=chars_per_token(meta, "val"),
@@ -88,6 +96,11 @@ def _token_arrays(P: Params, tokenizer):
 
     if not P.get("train_data"):
         tokens_dir = P.paths["tokens"]
+        if getattr(tokenizer, "imported", None) is not None:  # init_from an HF model: the run's text in its ids
+            from ..data.packing import pack_corpus
+
+            tokens_dir = tokens_dir.with_name(f"tokens_{tokenizer.sha256[:12]}")
+            pack_corpus(P.paths["data"], tokenizer, tokens_dir)  # kept and reused while data and tokenizer match
         return load_tokens(tokens_dir, "train", tokenizer), load_tokens(tokens_dir, "val", tokenizer), read_meta(tokens_dir)
     dtype = P.get("token_dtype") or None
     arrays = []

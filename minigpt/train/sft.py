@@ -175,6 +175,12 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
     sft_cfg = P.build(SFTConfig)
     validate_dataclass(sft_cfg)
     ckpt_dir = Path(P.pretrained_checkpoint) if P.pretrained_checkpoint else paths["pretrain"] / "final_model"
+    if P.get("init_from"):  # a minigpt checkpoint, or an HF folder imported once into runs/<run>/import/
+        if P.pretrained_checkpoint:
+            raise ParameterError("init_from and pretrained_checkpoint: both name the model to start from; set one")
+        from ..convert import resolve_init_from
+
+        ckpt_dir = resolve_init_from(P.init_from, paths["run"] / "import")
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{ckpt_dir} not found: run notebooks/03_pretrain first (or set pretrained_checkpoint)")
     cfg = train_config_from_params(P)
