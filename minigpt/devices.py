@@ -1,7 +1,6 @@
 """Device, precision and thread choices, each with the reason it was made."""
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import re
@@ -10,8 +9,6 @@ import time
 
 import psutil
 import torch
-
-logger = logging.getLogger(__name__)
 
 
 def pick_device(requested: str = "auto") -> torch.device:

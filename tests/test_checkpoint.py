@@ -111,7 +111,7 @@ def test_damaged_newest_checkpoint_is_skipped(trained, tmp_path, caplog, damage)
     assert "checkpoint_step_6" in caplog.text  # the warning names the skipped checkpoint
     # auto-resume uses the previous good one
     t = make_trainer(tmp_path, max_steps=6, auto_resume=True, save_interval=2)
-    t._maybe_resume()
+    t.resume(ckpt.latest_valid_checkpoint(t.output_dir))
     assert t.step == 4
 
 
@@ -166,7 +166,7 @@ def test_resume_with_changed_lr_batch_and_steps_warns(trained, tmp_path, caplog)
     out = copy_run(trained, tmp_path)
     t = make_trainer(tmp_path, max_steps=9, learning_rate=1e-3, auto_resume=True)
     with caplog.at_level(logging.WARNING, logger="minigpt.train.trainer"):
-        t._maybe_resume()
+        t.resume(ckpt.latest_valid_checkpoint(t.output_dir))
     assert t.step == 6
     assert "learning_rate changed" in caplog.text and "max_steps changed" in caplog.text
 
@@ -184,7 +184,7 @@ def test_prune_keeps_last_n_and_permanent(tmp_path):
 def test_interrupted_save_leaves_previous_checkpoint_usable(trained, tmp_path, monkeypatch):
     out = copy_run(trained, tmp_path)
     t = make_trainer(tmp_path, max_steps=8, auto_resume=True)
-    t._maybe_resume()
+    t.resume(ckpt.latest_valid_checkpoint(t.output_dir))
     t.step = 8
 
     def boom(*a, **k):

@@ -71,7 +71,7 @@ def test_every_entry_point_normalises(counted, gen, tmp_path):
     from minigpt.data.tokenizer import TokenizerConfig, build_tokenizer
     from minigpt.infer import chat as terminal
     from minigpt.infer.generate import ChatSession, GenerationConfig
-    from minigpt.ui.widgets import generation_panel
+    from minigpt.ui.widgets import GenerationPanel
 
     cfg = GenerationConfig(max_new_tokens=2, do_sample=False)
     f = write_lines(tmp_path / "in.jsonl", [text_line(g) for g in GOOD] + [jline(CHAT)])
@@ -85,7 +85,7 @@ def test_every_entry_point_normalises(counted, gen, tmp_path):
         "chat": lambda: gen.chat([{"role": "user", "content": "你好?"}], cfg),
         "ChatSession": lambda: ChatSession(gen, cfg).send("你好?"),
         "terminal chat": lambda: terminal.run(gen, cfg, read=_lines("你好?", "exit"), write=lambda s: None),
-        "widget": lambda: _widget(generation_panel(gen, cfg, prompt="你好?")),
+        "widget": lambda: _widget(GenerationPanel(gen, cfg, prompt="你好?")),
     }
     for name, call in entry_points.items():
         counted.clear()

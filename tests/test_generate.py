@@ -341,7 +341,7 @@ def test_utf8_safe_streaming_chinese(tok):
     pieces = list(gen.stream("A", cfg))
     assert pieces == ["鬱", "㑇"]  # never a half character, never U+FFFD
     got = []
-    assert gen.generate("A", cfg, stream=True, callback=got.append) == text
+    assert gen.generate("A", cfg, callback=got.append) == text
     assert got == pieces
     assert gen.generate_ids(tok.encode("A"), cfg) == ids + [tok.eos_id]
 

@@ -120,7 +120,7 @@ def test_malformed_manifest_is_an_error_naming_it_and_auto_resume_skips_it(train
     assert str(e.value).startswith(str(out / "checkpoint_step_6" / "manifest.json")) and problem in str(e.value)
     t = make_trainer(tmp_path, max_steps=8, save_interval=3, auto_resume=True)
     with caplog.at_level(logging.WARNING, logger="minigpt.train.checkpoint"):
-        t._maybe_resume()
+        t.resume(ckpt.latest_valid_checkpoint(t.output_dir))
     assert t.step == 3 and "skipping checkpoint" in caplog.text and problem in caplog.text
 
 
@@ -171,7 +171,7 @@ def test_bad_trainer_state_is_refused_and_skipped(trained, tmp_path, caplog, cha
         make_trainer(tmp_path, max_steps=8, resume_from=str(folder)).fit()
     t = make_trainer(tmp_path, max_steps=8, save_interval=3, auto_resume=True)
     with caplog.at_level(logging.WARNING, logger="minigpt.train.checkpoint"):
-        t._maybe_resume()
+        t.resume(ckpt.latest_valid_checkpoint(t.output_dir))
     assert t.step == 3 and problem in caplog.text
 
 
@@ -248,7 +248,7 @@ def test_run_name_is_a_name_not_a_path(name):
 def test_disk_full_names_the_file_and_keeps_the_previous_checkpoint(trained, tmp_path, monkeypatch):
     out = copy_out(trained, tmp_path)
     t = make_trainer(tmp_path, max_steps=8, save_interval=3, auto_resume=True)
-    t._maybe_resume()
+    t.resume(ckpt.latest_valid_checkpoint(t.output_dir))
     t.step = 9
     real_open = ckpt.open_for_write
 

@@ -1,4 +1,4 @@
-"""widgets.generation_panel: handlers called from pytest, no kernel."""
+"""widgets.GenerationPanel: handlers called from pytest, no kernel."""
 from __future__ import annotations
 
 
@@ -7,7 +7,7 @@ import torch
 
 from minigpt.infer.generate import GenerationConfig, TextGenerator
 from conftest import tiny_gpt, tiny_tokenizer
-from minigpt.ui.widgets import generation_panel
+from minigpt.ui.widgets import GenerationPanel
 
 LINES = ["长江、黄河是中国的两条大河。", "今天天气很好，我们去公园散步。", "你好，很高兴认识你。", "Hello, how are you?"]
 
@@ -29,7 +29,7 @@ def text_of(panel) -> str:
 
 
 def test_sliders_set_config(gen):
-    panel = generation_panel(gen, GenerationConfig(max_new_tokens=12, temperature=0.8), prompt="你好")
+    panel = GenerationPanel(gen, GenerationConfig(max_new_tokens=12, temperature=0.8), prompt="你好")
     assert set(panel.sliders) == {"temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens"}
     panel.sliders["temperature"].value = 1.3
     panel.sliders["top_k"].value = 7
@@ -43,7 +43,7 @@ def test_sliders_set_config(gen):
 
 def test_generate_streams_into_output(gen):
     defaults = GenerationConfig(max_new_tokens=10, do_sample=False, ignore_eos=True)
-    panel = generation_panel(gen, defaults, prompt="长江、")
+    panel = GenerationPanel(gen, defaults, prompt="长江、")
     panel.refresh_s = 0.0
     seen = []
     panel.output.observe(lambda ch: seen.append(ch["new"]), names="outputs")
@@ -58,7 +58,7 @@ def test_generate_streams_into_output(gen):
 
 
 def test_chat_mode_history_and_clear(gen):
-    panel = generation_panel(gen, GenerationConfig(max_new_tokens=6, seed=0))
+    panel = GenerationPanel(gen, GenerationConfig(max_new_tokens=6, seed=0))
     panel.mode.value = "chat"
     assert panel.generate_button.description == "Send"
     panel.prompt.value = "你好"
@@ -78,7 +78,7 @@ def test_batch_from_prompts_file(gen, tmp_path):
     f = tmp_path / "prompts.txt"
     f.write_text("中国\n长江、黄河\n\n你好，好久不见\n", encoding="utf-8")
     cfg = GenerationConfig(max_new_tokens=6, do_sample=False, ignore_eos=True)
-    panel = generation_panel(gen, cfg, prompts_file=str(f))
+    panel = GenerationPanel(gen, cfg, prompts_file=str(f))
     results = panel.on_batch()
     assert results == gen.batch_generate(["中国", "长江、黄河", "你好，好久不见"], cfg)
     out = text_of(panel)
@@ -95,7 +95,7 @@ def test_none_parameters_are_accepted(gen):
 
 
 def test_bad_value_shows_error(gen):
-    panel = generation_panel(gen, GenerationConfig(max_new_tokens=5))
+    panel = GenerationPanel(gen, GenerationConfig(max_new_tokens=5))
     panel.defaults.no_repeat_ngram_size = -1  # a bad value (replace() would refuse it): the next config() fails
     assert panel.on_generate() == ""
     assert "no_repeat_ngram_size" in text_of(panel)

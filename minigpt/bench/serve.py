@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import socket
@@ -26,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
 
 PROMPTS = ["长江、黄河", "今天天气很好，", "中国的首都是", "人工智能", "Hello, how are", "我喜欢读书", "新华社记者", "经济发展"]
 

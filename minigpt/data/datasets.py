@@ -6,13 +6,11 @@ resume continues the exact stream of batches an uninterrupted run would have see
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 EOS_ID = 0  # <|endoftext|>, written after each document in the token file
@@ -97,7 +95,6 @@ class WindowSampler(IndexedBatches):
 
     def state_dict(self) -> dict:
         return {"kind": "windows", "seed": self.seed, "position": self.position, "batch_size": self.batch_size, "seq_len": self.seq_len}
-
 
 
 class PrefetchBatches:

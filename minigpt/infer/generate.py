@@ -223,10 +223,10 @@ class TextGenerator:
         """Yield text pieces as they are generated; never half of a multi-byte character."""
         return self.stream_ids(self.encode_prompt(prompt), config)
 
-    def generate(self, prompt: str, config: GenerationConfig | None = None, stream: bool = False,
+    def generate(self, prompt: str, config: GenerationConfig | None = None,
                  callback: Callable[[str], None] | None = None) -> str:
-        """The generated continuation (without the prompt). With stream=True or a callback, each piece
-        is passed to `callback` (default: nothing) as soon as it is final."""
+        """The generated continuation (without the prompt). With a callback, each piece is passed to it as soon
+        as it is final (or iterate `stream`)."""
         pieces = []
         for piece in self.stream(prompt, config):
             pieces.append(piece)
@@ -281,7 +281,7 @@ class TextGenerator:
         """Stream the assistant's reply to `messages` (ChatML via the tokenizer's template)."""
         return self.stream_ids(self.chat_prompt_ids(messages, config), config)
 
-    def chat(self, messages: list[dict], config: GenerationConfig | None = None, stream: bool = False,
+    def chat(self, messages: list[dict], config: GenerationConfig | None = None,
              callback: Callable[[str], None] | None = None) -> str:
         """The assistant's reply to a conversation (list of {"role", "content"} dicts)."""
         pieces = []

@@ -19,7 +19,6 @@ Speed paths live elsewhere and are checked against this file: the C decode step
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +28,6 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .chunked_loss import chunked_cross_entropy
-
-logger = logging.getLogger(__name__)
 
 
 class RMSNorm(nn.Module):
@@ -264,6 +261,3 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
-
-    def memory_estimate(self, batch_size: int = 8, seq_len: int | None = None) -> dict[str, float]:
-        return self.config.memory_estimate(batch_size, seq_len)

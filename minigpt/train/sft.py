@@ -40,7 +40,7 @@ import torch
 from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from ..data.chat_data import ChatBatches, build_chat_example, pad_examples
-from ..data.chat_source import BUILTIN_CHAT, ChatReport, load_chat_source, no_chat_message, read_chat_file
+from ..data.chat_source import BUILTIN_CHAT, ChatReport, load_chat_source, no_chat_message
 from ..data.datasets import IGNORE_INDEX
 from ..model.lora import ADAPTER_FILE, LORA_TARGETS, adapter_state, count_trainable, has_lora, inject_lora, load_adapter_state, merged_state
 from ..params import ParameterError, Params, jsonable, validate_dataclass
@@ -125,15 +125,6 @@ def load_conversations(P: Params, chat_source: str) -> tuple[list[list[dict]], l
     """(train, val, report) for notebook 04's chat_source; the reading, accounting and normalising live
     in ``minigpt.data.chat_source``."""
     return load_chat_source(chat_source, P.paths["data"], P.paths["run"])
-
-
-def read_conversations(path: str | Path) -> list[list[dict]]:
-    """Conversations from a chat JSONL file (minimind format); other lines are counted and logged."""
-    report = ChatReport(str(path))
-    convs = read_chat_file(path, report)
-    if report.rejected:
-        logger.warning("chat data %s", report.message())
-    return convs
 
 
 def mix_skills(dialogues: list[list[dict]], data_dir: Path, fraction: float) -> tuple[list[list[dict]], dict[str, Any]]:

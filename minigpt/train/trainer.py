@@ -493,10 +493,6 @@ class Trainer:
 
         ckpt.load_model_state(ckpt.unwrap(self.model), load_file(str(folder / "model.safetensors")), str(folder))
 
-    def _maybe_resume(self) -> None:
-        if (folder := run_state.checkpoint_to_resume(self)) is not None:
-            self.resume(folder)
-
     def resume(self, folder: str | Path) -> None:
         run_state.resume(self, folder)
 

@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-RESULT_PREFIX = "MINIGPT_RESULT "
+from .launch import RESULT_PREFIX
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,9 +182,3 @@ class GenerationPanel(W.VBox):
         self._show("".join(f"[{i}] {p}{r}\n" for i, (p, r) in enumerate(zip(prompts, results), 1)))
         self.last_text = "\n".join(results)
         return results
-
-
-def generation_panel(generator: TextGenerator, defaults: GenerationConfig | None = None, prompt: str | None = "",
-                     prompts_file: str | None = "") -> GenerationPanel:
-    """The notebook-05 panel, initialised from the parameters cell's values."""
-    return GenerationPanel(generator, defaults, prompt=prompt, prompts_file=prompts_file)
