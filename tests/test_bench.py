@@ -60,3 +60,60 @@ def test_format_table_shows_every_generation_row():
     rows = [l.split() for l in format_table({"generate": gen}).splitlines() if l.startswith("  tiny")]
     assert [r[2:5] + r[-1:] for r in rows] == [["fp32", "native", "greedy", "5.00x"], ["int8", "native", "greedy", "8.00x"],
                                                ["fp32", "model", "greedy", "1.50x"], ["fp32", "native", "sampled", "5.00x"]]
+
+
+def test_train_rows_name_the_peak_of_their_dtype(monkeypatch):
+    """bench_train: a bf16 row's MFU is against the bf16 peak, an fp32 row's against the fp32 peak, and each ratio
+    to HF compares rows of one dtype."""
+    from minigpt.bench import train as bench_train_module
+
+    calls = []
+
+    def fake_case(args, timeout):  # the subprocess's JSON, as train_step_case prints it
+        preset, impl, comp, steps, warmup, dtype = args[1:]
+        calls.append((impl, dtype))
+        tps = {"float32": 1000.0, "bfloat16": 3000.0}[dtype] * (1.2 if impl == "minigpt" else 1.0)
+        return _row(impl=impl, dtype=bench_train_module.DTYPES[dtype], tokens_per_s=tps, gflops=tps / 10,
+                    tokens_per_s_best=tps)
+
+    monkeypatch.setattr(bench_train_module, "_subprocess_json", fake_case)
+    rows = bench_train_module.bench_train(["tiny"], [False], 2, 1, {"fp32": 250.0, "bf16": 2000.0},
+                                          dtypes=("float32", "bfloat16"))
+    assert calls == [("minigpt", "float32"), ("hf", "float32"), ("minigpt", "bfloat16"), ("hf", "bfloat16")]
+    by = {(r["impl"], r["dtype"]): r for r in rows}
+    assert by[("minigpt", "fp32")]["peak_gflops"] == 250.0 and by[("minigpt", "fp32")]["mfu"] == 120.0 / 250.0
+    assert by[("minigpt", "bf16")]["peak_gflops"] == 2000.0 and by[("minigpt", "bf16")]["mfu"] == 360.0 / 2000.0
+    assert by[("minigpt", "bf16")]["vs_hf"] == pytest.approx(1.2) and by[("minigpt", "fp32")]["vs_hf_eager"] == pytest.approx(1.2)
+    from minigpt.bench import format_table
+
+    text = format_table({"peaks": {"fp32": {"gflops": 250.0, "dtype": "float32"}, "bf16": {"gflops": 2000.0, "dtype": "bfloat16"}},
+                         "train": rows})
+    assert "2,000.0 GFLOP/s (bfloat16" in text and "250.0 GFLOP/s (float32" in text
+    bf16_line = next(l for l in text.splitlines() if l.startswith("  tiny") and "minigpt" in l and " bf16 " in l)
+    assert "bf16 2,000" in bf16_line and "18%" in bf16_line
+
+
+def test_memory_lines_show_each_setting_and_the_loss_check():
+    from minigpt.bench import format_table
+
+    rows = [{"preset": "medium", "dtype": "float32", "batch": 8, "seq": 1024, "setting": s, "chunked_loss": c,
+             "activation_checkpointing": a, "peak_rss_mb": rss, "estimate_mb": est, **extra}
+            for s, c, a, rss, est, extra in (("before", False, False, 11000.0, 10900.0, {}),
+                                             ("after", True, True, 3100.0, 3200.0, {"max_loss_diff": 3e-6}))]
+    rows.append({"preset": "medium", "setting": "before", "requested_dtype": "bfloat16", "error": "refused: needs 12 GB"})
+    lines = [l for l in format_table({"memory": rows}).splitlines() if l.startswith("  medium")]
+    assert len(lines) == 3
+    assert lines[0].split()[:4] == ["medium", "fp32", "8", "x"] and "11000" in lines[0]
+    assert "3100" in lines[1] and "3.0e-06" in lines[1] and "refused: needs 12 GB" in lines[2]
+
+
+@pytest.mark.slow
+def test_memory_case_losses_equal_before_and_after():
+    """The bench's memory case on tiny in fp32: the memory switches leave the losses equal to 1e-5."""
+    from minigpt.bench.train import memory_case
+
+    before = memory_case("tiny", "float32", False, False, 2)
+    after = memory_case("tiny", "float32", True, True, 2)
+    assert len(before["losses"]) == 2 and before["dtype"] == "float32" and after["activation_checkpointing"] is True
+    assert max(abs(a - b) for a, b in zip(before["losses"], after["losses"])) < 1e-5
+    assert after["estimate_mb"] < before["estimate_mb"]

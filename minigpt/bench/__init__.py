@@ -1,8 +1,13 @@
 """`make bench` / `python -m minigpt.bench [--quick]`: one table, every comparison measured in the same run.
 
-- peak: the machine's achieved fp32 (bf16 on CUDA) matmul FLOP/s from large square matmuls — the MFU denominator.
+- peaks: the CPU's achieved matmul FLOP/s from large square matmuls in fp32 and in the dtype `dtype=auto` picks
+  there (bf16 on CPUs with AVX512-BF16/AMX) — each training row's MFU is against the peak of its own dtype.
 - train: tokens/s of a full training step (forward, backward, AdamW) for minigpt and for
-  `transformers.LlamaForCausalLM` with identical dims, batch, sequence length and optimizer; eager and compiled.
+  `transformers.LlamaForCausalLM` with identical dims, batch, sequence length and optimizer; eager and compiled;
+  in fp32 and in the auto dtype (autocast, both libraries alike).
+- memory: peak RSS of two Trainer steps of `tiny` and `medium` at their documented batches, before (reference
+  loss, all activations kept), with the chunked LM-head loss, and after (chunked loss + activation checkpointing),
+  with the trainer's estimate beside it and the largest loss difference between before and after.
   FLOPs per token = 6*N + 12*L*d*T (N = non-embedding parameters plus the LM head, PaLM appendix B), so
   achieved FLOP/s = tokens/s * FLOPs per token and MFU = achieved / peak. Each case runs in its own
   subprocess so its peak RSS is its own. The optimizer is the trainer's own (`trainer.build_optimizer`)
@@ -39,19 +44,29 @@ logger = logging.getLogger(__name__)
 
 
 from .table import format_table
-from .train import TRAIN_SHAPES, bench_train, profile_step, time_to_quality, train_step_case
+from .train import DTYPES, TRAIN_SHAPES, bench_memory, bench_train, memory_case, profile_step, time_to_quality, train_step_case
 from .generate import bench_generation
 from .text import bench_text_tools
 from .serve import bench_serving
 
 
-def peak_flops(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
+def train_dtypes() -> list[str]:
+    """The dtypes the training rows run in: fp32, and the one `dtype=auto` picks on this machine's CPU."""
     import torch
 
-    from ..devices import measure_peak_flops, pick_device
+    from ..devices import pick_dtype
 
-    dev = pick_device("auto")
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    auto = str(pick_dtype("auto", torch.device("cpu"))[0]).replace("torch.", "")
+    return ["float32"] + ([auto] if auto != "float32" else [])
+
+
+def peak_flops(n: int = 2048, repeats: int = 5, dtype_name: str = "float32") -> dict[str, Any]:
+    """The CPU's achieved matmul FLOP/s in `dtype_name` (the training rows run on the CPU)."""
+    import torch
+
+    from ..devices import measure_peak_flops
+
+    dev, dtype = torch.device("cpu"), getattr(torch, dtype_name)
     flops = measure_peak_flops(dev, dtype, n=n, repeats=repeats)
     return {"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "n": n, "threads": torch.get_num_threads(),
             "gflops": flops / 1e9}
@@ -64,12 +79,19 @@ def run(quick: bool, out_dir: Path, skip: set[str], corpus_mb: float | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[str, Any] = {"quick": quick, "machine": _machine()}
-    results["peak"] = peak_flops(n=1024 if quick else 2048, repeats=3 if quick else 7)
+    dtypes = train_dtypes()
+    # one matmul peak per dtype the training rows use: each row's MFU is against its own dtype's peak
+    results["peaks"] = {DTYPES[d]: peak_flops(n=1024 if quick else 2048, repeats=3 if quick else 7, dtype_name=d)
+                        for d in dtypes}
+    results["peak"] = results["peaks"]["fp32"]
     if "train" not in skip:
         presets = ["tiny"] if quick else ["tiny", "small"]
         results["train"] = bench_train(presets, [False] if quick else [False, True], steps=3 if quick else 8,
-                                       warmup=1 if quick else 3, peak_gflops=results["peak"]["gflops"],
-                                       eager_rounds=1 if quick else 2)
+                                       warmup=1 if quick else 3, peaks={k: v["gflops"] for k, v in results["peaks"].items()},
+                                       eager_rounds=1 if quick else 2, dtypes=tuple(dtypes))
+    if "memory" not in skip:  # peak RSS of 2 trainer steps at the documented batch, before/after the memory switches
+        results["memory"] = bench_memory(["tiny"] if quick else ["tiny", "medium"], dtypes[-1:] if quick else dtypes,
+                                         steps=2, settings=("before", "after") if quick else ("before", "chunked", "after"))
     if "generate" not in skip:
         results["generate"] = bench_generation(["tiny"] if quick else ["tiny", "small"], new_tokens=16 if quick else 64,
                                                repeats=1 if quick else 3)
@@ -101,23 +123,28 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--case"]:
         kind, *rest = argv[1:]
         if kind == "train":
-            preset, impl, comp, steps, warmup = rest
-            print(json.dumps(train_step_case(preset, impl, comp == "1", int(steps), int(warmup))))
+            preset, impl, comp, steps, warmup, *dtype = rest
+            print(json.dumps(train_step_case(preset, impl, comp == "1", int(steps), int(warmup), *dtype)))
+            return 0
+        if kind == "memory":
+            preset, dtype, chunked, ckpt, steps = rest
+            print(json.dumps(memory_case(preset, dtype, chunked == "1", ckpt == "1", int(steps))))
             return 0
         raise SystemExit(f"unknown case {kind}")
     ap = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a < 3 minute run that checks the bench works")
     ap.add_argument("--out", default="runs/bench", help="folder for results.json and PNGs")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,generate,serve,text,corpus,ttq")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,memory,generate,serve,text,corpus,ttq")
     ap.add_argument("--corpus-mb", type=float, default=None,
                     help="size of the generated corpus (default 1024, 50 with --quick)")
     ap.add_argument("--profile", metavar="PRESET", choices=sorted(TRAIN_SHAPES),
                     help="print a torch.profiler table of one minigpt training step of PRESET and exit")
     ap.add_argument("--profile-impl", default="minigpt", choices=["minigpt", "hf"], help="model for --profile")
+    ap.add_argument("--profile-dtype", default="float32", choices=sorted(DTYPES), help="autocast dtype for --profile")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.profile:
-        print(profile_step(args.profile, args.profile_impl))
+        print(profile_step(args.profile, args.profile_impl, dtype=args.profile_dtype))
         return 0
     results = run(args.quick, Path(args.out), set(filter(None, args.skip.split(","))), args.corpus_mb)
     print(format_table(results))

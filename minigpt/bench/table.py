@@ -13,22 +13,48 @@ def _ratios(same: float | None, eager: float | None) -> str:
 
 
 def train_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "training step          impl     compile  batch x seq   tokens/s   GFLOP/s    MFU  MFU(local)  peak RSS MB"
-             "  vs HF (same mode)  vs HF eager   best tok/s  best vs HF (same, eager)"]
+    lines = ["", "training step          impl     compile  dtype  batch x seq   tokens/s   GFLOP/s  peak used         MFU"
+             "  MFU(local)  peak RSS MB  vs HF (same mode)  vs HF eager   best tok/s  best vs HF (same, eager)"]
     for r in rows:
+        dtype = r.get("dtype", "fp32")
         if "error" in r:
-            lines.append(f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} ERROR {r['error'][-120:]!r}")
+            lines.append(f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} {dtype:<5}  ERROR {r['error'][-120:]!r}")
             continue
+        peak = f"{dtype} {r['peak_gflops']:,.0f}" if r.get("peak_gflops") else ""
         lines.append(
-            f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} {r['batch']:>3} x {r['seq']:<6} {r['tokens_per_s']:>9.0f} "
-            f"{r['gflops']:>9.1f} {r.get('mfu', 0):>6.0%} {r.get('mfu_local', 0):>10.0%} {r['peak_rss_mb']:>12.0f}  "
+            f"  {r['preset']:<20} {r['impl']:<8} {str(r['compile']):<8} {dtype:<5}  {r['batch']:>3} x {r['seq']:<6} "
+            f"{r['tokens_per_s']:>9.0f} {r['gflops']:>9.1f}  {peak:<14} {r.get('mfu', 0):>6.0%} "
+            f"{r.get('mfu_local', 0):>10.0%} {r['peak_rss_mb']:>12.0f}  "
             f"{_x(r.get('vs_hf')):>17}  {_x(r.get('vs_hf_eager')):>11}"
             f"  {r.get('tokens_per_s_best', 0):>11.0f}  {_ratios(r.get('vs_hf_best'), r.get('vs_hf_eager_best')):>12}")
-    lines.append("  (MFU: against the peak above; MFU(local): against a matmul peak measured in the case's own process"
+    lines.append("  (MFU: against the measured matmul peak of the row's own dtype, named in 'peak used' (GFLOP/s);"
+                 " MFU(local): against a matmul peak of that dtype measured in the case's own process"
                  " right after its steps, i.e. under the same machine load; tokens/s from the median step, best"
                  " tok/s from the fastest step: background load only ever adds time, so on a shared machine the"
                  " best step is the steadier estimate of the model's own speed)")
     return lines
+
+
+def memory_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Peak RSS of two trainer steps per preset, dtype and memory setting, with the estimate and the loss check."""
+    lines = ["", "training memory        dtype  batch x seq   setting   chunked loss  act. checkpointing  peak RSS MB"
+                 "  estimate MB  max |loss diff| vs before"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"  {r['preset']:<20} {r.get('requested_dtype', ''):<6} {r.get('setting', ''):<9} "
+                         f"{r['error'][-160:]}")
+            continue
+        diff = f"{r['max_loss_diff']:.1e}" if "max_loss_diff" in r else ""
+        lines.append(f"  {r['preset']:<20} {DTYPE_SHORT.get(r['dtype'], r['dtype']):<6} {r['batch']:>3} x {r['seq']:<7} "
+                     f"{r['setting']:<9} {str(r['chunked_loss']):<13} {str(r['activation_checkpointing']):<19} "
+                     f"{r['peak_rss_mb']:>11.0f} {r['estimate_mb']:>12.0f}  {diff}")
+    lines.append("  (before: the reference loss with every activation kept; chunked: chunked_loss; after: chunked_loss"
+                 " + activation_checkpointing. Peak RSS is VmHWM of a process running 2 steps; the estimate is the"
+                 " trainer's, minigpt/train/memory.py)")
+    return lines
+
+
+DTYPE_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def _generation_rows(g: dict[str, Any], b: int) -> list[tuple]:
@@ -79,11 +105,13 @@ def serving_lines(s: dict[str, Any]) -> list[str]:
 
 def format_table(results: dict[str, Any]) -> str:
     lines = []
-    p = results.get("peak")
-    if p:
-        lines.append(f"peak matmul: {p.get('gflops', 0):.1f} GFLOP/s ({p.get('dtype')}, {p.get('threads')} threads, {p.get('device')})")
+    peaks = results.get("peaks") or ({"": results["peak"]} if results.get("peak") else {})
+    for p in peaks.values():
+        lines.append(f"peak matmul: {p.get('gflops', 0):,.1f} GFLOP/s ({p.get('dtype')}, {p.get('threads')} threads, {p.get('device')})")
     if results.get("train"):
         lines += train_lines(results["train"])
+    if results.get("memory"):
+        lines += memory_lines(results["memory"])
     if results.get("generate"):
         lines += generation_lines(results["generate"])
     if results.get("serve"):

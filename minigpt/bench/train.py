@@ -32,8 +32,14 @@ def _hf_llama(cfg):
     return LlamaForCausalLM(hf_cfg)
 
 
-def _train_setup(preset: str, impl: str, compile_: bool):
-    """(model, step function, config, batch, seq) for one training-step case."""
+DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _train_setup(preset: str, impl: str, compile_: bool, dtype: str = "float32"):
+    """(model, step function, config, batch, seq) for one training-step case; `dtype` other than float32 runs the
+    forward under autocast in it (both impls alike), as the trainer does."""
+    import contextlib
+
     import torch
 
     from ..config import ModelConfig, TrainConfig
@@ -55,11 +61,17 @@ def _train_setup(preset: str, impl: str, compile_: bool):
     x = torch.randint(0, cfg.vocab_size, (batch, seq))
     y = torch.randint(0, cfg.vocab_size, (batch, seq))
 
+    def autocast():
+        if dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=getattr(torch, dtype))
+
     def step():
-        if impl == "minigpt":
-            _, loss = fwd(x, y)
-        else:
-            loss = fwd(input_ids=x, labels=y).loss  # HF shifts labels itself; the work is the same
+        with autocast():
+            if impl == "minigpt":
+                _, loss = fwd(x, y)
+            else:
+                loss = fwd(input_ids=x, labels=y).loss  # HF shifts labels itself; the work is the same
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -68,14 +80,15 @@ def _train_setup(preset: str, impl: str, compile_: bool):
     return model, step, cfg, batch, seq
 
 
-def train_step_case(preset: str, impl: str, compile_: bool, steps: int, warmup: int) -> dict[str, Any]:
+def train_step_case(preset: str, impl: str, compile_: bool, steps: int, warmup: int,
+                    dtype: str = "float32") -> dict[str, Any]:
     """Time `steps` full training steps in this process (called in a subprocess by `bench_train`)."""
     import torch
 
     from ..devices import measure_peak_flops, peak_rss_mb
     from ..train.trainer import flops_per_token
 
-    model, step, cfg, batch, seq = _train_setup(preset, impl, compile_)
+    model, step, cfg, batch, seq = _train_setup(preset, impl, compile_, dtype)
     t_compile = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -90,20 +103,89 @@ def train_step_case(preset: str, impl: str, compile_: bool, steps: int, warmup: 
     tps = batch * seq / median
     fpt = flops_per_token(cfg, seq)
     rss = peak_rss_mb()  # VmHWM: ru_maxrss would include the parent bench process (kept across fork+exec)
-    # The matmul peak under this moment's load (the machine may be shared): MFU's denominator, measured alike.
-    local_peak = measure_peak_flops(torch.device("cpu"), torch.float32, n=2048, repeats=3) / 1e9
-    return {"preset": preset, "impl": impl, "compile": compile_, "batch": batch, "seq": seq,
+    # The matmul peak of this case's dtype under this moment's load (the machine may be shared), measured alike.
+    local_peak = measure_peak_flops(torch.device("cpu"), getattr(torch, dtype), n=2048, repeats=3) / 1e9
+    return {"preset": preset, "impl": impl, "compile": compile_, "dtype": DTYPES[dtype], "batch": batch, "seq": seq,
             "step_s": median, "step_s_min": times[0], "step_s_max": times[-1], "tokens_per_s": tps,
             "tokens_per_s_best": batch * seq / times[0],
             "gflops": tps * fpt / 1e9, "warmup_s": warm_s, "local_peak_gflops": local_peak,
             "mfu_local": tps * fpt / 1e9 / local_peak, "params": cfg.num_params(), "peak_rss_mb": rss}
 
 
-def profile_step(preset: str, impl: str = "minigpt", rows: int = 20) -> str:
+MEMORY_CASES = {  # preset -> (batch, seq): the presets' documented pretraining batches (params/<preset>.yaml)
+    "tiny": (8, 256),
+    "medium": (8, 1024),
+}
+
+
+def memory_case(preset: str, dtype: str, chunked: bool, checkpointing: bool, steps: int) -> dict[str, Any]:
+    """Peak RSS of `steps` Trainer steps of `preset` at its documented batch (random tokens, AdamW), with the
+    memory switches as given; the losses too, so runs with and without the switches can be compared.
+
+    Run in its own process (`python -m minigpt.bench --case memory ...`): VmHWM is then this run's peak alone.
+    """
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from ..config import ModelConfig, TrainConfig
+    from ..data.datasets import WindowSampler
+    from ..devices import peak_rss_mb
+    from ..model.gpt import GPT
+    from ..train.trainer import Trainer
+
+    batch, seq = MEMORY_CASES[preset]
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.from_preset(preset))
+    cfg = TrainConfig.from_flat(learning_rate=1e-4, min_lr=1e-5, max_steps=steps, warmup_steps=1, batch_size=batch,
+                                seq_len=seq, log_interval=1, eval_interval=10 ** 6, save_interval=10 ** 6,
+                                plot_loss=False, progress_bar=False, dtype=dtype, device="cpu", optimizer_type="adamw",
+                                chunked_loss=chunked, activation_checkpointing=checkpointing)
+    data = np.random.default_rng(0).integers(0, model.config.vocab_size, 200_000).astype(np.uint16)
+    from ..train.memory import InsufficientMemory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            trainer = Trainer(model, cfg, WindowSampler(data, batch, seq, seed=0), None, Path(tmp) / "run")
+        except InsufficientMemory as e:  # the trainer's own check: not run where it would not fit
+            return {"preset": preset, "error": f"refused: {e}"}
+        estimate = trainer.memory_estimate or {}
+        trainer.fit()
+        losses = [json.loads(line)["loss"] for line in open(trainer.metrics_path) if '"loss"' in line]
+    return {"preset": preset, "batch": batch, "seq": seq, "dtype": str(trainer.dtype).replace("torch.", ""),
+            "chunked_loss": chunked, "activation_checkpointing": checkpointing, "steps": steps, "losses": losses,
+            "peak_rss_mb": peak_rss_mb(), "estimate_mb": estimate.get("total", 0) / 2 ** 20}
+
+
+MEMORY_SETTINGS = {"before": (False, False), "chunked": (True, False), "after": (True, True)}  # (chunked, checkpointing)
+
+
+def bench_memory(presets: list[str], dtypes: list[str], steps: int, timeout: float = 1800,
+                 settings: tuple[str, ...] = ("before", "chunked", "after")) -> list[dict[str, Any]]:
+    """Peak RSS before (reference loss, every activation kept), with the chunked loss, and after (chunked loss +
+    activation checkpointing), per preset and dtype; the largest loss difference between before and after is kept
+    as a check (equal to 1e-5 in fp32). A setting the trainer's memory check refuses here is reported, not run."""
+    rows = []
+    for preset in presets:
+        for dtype in dtypes:
+            pair = {}
+            for name in settings:
+                chunked, ckpt = MEMORY_SETTINGS[name]
+                res = _subprocess_json(["memory", preset, dtype, str(int(chunked)), str(int(ckpt)), str(steps)], timeout)
+                res.update(setting=name, preset=preset, requested_dtype=dtype)
+                pair[name] = res
+                rows.append(res)
+            if "losses" in pair.get("before", {}) and "losses" in pair.get("after", {}):
+                pair["after"]["max_loss_diff"] = max(abs(a - b) for a, b in zip(pair["before"]["losses"], pair["after"]["losses"]))
+    return rows
+
+
+def profile_step(preset: str, impl: str = "minigpt", rows: int = 20, dtype: str = "float32") -> str:
     """A torch.profiler table (CPU activities, sorted by self time) of one training step after two warm-ups."""
     from torch.profiler import ProfilerActivity, profile
 
-    _, step, _, _, _ = _train_setup(preset, impl, False)
+    _, step, _, _, _ = _train_setup(preset, impl, False, dtype)
     step()
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -141,38 +223,42 @@ def _merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def bench_train(presets: list[str], compile_modes: list[bool], steps: int, warmup: int, peak_gflops: float,
-                timeout: float = 900, eager_rounds: int = 1) -> list[dict[str, Any]]:
+def bench_train(presets: list[str], compile_modes: list[bool], steps: int, warmup: int, peaks: dict[str, float],
+                timeout: float = 900, eager_rounds: int = 1, dtypes: tuple[str, ...] = ("float32",)) -> list[dict[str, Any]]:
+    """Each preset x compile mode x dtype: minigpt and HF in that same dtype. `peaks`: GFLOP/s by dtype name
+    (fp32, bf16, fp16); each row's MFU is against its own dtype's peak, which the row keeps (`peak_gflops`)."""
     rows = []
-    for preset in presets:
-        for comp in compile_modes:
-            # minigpt, HF, HF, minigpt, ...: a load that drifts over the pair weighs on both alike.
-            order = ["minigpt", "hf"]
-            for i in range(1, 1 if comp else eager_rounds):
-                order += ["hf", "minigpt"] if i % 2 else ["minigpt", "hf"]
-            runs: dict[str, list[dict[str, Any]]] = {"minigpt": [], "hf": []}
-            for impl in order:
-                runs[impl].append(_subprocess_json(["train", preset, impl, str(int(comp)), str(steps), str(warmup)], timeout))
-            pair = {}
-            for impl in ("minigpt", "hf"):
-                res = _merge_rounds(runs[impl])
-                res.setdefault("preset", preset)
-                res.setdefault("impl", impl)
-                res.setdefault("compile", comp)
-                if "gflops" in res:
-                    res["mfu"] = res["gflops"] / peak_gflops
-                pair[impl] = res
-                rows.append(res)
-            if "tokens_per_s" in pair["minigpt"] and "tokens_per_s" in pair["hf"]:
-                pair["minigpt"]["vs_hf"] = pair["minigpt"]["tokens_per_s"] / pair["hf"]["tokens_per_s"]
-                if "tokens_per_s_best" in pair["minigpt"] and "tokens_per_s_best" in pair["hf"]:
-                    pair["minigpt"]["vs_hf_best"] = pair["minigpt"]["tokens_per_s_best"] / pair["hf"]["tokens_per_s_best"]
-    # the compile goal compares minigpt compiled against HF *eager*
-    for preset in presets:
+    for preset, comp, dtype in [(p, c, d) for p in presets for d in dtypes for c in compile_modes]:
+        # minigpt, HF, HF, minigpt, ...: a load that drifts over the pair weighs on both alike.
+        order = ["minigpt", "hf"]
+        for i in range(1, 1 if comp else eager_rounds):
+            order += ["hf", "minigpt"] if i % 2 else ["minigpt", "hf"]
+        runs: dict[str, list[dict[str, Any]]] = {"minigpt": [], "hf": []}
+        for impl in order:
+            runs[impl].append(_subprocess_json(["train", preset, impl, str(int(comp)), str(steps), str(warmup), dtype],
+                                               timeout))
+        pair = {}
+        for impl in ("minigpt", "hf"):
+            res = _merge_rounds(runs[impl])
+            res.setdefault("preset", preset)
+            res.setdefault("impl", impl)
+            res.setdefault("compile", comp)
+            res.setdefault("dtype", DTYPES[dtype])
+            res["peak_gflops"] = peaks.get(DTYPES[dtype])
+            if "gflops" in res and res["peak_gflops"]:
+                res["mfu"] = res["gflops"] / res["peak_gflops"]
+            pair[impl] = res
+            rows.append(res)
+        if "tokens_per_s" in pair["minigpt"] and "tokens_per_s" in pair["hf"]:
+            pair["minigpt"]["vs_hf"] = pair["minigpt"]["tokens_per_s"] / pair["hf"]["tokens_per_s"]
+            if "tokens_per_s_best" in pair["minigpt"] and "tokens_per_s_best" in pair["hf"]:
+                pair["minigpt"]["vs_hf_best"] = pair["minigpt"]["tokens_per_s_best"] / pair["hf"]["tokens_per_s_best"]
+    # the compile goal compares minigpt compiled against HF *eager* (in the same dtype)
+    for preset, dtype in [(p, DTYPES[d]) for p in presets for d in dtypes]:
         hf_eager = next((r for r in rows if r["preset"] == preset and r["impl"] == "hf" and not r["compile"]
-                         and "tokens_per_s" in r), None)
+                         and r["dtype"] == dtype and "tokens_per_s" in r), None)
         for r in rows:
-            if r["preset"] == preset and r["impl"] == "minigpt" and "tokens_per_s" in r and hf_eager:
+            if r["preset"] == preset and r["dtype"] == dtype and r["impl"] == "minigpt" and "tokens_per_s" in r and hf_eager:
                 r["vs_hf_eager"] = r["tokens_per_s"] / hf_eager["tokens_per_s"]
                 if "tokens_per_s_best" in r and "tokens_per_s_best" in hf_eager:
                     r["vs_hf_eager_best"] = r["tokens_per_s_best"] / hf_eager["tokens_per_s_best"]

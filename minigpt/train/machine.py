@@ -1,4 +1,5 @@
-"""The machine side of training: device, dtype and threads, seeds, TF32, autocast and torch.compile."""
+"""The machine side of training: device, dtype and threads, seeds, TF32, the matmul peak of the run's dtype (MFU),
+autocast and torch.compile."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..devices import pick_device, pick_dtype, set_threads
+from ..devices import measure_peak_flops, pick_device, pick_dtype, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,19 @@ def setup_machine(cfg: TrainConfig) -> tuple[torch.device, torch.dtype, str]:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     return device, dtype, reason
+
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """(FLOP/s, dtype name): the measured matmul peak of the dtype a run's matmuls use, MFU's denominator.
+
+    fp32 runs use the fp32 peak (TF32 on CUDA where setup_machine enabled it), bf16/fp16 autocast runs the
+    16-bit peak: an fp32 peak under a bf16 run overstates MFU several times over on CPUs with AMX.
+    Measured once per process and dtype (devices.measure_peak_flops caches it).
+    """
+    return measure_peak_flops(device, dtype), DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

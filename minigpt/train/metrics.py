@@ -30,7 +30,8 @@ def layer_grad_norms(model: torch.nn.Module) -> dict[str, float]:
 
 
 def format_metrics(rec: dict) -> str:
-    """'step N | loss L | val V | bpc B | lr R | T tok/s' from a metrics record (absent fields left out)."""
+    """'step N | loss L | val V | bpc B | lr R | T tok/s | MFU M of the measured bf16 peak P GFLOP/s' from a metrics
+    record (absent fields left out)."""
     parts = [f"step {rec.get('step', 0):>6}"]
     if rec.get("loss") is not None:
         parts.append(f"loss {rec['loss']:.4f}")
@@ -41,7 +42,12 @@ def format_metrics(rec: dict) -> str:
     if rec.get("lr") is not None:
         parts.append(f"lr {rec['lr']:.2e}")
     if rec.get("tokens_per_s"):
-        parts.append(f"{rec['tokens_per_s']:.0f} tok/s")
+        trained = rec.get("trained_tokens_per_s")
+        # SFT trains on fewer positions (assistant tokens) than it computes: both are shown
+        shown = f" ({trained:.0f} trained)" if trained is not None and abs(trained - rec["tokens_per_s"]) > 0.5 else ""
+        parts.append(f"{rec['tokens_per_s']:.0f} tok/s{shown}")
+    if rec.get("mfu") is not None and rec.get("mfu_peak"):
+        parts.append(f"MFU {rec['mfu']:.1%} of the measured {rec['mfu_peak']} peak {rec['peak_gflops']:,.0f} GFLOP/s")
     return " | ".join(parts)
 
 

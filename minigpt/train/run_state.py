@@ -113,14 +113,14 @@ def checkpoint_to_resume(trainer: Trainer) -> Path | None:
 def prepare_run(trainer: Trainer) -> None:
     """Before the first step: take the folder's lock (rank 0), clean leftovers of interrupted writes, measure
     peak FLOPs (before any RNG state is restored), resume if asked, else archive an earlier run; run_config.json."""
-    from ..devices import measure_peak_flops
+    from .machine import matmul_peak
 
     cfg = trainer.cfg
     if trainer.is_main:
         trainer.run_lock = RunLock(trainer.output_dir).acquire()
         clean_stale_temporaries(trainer.output_dir)
     if trainer.peak_flops is None:
-        trainer.peak_flops = measure_peak_flops(trainer.device, torch.bfloat16 if trainer.device.type == "cuda" else torch.float32)
+        trainer.peak_flops, trainer.peak_dtype = matmul_peak(trainer.device, trainer.dtype)  # the run's dtype's peak
     if cfg.checkpoints.resume_from or cfg.checkpoints.auto_resume:
         folder = checkpoint_to_resume(trainer)
         if folder is not None:

@@ -114,7 +114,9 @@ class Trainer:
         self.stop_reason: str | None = None
         self._stop = threading.Event()
         self._compiled = None
-        self.peak_flops: float | None = None
+        self.peak_flops: float | None = None  # the measured matmul peak of the run's dtype (MFU's denominator)
+        self.peak_dtype: str | None = None  # its dtype's name: fp32, bf16 or fp16
+        self._computed_tokens = 0  # positions the current step's forward computed (all of each row)
         self._last_saved_step = -1
         self.run_lock = None  # the output folder's lock while fit() runs (rank 0)
         self.timer: RunTimer | None = None
@@ -203,6 +205,9 @@ class Trainer:
         budget = f", {self.cfg.schedule.max_minutes:g} minutes of training time" if self.train_clock.has_budget else ""
         logger.info("training on %s, dtype %s (%s), accumulation %d, %s steps%s", self.device,
                     str(self.dtype).replace("torch.", ""), self.dtype_reason, self.accumulation_steps, self.max_steps or "no limit on", budget)
+        if self.peak_flops:
+            logger.info("MFU is measured against the measured %s matmul peak of this machine, %s GFLOP/s",
+                        self.peak_dtype, f"{self.peak_flops / 1e9:,.0f}")
         self._emit("on_train_begin")
         # Signal handlers stay installed until the final checkpoint is written: a second Ctrl+C while
         # saving only repeats the stop request, it cannot cut the save short.
@@ -245,7 +250,7 @@ class Trainer:
                          "with a lower learning_rate", self.step, self.output_dir / f"checkpoint_step_{self.step}")
 
     def _loop(self, fpt: float, t_start: float) -> None:
-        window = {"t": time.perf_counter(), "tokens": 0}
+        window = {"t": time.perf_counter(), "tokens": 0, "computed": 0}
         bar = self._progress_bar()
         try:
             while not self._steps_done() and not self._should_stop():
@@ -254,6 +259,7 @@ class Trainer:
                         self.guard.wait_if_needed(self._stop)
                 rec = self._train_step()
                 window["tokens"] += rec["tokens"]
+                window["computed"] += rec.get("computed_tokens", rec["tokens"])
                 if bar is not None:
                     bar.update(self.step - bar.n)
                     if not rec["skipped"]:
@@ -302,12 +308,19 @@ class Trainer:
         """Throughput at log steps, evaluation, the metrics line, checkpoint and sample at their intervals."""
         cfg, now, last = self.cfg, time.perf_counter(), self.step == self.max_steps or self._budget_done
         if self.step % cfg.logging.log_interval == 0 or last:
-            rec["tokens_per_s"] = window["tokens"] / max(now - window["t"], 1e-9) * self.world_size
+            # tokens_per_s: positions computed (all of each row); trained_tokens_per_s: those with a target (SFT's
+            # assistant tokens). MFU counts the computed ones, against the peak of the dtype this run uses.
+            seconds = max(now - window["t"], 1e-9)
+            rec["tokens_per_s"] = window["computed"] / seconds * self.world_size
+            rec["trained_tokens_per_s"] = window["tokens"] / seconds * self.world_size
             rec["mfu"] = rec["tokens_per_s"] * fpt / (self.peak_flops * self.world_size) if self.peak_flops else None
+            if self.peak_flops:
+                rec["mfu_peak"] = self.peak_dtype
+                rec["peak_gflops"] = self.peak_flops / 1e9
             rec["memory_mb"] = memory_mb(self.device)
             if self.guard is not None and self.guard.last_reading:
                 rec.update({f"{k}_percent": round(v, 1) for k, v in self.guard.last_reading.items()})
-            window["t"], window["tokens"] = now, 0
+            window["t"], window["tokens"], window["computed"] = now, 0, 0
         rec["elapsed_s"] = now - t_start
         rec["train_s"] = self.train_clock.elapsed_s()  # training time: the budget's clock, resumed with the run
         with self.train_clock.paused():
@@ -346,6 +359,7 @@ class Trainer:
     # ----- one optimizer step ----------------------------------------------------------------
     def _train_step(self) -> dict[str, Any]:
         lr = self._set_lr()
+        self._computed_tokens = 0
         total_loss, tokens, x = self._accumulate_gradients()
         self.scaler.unscale_(self.optimizer)
         # per-block norms are read before clipping, so they add up (in squares) to the logged grad_norm
@@ -366,7 +380,8 @@ class Trainer:
         self.step += 1
         self.tokens_seen += tokens * self.world_size
         rec = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-               "tokens": tokens, "tokens_seen": self.tokens_seen, "skipped": False}
+               "tokens": tokens, "computed_tokens": self._computed_tokens or tokens,
+               "tokens_seen": self.tokens_seen, "skipped": False}
         if self.cfg.schedule.context_growth:
             rec["seq_len"] = int(x.shape[1])
         if layer_norms is not None:
@@ -401,6 +416,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total_loss += loss.detach()
             tokens += self._count_tokens(y)
+            self._computed_tokens += x.numel()
         if self._distributed():
             # the logged loss is the global batch's (equal-sized shards: the mean of the ranks' means)
             torch.distributed.all_reduce(total_loss)
@@ -449,7 +465,7 @@ class Trainer:
 
     # ----- logging, callbacks, samples -------------------------------------------------------
     def _log(self, rec: dict, event: bool = False) -> None:
-        rec = {k: v for k, v in rec.items() if k not in ("skipped", "tokens") or event}
+        rec = {k: v for k, v in rec.items() if k not in ("skipped", "tokens", "computed_tokens") or event}
         if self.is_main:
             with open(self.metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
