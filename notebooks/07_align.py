@@ -133,7 +133,11 @@ print(result)
 from minigpt.align.show import before_after
 
 after = trainer.evaluate()
-print(f"held-out reward accuracy: {before['reward_accuracy']:.3f} before -> {after['reward_accuracy']:.3f} after")
+from minigpt.eval.scoring import change_note
+
+n = info["eval_pairs"]  # ties count one half, so k is rounded
+print(change_note(round(before["reward_accuracy"] * n), round(after["reward_accuracy"] * n), n,
+                  "held-out reward accuracy"))
 before_after(before, after)
 
 # %% [markdown]

@@ -136,7 +136,10 @@ from minigpt.train.rl import accuracy_table, write_summary
 
 after = trainer.evaluate()
 write_summary(trainer.output_dir, before, after, result, info)
-print(f"held-out accuracy: {before['val_accuracy']:.3f} before -> {after['val_accuracy']:.3f} after RL")
+from minigpt.eval.scoring import change_note
+
+print(f"held-out accuracy, mean over families: {before['val_accuracy']:.3f} before -> {after['val_accuracy']:.3f} after")
+print(change_note(before["val_correct"], after["val_correct"], after["val_problems"], "held-out accuracy, pooled"))
 display(accuracy_table(before, after))
 Image(filename=str(save_align_figure(trainer.output_dir, RL_PANELS, "rl_metrics.png", "GRPO")))
 

@@ -213,11 +213,14 @@ class RolloutBatches:
 
 def held_out_accuracy(model: torch.nn.Module, tokenizer: Any, items: Sequence[skill_data.SkillItem],
                       max_new_tokens: int) -> dict[str, float]:
-    """Greedy pass@1 on `items`, overall (val_accuracy) and per family (val_accuracy/<family>)."""
+    """Greedy pass@1 on `items`: the mean over families (val_accuracy), the pooled count (val_correct of
+    val_problems) and per family (val_accuracy/<family>)."""
     from ..eval.skills import evaluate_skills
 
     res = evaluate_skills(model, tokenizer, list(items), greedy=True, max_new_tokens=max_new_tokens)
-    out = {"val_accuracy": float(res["mean"]["pass@1"])}
+    # the mean over families (each family counts once), and the pooled count behind its interval
+    out = {"val_accuracy": float(res["mean"]["pass@1"]), "val_correct": int(res["mean"]["correct"]),
+           "val_problems": int(res["mean"]["n"])}
     for fam, r in res["families"].items():
         out[f"val_accuracy/{fam}"] = float(r["pass@1"])
     return out
