@@ -368,3 +368,33 @@ def test_imported_qwen3_through_notebook_04_lora_and_back_to_transformers(tmp_pa
     got = TextGenerator(model, tok, valid_utf8=False).generate_ids(
         prompt, GenerationConfig(do_sample=False, max_new_tokens=10, ignore_eos=True))
     assert got == ref.tolist()
+
+
+def test_init_from_continues_pretraining_with_the_imported_tokenizer(imported, tmp_path):
+    """03's builder with init_from: the HF folder is imported, the run's text is encoded with its tokenizer
+    (documents separated by its <|endoftext|> id, not minigpt's 0), and training starts from its weights."""
+    from minigpt.params import load_params
+    from minigpt.train.pretrain import build_pretrain_trainer
+
+    kind, root, hf, _out = imported
+    if kind != "qwen2":
+        pytest.skip("the builder's path is the same for every architecture; qwen2 (biases) runs it")
+    data = tmp_path / "run" / "data"
+    data.mkdir(parents=True)
+    for split, n in (("train", 40), ("val", 8)):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in TEXTS[:n]),
+                                             encoding="utf-8")
+    P = load_params("pretrain", config="ci", run_dir=str(tmp_path / "run"), init_from=str(root / "hf"), max_steps=2,
+                    batch_size=2, seq_len=16, eval_interval=2, save_interval=2, show_widgets=False)
+    trainer = build_pretrain_trainer(P)
+    tok = trainer.tokenizer
+    assert trainer.model_cfg.n_heads == 4 and tok.normalize_version == 0
+    meta = json.loads((tmp_path / "run" / f"tokens_{tok.sha256[:12]}" / "meta.json").read_text())
+    assert meta["eos_id"] == tok.eos_id != 0
+    ids = torch.tensor([[5, 17, 3, 99]])
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model.eval()(ids)[0], hf(ids).logits, atol=1e-4, rtol=0)  # the imported weights
+    trainer.model.train()
+    trainer.fit()
+    model, tok2, _ = load_checkpoint(tmp_path / "run" / "pretrain" / "final_model")
+    assert tok2.sha256 == tok.sha256 and tok2.imported is not None
