@@ -132,7 +132,8 @@ print(result)
 from IPython.display import Image
 
 from minigpt.align.show import RL_PANELS, save_align_figure
-from minigpt.train.rl import accuracy_table, write_summary
+from minigpt.eval.skills import accuracy_table
+from minigpt.train.rl import write_summary
 
 after = trainer.evaluate()
 write_summary(trainer.output_dir, before, after, result, info)
@@ -140,7 +141,7 @@ from minigpt.eval.scoring import change_note
 
 print(f"held-out accuracy, mean over families: {before['val_accuracy']:.3f} before -> {after['val_accuracy']:.3f} after")
 print(change_note(before["val_correct"], after["val_correct"], after["val_problems"], "held-out accuracy, pooled"))
-display(accuracy_table(before, after))
+display(accuracy_table(before, after, ("before RL", "after RL")))
 Image(filename=str(save_align_figure(trainer.output_dir, RL_PANELS, "rl_metrics.png", "GRPO")))
 
 # %% [markdown]

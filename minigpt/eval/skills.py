@@ -224,3 +224,23 @@ def evaluate_run_skills(run_dir: str | Path, models: dict[str, tuple[Any, Any, s
                  f"[{r['mean']['ci95'][0]:.3f}, {r['mean']['ci95'][1]:.3f}]{extra} on {len(items)} problems")
     atomic_write_json(run_dir / SKILLS, data)
     return {k: v["result"] for k, v in data["stages"].items()}
+
+
+def held_out_accuracy(model: Any, tokenizer: Any, items: Sequence[Any], max_new_tokens: int = 16) -> dict[str, float]:
+    """Greedy pass@1 on `items` as flat metrics (what 04 and 08 log): the mean over families (val_accuracy), the
+    pooled count behind its interval (val_correct of val_problems) and per family (val_accuracy/<family>)."""
+    res = evaluate_skills(model, tokenizer, list(items), greedy=True, max_new_tokens=max_new_tokens)
+    out = {"val_accuracy": float(res["mean"]["pass@1"]), "val_correct": int(res["mean"]["correct"]),
+           "val_problems": int(res["mean"]["n"])}
+    for fam, r in res["families"].items():
+        out[f"val_accuracy/{fam}"] = float(r["pass@1"])
+    return out
+
+
+def accuracy_table(before: dict[str, float], after: dict[str, float], labels: tuple[str, str] = ("before", "after")):
+    """held_out_accuracy's metrics before and after a stage, per family and for all families, as a DataFrame."""
+    import pandas as pd
+
+    keys = ["val_accuracy"] + sorted(k for k in after if k.startswith("val_accuracy/"))
+    rows = {k.split("/", 1)[1] if "/" in k else "mean of families": [before.get(k), after.get(k)] for k in keys}
+    return pd.DataFrame(rows, index=list(labels)).T.round(3)

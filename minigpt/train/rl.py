@@ -38,6 +38,7 @@ from ..align.grpo import LOSS_AGGREGATIONS, equal_reward_fraction, group_advanta
 from ..atomic import atomic_write_json
 from ..data import skills as skill_data
 from ..data.datasets import IGNORE_INDEX
+from ..eval.skills import held_out_accuracy
 from ..infer.config import GenerationConfig
 from ..infer.generate import TextGenerator
 from ..model.lora import LORA_TARGETS, count_trainable, inject_lora
@@ -211,21 +212,6 @@ class RolloutBatches:
         return out
 
 
-def held_out_accuracy(model: torch.nn.Module, tokenizer: Any, items: Sequence[skill_data.SkillItem],
-                      max_new_tokens: int) -> dict[str, float]:
-    """Greedy pass@1 on `items`: the mean over families (val_accuracy), the pooled count (val_correct of
-    val_problems) and per family (val_accuracy/<family>)."""
-    from ..eval.skills import evaluate_skills
-
-    res = evaluate_skills(model, tokenizer, list(items), greedy=True, max_new_tokens=max_new_tokens)
-    # the mean over families (each family counts once), and the pooled count behind its interval
-    out = {"val_accuracy": float(res["mean"]["pass@1"]), "val_correct": int(res["mean"]["correct"]),
-           "val_problems": int(res["mean"]["n"])}
-    for fam, r in res["families"].items():
-        out[f"val_accuracy/{fam}"] = float(r["pass@1"])
-    return out
-
-
 class GRPOTrainer(SFTTrainer):
     """The Trainer with GRPO's loss on RolloutBatches; evaluation is held-out skill accuracy (greedy)."""
 
@@ -259,15 +245,6 @@ class GRPOTrainer(SFTTrainer):
         out = held_out_accuracy(ckpt.unwrap(self.model), self.tokenizer, self.eval_items, self.rl.max_new_tokens)
         self.model.train()
         return out
-
-
-def accuracy_table(before: dict[str, float], after: dict[str, float]):
-    """Held-out accuracy per family (and overall) before and after, as a DataFrame."""
-    import pandas as pd
-
-    keys = ["val_accuracy"] + sorted(k for k in after if k.startswith("val_accuracy/"))
-    rows = {k.split("/", 1)[-1] if "/" in k else "all families": [before.get(k), after.get(k)] for k in keys}
-    return pd.DataFrame(rows, index=["before RL", "after RL"]).T.round(3)
 
 
 def compare_answers(start_model: torch.nn.Module, model: torch.nn.Module, tokenizer: Any,

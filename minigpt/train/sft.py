@@ -142,6 +142,21 @@ def mix_skills(dialogues: list[list[dict]], data_dir: Path, fraction: float) -> 
                    "skills_share": len(skills) / max(1, len(mixed))}
 
 
+def skill_accuracy(trainer: Trainer, data_dir: Path, per_family: int = 32) -> dict[str, float] | None:
+    """Greedy held-out accuracy on the run's validation skill problems (what 04 shows before and after SFT); None
+    when the run has no data/skills/ (your own data without 01's skills)."""
+    from ..data.skills import load_run_skills
+    from ..eval.skills import held_out_accuracy
+
+    try:
+        items = load_run_skills(data_dir, "val", per_family=per_family)
+    except FileNotFoundError:
+        return None
+    out = held_out_accuracy(ckpt.unwrap(trainer.model), trainer.tokenizer, items)
+    trainer.model.train()
+    return out
+
+
 def build_examples(tokenizer, conversations: list[list[dict]], max_len: int) -> tuple[list, dict[str, int]]:
     """ChatML examples with assistant-only labels, and counts of what happened to every conversation."""
     examples = []
