@@ -17,7 +17,8 @@
 # # 03 · Pretrain
 #
 # The model reads random windows of the token file and learns to predict the next token.
-# One `Trainer` does the work here and in notebook 04: warmup + cosine learning rate, gradient
+# One `Trainer` does the work here and in notebook 04: the learning-rate schedule of the config (tiny: Muon with
+# warmup-stable-decay; `lr_scheduler` and `optimizer_type` choose others), gradient
 # accumulation, clipping, periodic evaluation (loss and bits per character), checkpoints you can
 # resume from, and loss-curve PNGs. The same code runs headless under papermill, from the panel
 # at the bottom, and under `torchrun`. With `init_from` it continues pretraining a downloaded Hugging Face

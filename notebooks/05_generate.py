@@ -19,7 +19,8 @@
 # Load a checkpoint and sample from it: temperature, top-k and top-p shape the next-token
 # distribution, and a KV cache means each new token costs one small forward pass instead of
 # re-reading the whole prompt. Then measure the model (perplexity and bits per character on the
-# validation split) and export it as a `transformers` Llama folder that loads anywhere.
+# validation split) and export it as a `transformers` folder that loads anywhere (Llama, or Qwen3 for a model with
+# QK-norm such as tiny).
 
 # %% tags=["parameters"]
 # Parameters: plain literals only. None means "take it from params/<config>.yaml" (its `generate:` block).
@@ -116,7 +117,7 @@ print(sorted(p.name for p in hf_dir.iterdir()))
 # ## Speed
 # At batch 1 a decode step reads every weight once to make one token, so its speed is set by how
 # fast the weights can be read, plus a fixed cost per operation. minigpt's native step
-# (`minigpt/kernels/decode_step.c`, compiled on first use) runs a whole step in one call; with
+# (`minigpt/infer/kernels/decode_step.c`, compiled on first use) runs a whole step in one call; with
 # `quantize="int8"` it reads int8 weights, a quarter of the bytes. The table times decoding of the same
 # prompt each way (greedy, and sampled with temperature 0.8, top-k 50, top-p 0.9), and `transformers`
 # `generate` on the folder just exported, in this process.
@@ -185,7 +186,8 @@ else:
 
 # %% [markdown]
 # **llama.cpp and Ollama.** `python -m minigpt.export CKPT OUT --format gguf --outtype f32|f16|q8_0` writes a GGUF
-# file (llama.cpp's llama architecture; the tokenizer as byte-level BPE with the `gpt-2` pre-tokenizer, which
+# file (llama.cpp's `llama` architecture, or `qwen3` for a model with QK-norm such as tiny; the tokenizer as
+# byte-level BPE with the `gpt-2` pre-tokenizer, which
 # splits text exactly as minigpt's tokenizer does) and an Ollama `Modelfile` with the ChatML template and the
 # `<|im_end|>` stop. Here with 8-bit weights:
 

@@ -122,11 +122,16 @@ def test_qk_reorder_gives_the_same_attention_scores():
     assert not torch.allclose(llama_cpp_scores(wq, wk), reference, atol=1e-2)
 
 
-def test_cli_writes_gguf_and_modelfile(trained, tmp_path, capsys):
+def test_cli_writes_gguf_and_modelfile(trained, tmp_path, capsys, caplog):
     from minigpt.infer.export import main
 
     _, _, ckpt = trained
-    assert main([str(ckpt), str(tmp_path / "out"), "--format", "gguf", "--outtype", "q8_0"]) == 0
+    with caplog.at_level(logging.INFO):
+        assert main([str(ckpt), str(tmp_path / "out"), "--format", "gguf", "--outtype", "q8_0"]) == 0
+    # only minigpt's own line: not gguf's "Writing the following files" with the temporary file's path
+    assert not [r for r in caplog.records if r.name.startswith("gguf")] and ".tmp" not in caplog.text
+    assert "wrote minigpt-q8_0.gguf and an Ollama Modelfile" in caplog.text
+    assert ".tmp" not in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Modelfile", "minigpt-q8_0.gguf"]
     text = (tmp_path / "out" / "Modelfile").read_text()
     assert text == modelfile("minigpt-q8_0.gguf", 64)

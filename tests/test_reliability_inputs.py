@@ -326,3 +326,11 @@ def test_guard_logs_a_stop_request_as_a_stop(caplog):
         g.wait_if_needed(stop)
     assert "stop requested while paused" in caplog.text and "not resuming" in caplog.text
     assert "resuming after" not in caplog.text and g.events[-1]["event"] == "stopped"
+
+
+def test_an_invalid_json_line_is_described_once_where():
+    from minigpt.data.jsonl import parse_text
+
+    assert parse_text('{"a": "x') == (None, "invalid_json", "Unterminated string starting at column 7")
+    assert parse_text('{"a" 1}') == (None, "invalid_json", "Expecting ':' delimiter at column 6")
+    assert parse_text('{"a": 1,\n"b" 2}')[2] == "Expecting ':' delimiter at line 2 column 5"

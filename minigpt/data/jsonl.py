@@ -45,7 +45,8 @@ def parse_text(text: str) -> tuple[Any, str | None, str]:
         return json.loads(text), None, ""
     except json.JSONDecodeError as e:
         where = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}"
-        return None, INVALID_JSON, f"{e.msg} at {where}"
+        # json's messages may end in "at" already ("Unterminated string starting at"): no doubled word
+        return None, INVALID_JSON, f"{e.msg} {where}" if e.msg.endswith(" at") else f"{e.msg} at {where}"
     except RecursionError:
         return None, INVALID_JSON, "nested too deeply"
     except ValueError as e:  # e.g. an integer beyond Python's limit on digits

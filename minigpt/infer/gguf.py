@@ -228,7 +228,16 @@ def write_gguf(model: GPT, tokenizer: Any, path: str | Path, outtype: str = "f32
     tmp = path.with_name(f".{path.name}.tmp")
     check_gguf_variant(model.config)
     tokenizer_pre(tokenizer)  # refusals before any file is opened
-    w = gguf.GGUFWriter(str(tmp), arch=gguf_architecture(model.config))
+    # gguf logs its own INFO lines (the byte order, "Writing the following files" with the temporary file's path):
+    # export_gguf says what was written instead
+    gguf_log = logging.getLogger("gguf")
+    level = gguf_log.level
+    gguf_log.setLevel(logging.WARNING)
+    try:
+        w = gguf.GGUFWriter(str(tmp), arch=gguf_architecture(model.config))
+    except BaseException:
+        gguf_log.setLevel(level)
+        raise
     try:
         _metadata(w, model, outtype, name)
         _tokenizer_metadata(w, tokenizer, model.config.vocab_size, chat_template or CHAT_TEMPLATE)
@@ -240,6 +249,7 @@ def write_gguf(model: GPT, tokenizer: Any, path: str | Path, outtype: str = "f32
         w.write_tensors_to_file()
     finally:
         w.close()
+        gguf_log.setLevel(level)
     os.replace(tmp, path)
     return path
 
