@@ -398,3 +398,42 @@ def test_init_from_continues_pretraining_with_the_imported_tokenizer(imported, t
     trainer.fit()
     model, tok2, _ = load_checkpoint(tmp_path / "run" / "pretrain" / "final_model")
     assert tok2.sha256 == tok.sha256 and tok2.imported is not None
+
+
+# Qwen3's template in miniature: the last assistant turn after the last user message gets an empty think block,
+# earlier replies lose theirs; built with a namespace, `is defined`, split/lstrip, as the published one is.
+QWEN3_LIKE_TEMPLATE = (
+    "{%- set ns = namespace(last_user=0) %}"
+    "{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}{%- endfor %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}"
+    "{%- set content = m.content.split('</think>')[-1].lstrip('\\n') if '</think>' in m.content else m.content %}"
+    "{%- if loop.index0 > ns.last_user %}{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def test_qwen3_style_template_ids_and_targets(tmp_path):
+    folder = tmp_path / "tok"
+    write_tokenizer(folder, template=QWEN3_LIKE_TEMPLATE)
+    conf = json.loads((folder / "tokenizer_config.json").read_text())
+    conf["minigpt_import"] = {"architecture": "Qwen3ForCausalLM", "source": "test"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(conf))
+    tok, ref = MiniTokenizer.load(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+    conv = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
+            {"role": "user", "content": "长江"}, {"role": "assistant", "content": "黄河。"}]
+    for gen_prompt in (False, True):
+        want = ref.apply_chat_template(conv, add_generation_prompt=gen_prompt, tokenize=True)
+        want = want["input_ids"] if hasattr(want, "keys") else want
+        assert tok.apply_chat_template(conv, add_generation_prompt=gen_prompt) == list(want)
+    # the empty think block of the last turn is prompt, not target
+    assert [tok.decode(ids) for ids, t in tok.chat_segments(conv) if t] == ["你好！<|im_end|>", "黄河。<|im_end|>"]
+    # a template that rewrites a reply (history with a think block) cannot give assistant-only targets: refused
+    with pytest.raises(ValueError, match=r"does not render messages\[1\] \(assistant\)"):
+        tok.chat_segments([{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>b"},
+                           {"role": "user", "content": "c"}])
