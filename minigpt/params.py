@@ -476,6 +476,10 @@ def _merge_layers(reg: dict[str, tuple[Any, Any]], layers: list[tuple[dict[str, 
             if k in reg and v is not None:
                 merged[k] = v
                 sources[k] = where
+    if "run_name" in merged and sources["run_name"] != "default" and not str(merged["run_name"]).strip():
+        # only run_name's own default means "runs/default"; an empty name given somewhere is a mistake, not a choice
+        raise ParameterError(f"run_name: {merged['run_name']!r} from {sources['run_name']} is empty; expected a plain "
+                             "folder name such as 'demo' (leave run_name out to use runs/default)")
     if "run_dir" not in given and os.environ.get("MINIGPT_RUN_DIR"):
         merged["run_dir"] = os.environ["MINIGPT_RUN_DIR"]
         sources["run_dir"] = "MINIGPT_RUN_DIR"
@@ -487,13 +491,21 @@ def _merge_layers(reg: dict[str, tuple[Any, Any]], layers: list[tuple[dict[str, 
 
 
 def _clamp_preset_warmup(out: Params, sources: dict[str, str]) -> None:
-    """A preset's warmup longer than an explicit, shorter max_steps (a smoke test) is shortened, not an error;
-    an explicit warmup_steps > max_steps still fails validation, naming the key."""
-    if ("warmup_steps" in out and out.get("max_steps") and out["warmup_steps"] > out["max_steps"]
-            and sources["warmup_steps"] != "explicit parameter"):
-        logger.warning("warmup_steps=%s from %s exceeds max_steps=%s; using warmup_steps=%s",
-                       out["warmup_steps"], sources["warmup_steps"], out["max_steps"], out["max_steps"])
-        out["warmup_steps"] = out["max_steps"]
+    """A warmup set elsewhere than max_steps (a preset's, with an explicit shorter `-p max_steps 20`) is scaled to
+    the run: at most a tenth of max_steps (train.schedules.warmup_for_run), logged once, so a short run still
+    decays. A warmup given as an explicit parameter, or set beside max_steps in the same file section, is kept
+    (an explicit warmup_steps > max_steps fails validation, naming the key)."""
+    from .train.schedules import warmup_for_run  # torch-free
+
+    if ("warmup_steps" not in out or not out.get("max_steps") or sources["warmup_steps"] == "explicit parameter"
+            or sources["warmup_steps"] == sources["max_steps"]):
+        return
+    scaled = warmup_for_run(out["warmup_steps"], out["max_steps"])
+    if scaled < out["warmup_steps"]:
+        logger.warning("warmup_steps=%s from %s is more than a tenth of max_steps=%s (%s): using warmup_steps=%s so "
+                       "the learning rate still decays to min_lr; pass warmup_steps explicitly to keep another value",
+                       out["warmup_steps"], sources["warmup_steps"], out["max_steps"], sources["max_steps"], scaled)
+        out["warmup_steps"] = scaled
 
 
 def jsonable(P: dict[str, Any]) -> dict[str, Any]:

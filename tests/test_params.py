@@ -81,7 +81,8 @@ def test_env_config_and_run_dir(monkeypatch, tmp_path):
 def test_preset_warmup_is_clamped_but_explicit_is_not(caplog):
     with caplog.at_level(logging.WARNING, logger="minigpt.params"):
         P = load_params("pretrain", {"config": "medium", "max_steps": 2})
-    assert P.warmup_steps == 2 and "exceeds max_steps" in caplog.text
+    # scaled to the run: at most a tenth of max_steps (here 0), so even a smoke test decays
+    assert P.warmup_steps == 0 and "is more than a tenth of max_steps=2" in caplog.text
     P = load_params("pretrain", {"config": "medium", "max_steps": 2, "warmup_steps": 5})
     assert P.warmup_steps == 5  # left for TrainConfig.validate to reject, naming the key
 

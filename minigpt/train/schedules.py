@@ -19,6 +19,19 @@ class TimeProgress(NamedTuple):
     warmup_end_s: float = 0.0
 
 
+# A warmup longer than this share of a run leaves it little or no time to decay (a preset's warmup in a short run).
+MAX_WARMUP_SHARE = 0.1
+
+
+def warmup_for_run(warmup_steps: int, max_steps: int) -> int:
+    """`warmup_steps` scaled to a run of `max_steps` steps: at most a tenth of it (MAX_WARMUP_SHARE, rounded
+    down), so that a short run (`-p max_steps 20` on a preset made for 1,000) still decays to min_lr as its
+    schedule says. A run without a step limit (max_steps 0, a time budget) keeps its warmup."""
+    if max_steps <= 0:
+        return warmup_steps
+    return min(warmup_steps, int(max_steps * MAX_WARMUP_SHARE))
+
+
 def lr_at(step: int, *, learning_rate: float, min_lr: float, warmup_steps: int, max_steps: int,
           lr_scheduler: str = "cosine", lr_restarts: int = 1, decay_lr: bool = True, power: float = 2.0,
           decay_fraction: float = 0.2, time: TimeProgress | None = None) -> float:
