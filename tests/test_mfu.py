@@ -70,6 +70,14 @@ def test_trainer_mfu_is_against_the_peak_of_its_dtype(tmp_path, caplog, dtype, n
         assert r["trained_tokens_per_s"] == pytest.approx(r["tokens_per_s"], rel=1e-12)  # pretraining: every position
     assert f"measured {name} matmul peak of this machine" in caplog.text
     assert f"of the measured {name} peak" in caplog.text  # each metrics line names it too
+    # the report card's training table names the same peak
+    from minigpt.eval.facts import training_facts
+    from minigpt.eval.report_card import _section_training
+
+    lines: list[str] = []
+    _section_training({"pretrain": training_facts(t.output_dir)}, tmp_path, lines)
+    row = next(l for l in lines if l.startswith("| pretrain"))
+    assert f"{recs[-1]['mfu']:.2%} of the measured {name} peak {peak / 1e9:,.0f} GFLOP/s" in row
 
 
 def test_sft_logs_computed_and_trained_tokens(tmp_path):

@@ -76,7 +76,10 @@ def training_facts(stage_dir: Path) -> dict[str, Any] | None:
         out.update(first_val_loss=evals[0]["val_loss"], val_loss=evals[-1]["val_loss"], val_step=evals[-1]["step"],
                    val_bpc=evals[-1].get("val_bpc"))
     if speed:
-        out.update(tokens_per_s=speed[-1]["tokens_per_s"], mfu=speed[-1].get("mfu"), memory_mb=speed[-1].get("memory_mb"))
+        last = speed[-1]
+        out.update(tokens_per_s=last["tokens_per_s"], mfu=last.get("mfu"), memory_mb=last.get("memory_mb"),
+                   trained_tokens_per_s=last.get("trained_tokens_per_s"),
+                   mfu_peak=last.get("mfu_peak"), peak_gflops=last.get("peak_gflops"))  # the peak MFU is against
     run_cfg = read_json(stage_dir / "run_config.json") or {}
     out["params"] = run_cfg.get("params") or {}
     return out

@@ -104,6 +104,15 @@ def _loss_png(run_dir: Path, stage: str) -> str | None:
     return name
 
 
+def _mfu_cell(t: dict) -> str | None:
+    """'12.10% of the measured bf16 peak 1,964 GFLOP/s'; runs logged before the peak was named show the bare figure."""
+    if t.get("mfu") is None:
+        return None
+    if t.get("mfu_peak") and t.get("peak_gflops"):
+        return f"{t['mfu']:.2%} of the measured {t['mfu_peak']} peak {t['peak_gflops']:,.0f} GFLOP/s"
+    return f"{t['mfu']:.2%}"
+
+
 def _section_training(f: dict, run_dir: Path, lines: list[str]) -> None:
     lines += ["## Training", ""]
     rows = []
@@ -116,7 +125,7 @@ def _section_training(f: dict, run_dir: Path, lines: list[str]) -> None:
             continue
         rows.append([stage, t["steps"], t["tokens_seen"], t["first_loss"], t["final_loss"], t.get("first_val_loss"),
                      t.get("val_loss"), t.get("val_bpc"), t.get("tokens_per_s"),
-                     f"{t['mfu']:.2%}" if t.get("mfu") is not None else None, t["elapsed_s"]])
+                     _mfu_cell(t), t["elapsed_s"]])
     if rows:
         lines += _table(["stage", "steps", "tokens", "first loss", "final loss", "first val loss", "val loss",
                          "val bits/char", "tokens/s", "MFU", "seconds"], rows)
