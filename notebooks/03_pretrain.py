@@ -76,7 +76,9 @@ print(f"steps: {trainer.max_steps}, batch {P.batch_size} x {trainer.seq_len} tok
 # Before the `Trainer` takes over, here is one training step in view: a batch of token windows, the
 # forward pass through the model's modules (shapes printed), the cross-entropy loss, one backward pass
 # and one AdamW update. This is all `GPT.forward` (`minigpt/model/gpt.py`) does. It runs on a copy of the
-# model, so the training below starts from the same weights.
+# model, so the training below starts from the same weights. With `dropout` > 0 each pass draws random masks:
+# the cell seeds the random generator before each pass so that they are the same masks, inside `fork_rng`
+# so that the training below draws as if this cell had not run.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -90,25 +92,29 @@ model = copy.deepcopy(trainer.model)                        # a copy: the run be
 x, y = (t.to(trainer.device) for t in trainer.train_batches.batch_at(0))  # y is x shifted left by one token
 print(f"batch: x {tuple(x.shape)} token ids; row 0 starts {x[0, :6].tolist()} and must predict {y[0, :6].tolist()}")
 
-h = model.embed_tokens(x)                                   # (B, T, d_model): one vector per token
-cos, sin = model.rope(None, 0, x.shape[1])                  # rotary angles of positions 0..T-1
-print(f"embeddings        {tuple(h.shape)}")
-for i, block in enumerate(model.layers):
-    h = block(h, cos, sin)                                  # h + attention(norm(h)), then h + MLP(norm(h))
-    print(f"after block {i}     {tuple(h.shape)}")
-logits = model.lm_head(model.norm(h))                       # (B, T, vocab): a score for every possible next token
-loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-V = logits.shape[-1]
-print(f"logits            {tuple(logits.shape)}")
-print(f"loss {loss.item():.3f} (a uniform guess over {V} tokens would score ln {V} = {math.log(V):.3f})")
-assert logits.shape == (*x.shape, model.config.vocab_size)
-assert torch.allclose(loss, model(x, y)[1])                 # the same computation as GPT.forward
+with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    torch.manual_seed(P.seed)                               # dropout's masks (when dropout > 0) come from here
+    h = model.drop(model.embed_tokens(x))                   # (B, T, d_model): one vector per token
+    cos, sin = model.rope(None, 0, x.shape[1])              # rotary angles of positions 0..T-1
+    print(f"embeddings        {tuple(h.shape)}")
+    for i, block in enumerate(model.layers):
+        h = block(h, cos, sin)                              # h + attention(norm(h)), then h + MLP(norm(h))
+        print(f"after block {i}     {tuple(h.shape)}")
+    logits = model.lm_head(model.norm(h))                   # (B, T, vocab): a score for every possible next token
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    V = logits.shape[-1]
+    print(f"logits            {tuple(logits.shape)}")
+    print(f"loss {loss.item():.3f} (a uniform guess over {V} tokens would score ln {V} = {math.log(V):.3f})")
+    assert logits.shape == (*x.shape, model.config.vocab_size)
+    torch.manual_seed(P.seed)                               # the same masks again
+    assert torch.allclose(loss, model(x, y)[1])             # the same computation as GPT.forward
 
-loss.backward()                                             # d loss / d weight, for every weight
-grad_norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm().item()
-torch.optim.AdamW(model.parameters(), lr=P.learning_rate).step()
-with torch.no_grad():
-    after = model(x, y)[1].item()
+    loss.backward()                                         # d loss / d weight, for every weight
+    grad_norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm().item()
+    torch.optim.AdamW(model.parameters(), lr=P.learning_rate).step()
+    with torch.no_grad():
+        torch.manual_seed(P.seed)                           # the same masks, so the scores compare the weights only
+        after = model(x, y)[1].item()
 print(f"gradient norm {grad_norm:.3f}; after one AdamW step the same batch scores {after:.3f}")
 del model, h, logits, loss
 

@@ -47,7 +47,8 @@ pairs_source = None
 loss_type = None               # sigmoid | ipo
 beta = None
 label_smoothing = None
-sft_weight = None              # + sft_weight * the chosen reply token NLL (RPO); 0 = plain DPO
+# sft_weight adds sft_weight times the chosen reply token NLL, as RPO does; 0 is plain DPO
+sft_weight = None
 learning_rate = None
 max_steps = None
 batch_size = None

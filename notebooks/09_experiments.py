@@ -29,7 +29,8 @@
 # %% tags=["parameters"]
 # Parameters: plain literals only.
 sweep = "ci"      # a file in params/sweeps/ (ci: two recipes, a few seconds each) or a path to one
-out = ""          # where results go ("" = runs/experiments/<sweep>)
+# out: where results go; empty means runs/experiments/<sweep>
+out = ""
 minutes = 0.0     # > 0: this budget per run instead of the sweep's budget_minutes
 
 # %% [markdown]
