@@ -57,6 +57,26 @@ def test_chunked_function_equals_cross_entropy_with_ragged_chunks():
     torch.testing.assert_close(cw, gw, rtol=1e-5, atol=1e-6)
 
 
+def test_chunked_function_fp16_gradients_survive_a_loss_scale():
+    """Under fp16 (+ GradScaler) each logit's gradient (softmax - onehot) / n is ~1e-8 here, below fp16's smallest
+    value: the stored gradients are fp32, so the scaled gradient equals the fp32 reference's."""
+    g = torch.Generator().manual_seed(0)
+    n, vocab, d = 2048, 4096, 16
+    h32 = torch.randn(n, d, generator=g) * 0.1
+    w32 = torch.randn(vocab, d, generator=g) * 0.1
+    t = torch.randint(0, vocab, (n,), generator=g)
+    h, w = h32.half().requires_grad_(), w32.half().requires_grad_()
+    loss = chunked_cross_entropy(h, w, t, rows=512)
+    (loss * 65536.0).backward()  # what GradScaler does before unscaling
+    h_ref, w_ref = h32.clone().requires_grad_(), w32.clone().requires_grad_()
+    F.cross_entropy(h_ref @ w_ref.t(), t).backward()
+    assert h.grad.dtype == torch.float16 and w.grad.dtype == torch.float16
+    for got, ref in ((h.grad, h_ref.grad), (w.grad, w_ref.grad)):
+        got = got.float() / 65536.0
+        assert (got == 0).float().mean() < 0.01  # not flushed to zero
+        assert (got - ref).norm() / ref.norm() < 2e-2
+
+
 def test_chunked_function_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"hidden \(2, 5, 8\) and targets \(2, 4\)"):
         chunked_cross_entropy(torch.zeros(2, 5, 8), torch.zeros(10, 8), torch.zeros(2, 4, dtype=torch.long))

@@ -40,7 +40,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         # 0/0 = nan when no row carries a target, as F.cross_entropy's mean gives
         scale = 1.0 / n_valid.to(torch.float32)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if needs[0] else None
+        # fp16's range cannot hold (softmax - onehot) / n before a GradScaler's scale multiplies it (it underflows),
+        # so under fp16 the stored gradients are fp32; bf16 has fp32's range and keeps its own dtype
+        gdt = torch.float32 if hidden.dtype == torch.float16 else hidden.dtype
+        ctx.hidden_dtype = hidden.dtype
+        w_g = weight.to(gdt)
+        grad_hidden = torch.empty(hidden.shape, dtype=gdt, device=hidden.device) if needs[0] else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs[1] else None
         for start in range(0, hidden.shape[0], rows):
             h = hidden[start:start + rows]
@@ -54,18 +59,18 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             keep = t != IGNORE_INDEX
             g[keep, t[keep]] -= 1.0
             g[~keep] = 0.0
-            g = (g * scale).to(hidden.dtype)
+            g = (g * scale).to(gdt)
             if grad_hidden is not None:
-                grad_hidden[start:start + rows] = g @ weight
+                grad_hidden[start:start + rows] = g @ w_g
             if grad_weight is not None:
-                grad_weight += (g.t() @ h).float()
+                grad_weight += (g.t() @ h.to(gdt)).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total * scale
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden * grad_out.to(grad_hidden.dtype) if grad_hidden is not None else None
+        gh = (grad_hidden * grad_out.to(grad_hidden.dtype)).to(ctx.hidden_dtype) if grad_hidden is not None else None
         gw = (grad_weight * grad_out).to(ctx.weight_dtype) if grad_weight is not None else None
         return gh, gw, None, None
 
