@@ -82,9 +82,10 @@ def _rope_scaling_type(rs: Any) -> str | None:
     return repr(rs)
 
 
-def model_config_from_hf(hf: dict, where: str, weight_names: set[str] | None = None,
+def model_config_from_hf(hf: dict, where: str, weight_shapes: dict[str, tuple[int, ...]] | None = None,
                          max_seq_len: int | None = None) -> tuple[ModelConfig, str]:
-    """(ModelConfig, model_type) for a transformers config.json, or ImportRefused naming what is not supported."""
+    """(ModelConfig, model_type) for a transformers config.json, or ImportRefused naming what is not supported.
+    weight_shapes (name -> shape of the safetensors files) settles what a MiniMind config may leave implicit."""
     mt = hf.get("model_type")
     if not isinstance(mt, str):
         raise ImportRefused(f"{where}: no model_type; expected one of {SUPPORTED_TEXT}")
@@ -126,16 +127,22 @@ def model_config_from_hf(hf: dict, where: str, weight_names: set[str] | None = N
         if not isinstance(d.get(key), int):
             raise ValueError(f"{where}: {key}: expected an integer, got {d.get(key)!r}")
     heads = d["num_attention_heads"]
-    inter = d.get("intermediate_size") or (64 * math.ceil(d["hidden_size"] * math.pi / 64) if mt == "minimind" else None)
+    inter = d.get("intermediate_size")
+    shapes = weight_shapes or {}
+    if inter is None and mt == "minimind":  # MiniMind2 saved null and derived it in code: read it from the weights
+        gate = shapes.get("model.layers.0.mlp.gate_proj.weight")
+        inter = gate[0] if gate else 64 * math.ceil(d["hidden_size"] * math.pi / 64)
     if not isinstance(inter, int):
         raise ValueError(f"{where}: intermediate_size: expected an integer, got {inter!r}")
     qk_norm = mt == "qwen3"
     if mt == "minimind":
-        names = weight_names or set()
-        qk_norm = any(n.endswith("self_attn.q_norm.weight") for n in names)
-    rope = d.get("rope_theta")
-    if rope is None and isinstance(d.get("rope_parameters"), dict):
-        rope = d["rope_parameters"].get("rope_theta")
+        qk_norm = any(n.endswith("self_attn.q_norm.weight") for n in shapes)
+    # transformers >= 5 writes rope_theta inside rope_parameters; 4.x (and MiniMind) at the top level
+    rope = hf.get("rope_theta")
+    if rope is None and isinstance(hf.get("rope_parameters"), dict):
+        rope = hf["rope_parameters"].get("rope_theta")
+    if rope is None:
+        rope = _DEFAULTS[mt]["rope_theta"]
     ctx = int(d["max_position_embeddings"])
     try:
         cfg = ModelConfig(
@@ -171,14 +178,15 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def _weight_names(files: list[Path]) -> set[str]:
+def _weight_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor, from the safetensors headers (no data read)."""
     from safetensors import safe_open
 
-    names: set[str] = set()
+    names: dict[str, tuple[int, ...]] = {}
     for f in files:
         try:
             with safe_open(str(f), framework="pt") as h:
-                names |= set(h.keys())
+                names.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
         except Exception as e:  # the Rust reader raises its own error type for a bad header
             raise ValueError(f"{f}: not a readable safetensors file ({e})") from None
     return names
@@ -200,7 +208,7 @@ def load_hf_weights(model: torch.nn.Module, files: list[Path]) -> None:
     tied = model.config.tie_word_embeddings
     filled: set[str] = set()
     for f in files:
-        _weight_names([f])  # a readable header, or an error naming the file
+        _weight_shapes([f])  # a readable header, or an error naming the file
         with safe_open(str(f), framework="pt") as h:
             for name in h.keys():
                 target = _minigpt_name(name)
@@ -322,8 +330,8 @@ def import_hf(folder: str | Path, out: str | Path, max_seq_len: int | None = Non
     _require_tokenizer(folder)  # before reading any weights
     files = _weight_files(folder)
     cfg, mt = model_config_from_hf(hf, str(cfile), None, max_seq_len)  # refusals before any weight is read
-    if mt == "minimind":  # q/k norms or not: read from the weights' names
-        cfg, mt = model_config_from_hf(hf, str(cfile), _weight_names(files), max_seq_len)
+    if mt == "minimind":  # q/k norms or not, and an implicit intermediate_size: read from the weights' headers
+        cfg, mt = model_config_from_hf(hf, str(cfile), _weight_shapes(files), max_seq_len)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".minigpt-import-") as tmp:
         tok_dir = Path(tmp)

@@ -59,7 +59,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 
 def hf_config(kind: str, vocab: int, **over):
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=10000.0)
+                  num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=500000.0)  # no default value
     if kind == "llama":  # GQA, untied, head_dim 24 != 64 / 4
         return transformers.LlamaConfig(**{**common, "head_dim": 24, "tie_word_embeddings": False, **over})
     if kind == "qwen2":  # q/k/v biases, tied
@@ -93,7 +93,7 @@ def test_config_switches(imported):
     assert (cfg.attention_bias, cfg.qk_norm, cfg.tie_word_embeddings) == {
         "llama": (False, False, False), "qwen2": (True, False, True), "qwen3": (False, True, True)}[kind]
     assert cfg.head_dim == {"llama": 24, "qwen2": 16, "qwen3": 32}[kind]
-    assert (cfg.n_heads, cfg.n_kv_heads, cfg.rms_norm_eps, cfg.max_seq_len) == (4, 2, 1e-6, 128)
+    assert (cfg.n_heads, cfg.n_kv_heads, cfg.rms_norm_eps, cfg.max_seq_len, cfg.rope_theta) == (4, 2, 1e-6, 128, 500000.0)
 
 
 def test_logits_match_transformers(imported):
@@ -267,10 +267,12 @@ def test_minimind_fields_map_one_to_one():
             "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 6400, "use_moe": False, "num_experts": 4,
             "rope_theta": 1e6, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
             "inference_rope_scaling": False, "rope_scaling": None, "hidden_act": "silu", "flash_attn": True}
-    cfg, mt = model_config_from_hf(conf, "config.json", {"model.layers.0.self_attn.q_norm.weight"})
+    cfg, mt = model_config_from_hf(conf, "config.json", {"model.layers.0.self_attn.q_norm.weight": (96,)})
     assert mt == "minimind" and cfg.qk_norm and cfg.head_dim == 96 and cfg.d_ff == 2432 and cfg.n_kv_heads == 4
-    cfg2, _ = model_config_from_hf(conf, "config.json", {"model.layers.0.self_attn.q_proj.weight"})
-    assert not cfg2.qk_norm
+    # MiniMind2: no q/k norms, intermediate_size null in config.json (derived in its code): read from the weights
+    cfg2, _ = model_config_from_hf({**conf, "intermediate_size": None}, "config.json",
+                                   {"model.layers.0.mlp.gate_proj.weight": (2048, 768)})
+    assert not cfg2.qk_norm and cfg2.d_ff == 2048
 
 
 def test_chat_needs_chatml_specials(tmp_path):
@@ -437,3 +439,23 @@ def test_qwen3_style_template_ids_and_targets(tmp_path):
     with pytest.raises(ValueError, match=r"does not render messages\[1\] \(assistant\)"):
         tok.chat_segments([{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>b"},
                            {"role": "user", "content": "c"}])
+
+
+def test_minimind_folder_imports_like_qwen3(imported, tmp_path):
+    """A MiniMind-3 folder is a Qwen3 folder under another model_type (the same field and tensor names)."""
+    import shutil
+
+    kind, root, hf, _out = imported
+    if kind != "qwen3":
+        pytest.skip("MiniMind-3's layout is Qwen3's")
+    folder = tmp_path / "minimind"
+    shutil.copytree(root / "hf", folder)
+    conf = json.loads((folder / "config.json").read_text())
+    conf.update(model_type="minimind", architectures=["MiniMindForCausalLM"], use_moe=False, num_experts=4,
+                inference_rope_scaling=False, flash_attn=True)
+    (folder / "config.json").write_text(json.dumps(conf))
+    model, _tok, cfg = load_checkpoint(import_hf(folder, tmp_path / "out"))
+    assert cfg.qk_norm and cfg.head_dim == 32
+    ids = torch.tensor([[5, 17, 3, 99, 250]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[0], hf(ids).logits, atol=1e-4, rtol=0)
