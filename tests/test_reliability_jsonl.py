@@ -153,3 +153,17 @@ def test_sweep_results_file(tmp_path):
         read_results(p)
     p.write_bytes(b'{"runs": [],\r\n "sweep": {}}')
     assert read_results(p) == {"runs": [], "sweep": {}} and read_json_file(p, "x") == {"runs": [], "sweep": {}}
+
+
+def test_skills_reader_names_the_line(tmp_path):
+    from minigpt.data import skills as S
+
+    items = S.make_skills("val", 2, families=["add"])
+    good = [json.dumps(it.to_json(), ensure_ascii=False).encode() for it in items]
+    p = _write(tmp_path, [good[0], _cr_inside(good[1])], "skills.jsonl")
+    assert S.read_skills_jsonl(p) == items  # the CR inside the second line does not split it
+    for bad, message in [(DEEP, "skills.jsonl:2: not valid JSON (nested too deeply)"),
+                         (HUGE_INT, "skills.jsonl:2: not valid JSON (Exceeds the limit (4300 digits)"),
+                         (BAD_UTF8, "skills.jsonl:2: not UTF-8 (byte 0xe4 at byte 13")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            S.read_skills_jsonl(_write(tmp_path, [good[0], bad, good[1]], "skills.jsonl"))

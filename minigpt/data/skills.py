@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from ..atomic import atomic_write_text
+from .jsonl import INVALID_UTF8, iter_json_lines
 
 logger = logging.getLogger(__name__)
 
@@ -880,27 +881,24 @@ def read_skills_jsonl(path: str | Path, split: str | None = None) -> list[SkillI
     log, since its split cannot be checked."""
     path = Path(path)
     items, unchecked = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
-            item = _item_from_json(obj, where)
-            if split is not None and item.split != split:
-                raise ValueError(f"{where}: key 'split' is {item.split!r}; this file holds {split!r} problems only")
-            try:
-                belongs = split_of(item.family, item.lang, item.question)
-            except ValueError:
-                unchecked += 1
-            else:
-                if belongs != item.split:
-                    raise ValueError(f"{where}: key 'split' is {item.split!r} but this {item.family} problem belongs "
-                                     f"to {belongs!r} (splits never share a problem)")
-            items.append(item)
+    for line in iter_json_lines(path):  # the package's JSONL reader (strict UTF-8, lines split on \n only)
+        where = f"{path}:{line.line}"
+        if not line.ok:
+            what = "not UTF-8" if line.reason == INVALID_UTF8 else "not valid JSON"
+            raise ValueError(f"{where}: {what} ({line.detail})")
+        obj = line.value
+        item = _item_from_json(obj, where)
+        if split is not None and item.split != split:
+            raise ValueError(f"{where}: key 'split' is {item.split!r}; this file holds {split!r} problems only")
+        try:
+            belongs = split_of(item.family, item.lang, item.question)
+        except ValueError:
+            unchecked += 1
+        else:
+            if belongs != item.split:
+                raise ValueError(f"{where}: key 'split' is {item.split!r} but this {item.family} problem belongs "
+                                 f"to {belongs!r} (splits never share a problem)")
+        items.append(item)
     if unchecked:
         logger.info("skills: %s: %d questions not in a built-in wording; their splits were not checked", path,
                     unchecked)
