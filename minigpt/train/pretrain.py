@@ -65,6 +65,9 @@ def build_pretrain_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int =
         raise FileNotFoundError(f"{tok_dir / 'tokenizer.json'} not found: run notebooks/02_tokenizer first")
     tokenizer = init[1] if init else MiniTokenizer.load(tok_dir)
     train_cfg = train_config_from_params(P)
+    if train_cfg.schedule.doc_aligned_batches and tokenizer.eos_id != 0:
+        raise ParameterError(f"doc_aligned_batches: finds documents by <|endoftext|> at id 0, but {tok_dir}'s tokenizer "
+                             f"has it at {tokenizer.eos_id}; set doc_aligned_batches false for an imported model")
     model_cfg = init[2] if init else model_config_from_params(P, tokenizer.vocab_size)
     s, opt = train_cfg.schedule, train_cfg.optim
     seq_len = s.seq_len or model_cfg.max_seq_len
@@ -96,6 +99,11 @@ def _token_arrays(P: Params, tokenizer):
 
     if not P.get("train_data"):
         tokens_dir = P.paths["tokens"]
+        if getattr(tokenizer, "imported", None) is not None:  # init_from an HF model: the run's text in its ids
+            from ..data.packing import pack_corpus
+
+            tokens_dir = tokens_dir.with_name(f"tokens_{tokenizer.sha256[:12]}")
+            pack_corpus(P.paths["data"], tokenizer, tokens_dir)  # kept and reused while data and tokenizer match
         if getattr(tokenizer, "imported", None) is not None:  # init_from an HF model: the run's text in its ids
             from ..data.packing import pack_corpus
 
