@@ -104,11 +104,6 @@ def _token_arrays(P: Params, tokenizer):
 
             tokens_dir = tokens_dir.with_name(f"tokens_{tokenizer.sha256[:12]}")
             pack_corpus(P.paths["data"], tokenizer, tokens_dir)  # kept and reused while data and tokenizer match
-        if getattr(tokenizer, "imported", None) is not None:  # init_from an HF model: the run's text in its ids
-            from ..data.packing import pack_corpus
-
-            tokens_dir = tokens_dir.with_name(f"tokens_{tokenizer.sha256[:12]}")
-            pack_corpus(P.paths["data"], tokenizer, tokens_dir)  # kept and reused while data and tokenizer match
         return load_tokens(tokens_dir, "train", tokenizer), load_tokens(tokens_dir, "val", tokenizer), read_meta(tokens_dir)
     dtype = P.get("token_dtype") or None
     arrays = []
