@@ -328,8 +328,8 @@ def import_hf(folder: str | Path, out: str | Path, max_seq_len: int | None = Non
     if not isinstance(hf, dict):
         raise ValueError(f"{cfile}: expected a JSON object")
     _require_tokenizer(folder)  # before reading any weights
+    cfg, mt = model_config_from_hf(hf, str(cfile), None, max_seq_len)  # refusals before any weight is looked at
     files = _weight_files(folder)
-    cfg, mt = model_config_from_hf(hf, str(cfile), None, max_seq_len)  # refusals before any weight is read
     if mt == "minimind":  # q/k norms or not, and an implicit intermediate_size: read from the weights' headers
         cfg, mt = model_config_from_hf(hf, str(cfile), _weight_shapes(files), max_seq_len)
     t0 = time.perf_counter()

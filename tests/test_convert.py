@@ -459,3 +459,13 @@ def test_minimind_folder_imports_like_qwen3(imported, tmp_path):
     ids = torch.tensor([[5, 17, 3, 99, 250]])
     with torch.no_grad():
         torch.testing.assert_close(model(ids)[0], hf(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_cli_refusal_is_one_line_naming_the_field(tmp_path, capsys):
+    from minigpt.convert import main
+
+    folder = _config_folder(tmp_path, {**BASE, "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"]})
+    assert main([str(folder), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model_type 'qwen3_moe' is a mixture-of-experts model" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
