@@ -46,7 +46,7 @@ import torch
 
 from ..model.gpt import GPT
 from ..train.checkpoint import atomic_folder
-from .export import check_export_target
+from .export_target import check_export_target
 
 logger = logging.getLogger(__name__)
 

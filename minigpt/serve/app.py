@@ -108,23 +108,7 @@ def create_app(engine: Engine, model_name: str = "minigpt", api_key: str | None 
     app = FastAPI(title="minigpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
 
-    @app.exception_handler(APIError)
-    async def api_error(_: HTTPRequest, e: APIError) -> JSONResponse:
-        return _error(e)
-
-    @app.exception_handler(ClientDisconnect)
-    async def disconnected(http: HTTPRequest, _: ClientDisconnect) -> Response:
-        # The client went away before its body arrived (or was dropped by the body deadline): one line, no
-        # traceback; nobody is left to read the response.
-        client = "%s:%d" % http.client if http.client else "a client"
-        logger.info("%s %s from %s: the client disconnected before sending its whole body",
-                    http.method, http.url.path, client)
-        return Response(status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(http: HTTPRequest, e: StarletteHTTPException) -> JSONResponse:
-        return _error(APIError(e.status_code, f"{http.method} {http.url.path}: {e.detail}", None, None))
-
+    _error_handlers(app)
     if api_key is not None:
         app.add_middleware(_RequireKey, key=api_key)
 
@@ -153,6 +137,27 @@ def create_app(engine: Engine, model_name: str = "minigpt", api_key: str | None 
 
     _info_routes(app, engine, model_name)
     return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's JSON shape; a client gone before its body arrived as one log line."""
+
+    @app.exception_handler(APIError)
+    async def api_error(_: HTTPRequest, e: APIError) -> JSONResponse:
+        return _error(e)
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(http: HTTPRequest, _: ClientDisconnect) -> Response:
+        # The client went away before its body arrived (or was dropped by the body deadline): one line, no
+        # traceback; nobody is left to read the response.
+        client = "%s:%d" % http.client if http.client else "a client"
+        logger.info("%s %s from %s: the client disconnected before sending its whole body",
+                    http.method, http.url.path, client)
+        return Response(status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(http: HTTPRequest, e: StarletteHTTPException) -> JSONResponse:
+        return _error(APIError(e.status_code, f"{http.method} {http.url.path}: {e.detail}", None, None))
 
 
 def _info_routes(app: FastAPI, engine: Engine, model_name: str) -> None:
