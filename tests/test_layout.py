@@ -45,7 +45,7 @@ def test_the_flat_package_holds_only_tooling_and_entry_points():
     """Stages live in data/, model/, train/, infer/, ui/; the top level keeps tooling and `python -m` entry points."""
     top = {p.stem for p in PACKAGE.glob("*.py")}
     assert top <= {"__init__", "atomic", "bench", "ci_timer", "config", "demo", "devices", "monitor", "params",
-                   "report", "export", "plots", "chat", "train_worker", "native"}, sorted(top)
+                   "report", "export", "plots", "chat", "train_worker", "native", "convert"}, sorted(top)
     for sub in ("data", "model", "train", "infer", "ui"):
         assert (PACKAGE / sub / "__init__.py").is_file(), sub
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..ui.plots import LivePlot, figure_png_base64, plt, read_metrics
+from ..ui.plots import LivePlot, figure_png_base64, plt, read_metrics, whole_steps
 
-PANELS = (("DPO loss", ("loss", "val_loss")), ("reward accuracy", ("reward_accuracy", "train_reward_accuracy")),
+# The held-out loss has its own panel: it is the DPO loss without the RPO term (sft_weight) the training loss has.
+PANELS = (("DPO loss (training)", ("loss",)), ("held-out DPO loss", ("val_loss",)),
+          ("reward accuracy", ("reward_accuracy", "train_reward_accuracy")),
           ("reward margin", ("reward_margin", "train_reward_margin")),
           ("log-prob per token", ("chosen_logp_per_token", "rejected_logp_per_token")), ("KL to reference", ("kl_ref",)))
 # notebook 08 (GRPO): the rollouts' reward and accuracy, held-out accuracy, the KL to the initial model, the
@@ -19,7 +21,7 @@ RL_PANELS = (("reward (rollouts)", ("train_reward", "train_accuracy")), ("held-o
 
 def align_figure(records: list[dict[str, Any]], title: str = "DPO", panels: tuple = PANELS):
     """One panel per metric group against the step; eval metrics as points joined by lines."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(17, 3.4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4))
     for ax, (name, keys) in zip(axes, panels):
         for key in keys:
             pts = [(r["step"], r[key]) for r in records if r.get(key) is not None and "step" in r]
@@ -28,6 +30,8 @@ def align_figure(records: list[dict[str, Any]], title: str = "DPO", panels: tupl
                 ax.plot([s for s, _ in pts], [v for _, v in pts], style, ms=3, lw=1, label=key)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(name, fontsize=9)
+        whole_steps(ax)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)

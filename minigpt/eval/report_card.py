@@ -159,6 +159,7 @@ def _benchmark_png(rows: list[dict], run_dir: Path) -> str:
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
     ax.set_xlabel("accuracy (95% interval)")
+    ax.set_ylabel("benchmark · model")
     ax.legend(loc="lower right")
     fig.tight_layout()
     name = "report_benchmarks.png"

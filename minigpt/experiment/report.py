@@ -86,10 +86,7 @@ def _band(runs: list[dict[str, Any]], n: int = 50) -> tuple[np.ndarray, np.ndarr
 
 def plot_bpc_vs_time(results: dict[str, Any], path: str | Path) -> Path:
     """Write the plot (PNG) and return its path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from ..ui.plots import plt  # headless outside a kernel, with a CJK font for Chinese recipe names
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for recipe, runs in _by_recipe(results).items():

@@ -16,12 +16,51 @@ import matplotlib
 if "ipykernel" not in sys.modules:
     matplotlib.use("Agg")  # headless outside a kernel; a kernel keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..data.jsonl import iter_json_lines  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 RECENT_STEPS = 1000
+# Fonts with Chinese glyphs, most common first (Debian's fonts-noto-cjk and fonts-wqy-microhei/zenhei, Adobe's
+# Source Han, Windows' and macOS's own). Matplotlib falls back glyph by glyph along font.family, so Latin text
+# keeps the default sans-serif and a Chinese file name or prompt takes the first of these that is installed.
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Micro Hei",
+             "WenQuanYi Zen Hei", "Microsoft YaHei", "SimHei", "PingFang SC", "Hiragino Sans GB", "Heiti SC",
+             "Arial Unicode MS")
+
+
+def use_cjk_font() -> str | None:
+    """Let matplotlib draw Chinese: the first installed font of CJK_FONTS goes after the generic sans-serif in
+    font.family. Returns its name, or None (logged once) when none is installed: Chinese then shows as boxes
+    (install fonts-noto-cjk or fonts-wqy-microhei)."""
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    found = next((name for name in CJK_FONTS if name in installed), None)
+    if found is None:  # matplotlib's font cache predates a font installed since: look at the system's files once
+        for path in font_manager.findSystemFonts():
+            if any(k in Path(path).name.lower() for k in ("cjk", "wqy", "sourcehan", "simhei", "msyh", "pingfang")):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):  # an unreadable font file is skipped
+                    continue
+        installed = {f.name for f in font_manager.fontManager.ttflist}
+        found = next((name for name in CJK_FONTS if name in installed), None)
+    if found is None:
+        logger.info("no CJK font found (%s): Chinese text in plots shows as boxes", ", ".join(CJK_FONTS[:5]))
+        return None
+    # the generic family first (DejaVu Sans for Latin text), the CJK font as the per-glyph fallback
+    plt.rcParams["font.family"] = ["sans-serif", found]
+    return found
+
+
+CJK_FONT = use_cjk_font()
+
+
+def whole_steps(ax) -> None:
+    """Step axes get whole-number ticks (no 2.5 steps on a short run)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -41,20 +80,27 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def loss_figure(records: list[dict[str, Any]], title: str = "training loss"):
-    """Two panels: the whole history and the last 1000 steps, with current/min/max/mean and val points."""
+    """The whole history, and beside it the last 1000 steps when the run is longer than that; current/min/max/mean
+    and the validation points."""
     train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None and "step" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, recent in zip(axes, (False, True)):
-        t = [p for p in train if not recent or p[0] > (train[-1][0] - RECENT_STEPS if train else 0)]
-        v = [p for p in val if not recent or (t and p[0] >= t[0][0])]
+    # DPO's "val_loss" is the held-out DPO loss without the RPO term its training loss has: not on the same axis
+    dpo = any("reward_accuracy" in r or "train_reward_accuracy" in r for r in records)
+    val = [] if dpo else [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None and "step" in r]
+    steps = [s for s, _ in train + val]
+    long_run = bool(steps) and max(steps) - min(steps) > RECENT_STEPS
+    fig, axes = plt.subplots(1, 2 if long_run else 1, figsize=(11 if long_run else 6.5, 3.8), squeeze=False)
+    for ax, recent in zip(axes[0], (False, True)):
+        start = max(steps) - RECENT_STEPS if recent else None
+        t = [p for p in train if start is None or p[0] > start]
+        v = [p for p in val if start is None or p[0] > start]
         if t:
             ax.plot([s for s, _ in t], [l for _, l in t], lw=1, label="train")
         if v:
             ax.plot([s for s, _ in v], [l for _, l in v], "o-", ms=4, label="val")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title("whole run" if not recent else f"last {RECENT_STEPS} steps")
+        ax.set_ylabel("DPO loss (training)" if dpo else "loss (cross-entropy, nats per token)")
+        whole_steps(ax)
+        ax.set_title(f"last {RECENT_STEPS} steps" if recent else "whole run")
         ax.grid(alpha=0.3)
         if t or v:
             ax.legend(loc="upper right")

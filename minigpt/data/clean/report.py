@@ -68,7 +68,7 @@ def example_rejects(out_dir: str | Path, per_reason: int = 10) -> "pandas.DataFr
 def plot_clean_stats(stats: dict, out_dir: str | Path, show: bool = True) -> list[Path]:
     """Docs/chars per source, length histogram, rejects by reason. Saved as PNGs under
     ``out_dir/plots/``; shown inline when running in a notebook and ``show``."""
-    import matplotlib.pyplot as plt
+    from ...ui.plots import plt  # matplotlib set up with a CJK font: file names may be Chinese
 
     plots = Path(out_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -101,9 +101,12 @@ def _plot_sources(plt: Any, stats: dict) -> Any:
     fig, axes = plt.subplots(1, 2, figsize=(11, max(2.5, 0.45 * len(names) + 1)))
     axes[0].barh(names, [stats["sources"][n]["docs"] for n in names], color="tab:blue")
     axes[0].set_title("documents kept per source")
+    axes[0].set_xlabel("documents")
     axes[1].barh(names, [stats["sources"][n]["chars"] for n in names], color="tab:green")
     axes[1].set_title("characters kept per source")
+    axes[1].set_xlabel("characters")
     for ax in axes:
+        ax.set_ylabel("source")
         ax.invert_yaxis()
     return fig
 
@@ -134,6 +137,8 @@ def _plot_rejects(plt: Any, stats: dict) -> Any:
     ax.barh(reasons, counts, color=colors)
     ax.invert_yaxis()
     ax.set_xscale("symlog")
+    ax.set_xlabel("lines rejected (symlog scale)")
+    ax.set_ylabel("reason")
     ax.set_title(f"rejected by reason (orange: duplicates removed, exact {stats['exact_duplicates']}, "
                  f"near {stats['near_duplicates']})", fontsize=9)
     for i, c in enumerate(counts):
