@@ -30,13 +30,14 @@ T = typing.TypeVar("T")
 
 # section -> (notebook, [dataclass paths]); a section is also the name of a YAML block for that notebook.
 SECTIONS: dict[str, tuple[str, list[str]]] = {
-    "clean": ("01_data_clean", ["minigpt.data.clean:CleanConfig"]),
+    "clean": ("01_data_clean", ["minigpt.data.clean:CleanConfig", "minigpt.data.skills:SkillsConfig"]),
     "tokenizer": ("02_tokenizer", ["minigpt.data.tokenizer:TokenizerConfig"]),
     "pretrain": ("03_pretrain", ["minigpt.config:ModelConfig", "minigpt.config:TrainConfig"]),
     "sft": ("04_sft", ["minigpt.config:TrainConfig", "minigpt.train.sft:SFTConfig"]),
     "generate": ("05_generate", ["minigpt.infer.generate:GenerationConfig"]),
     "evaluate": ("06_evaluate", ["minigpt.eval.config:EvalConfig"]),
     "align": ("07_align", ["minigpt.config:TrainConfig", "minigpt.train.dpo:DPOConfig"]),
+    "rl": ("08_rl", ["minigpt.config:TrainConfig", "minigpt.train.rl:RLConfig"]),
 }
 
 # Parameters every notebook takes.
@@ -87,6 +88,8 @@ EXTRAS: dict[str, dict[str, tuple[Any, Any]]] = {
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"learning_rate": 3e-5, "min_lr": 3e-6, "warmup_steps": 100, "max_steps": 1000, "sample_prompts": []},
     "align": {"learning_rate": 1e-5, "min_lr": 1e-6, "warmup_steps": 10, "max_steps": 200, "sample_prompts": []},
+    "rl": {"learning_rate": 1e-5, "min_lr": 1e-6, "warmup_steps": 5, "max_steps": 100, "batch_size": 16,
+           "sample_prompts": []},
 }
 
 # Model-shape fields default to None: "take the preset's value" (explicit shape values override a preset).
