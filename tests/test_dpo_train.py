@@ -202,8 +202,7 @@ def test_sft_weight_adds_the_chosen_replies_token_nll(tok):
     with torch.no_grad():
         policy = sequence_logps(model(x)[0], y)
         plain = dpo_losses(policy[:3], policy[3:], ref[:3], ref[3:], 0.1)[0].mean()
-        fake = SimpleNamespace(dpo=DPOConfig(sft_weight=0.5), model=model, _train_sums=[],
-                               _run_forward=lambda fwd, *a, **k: fwd(*a, **k))
+        fake = SimpleNamespace(dpo=DPOConfig(sft_weight=0.5), model=model, _train_sums=[])
         got = DPOTrainer._forward_loss(fake, model, x, y, {"ref_logps": ref})
     n_tokens = (y[:3] != -100).sum(-1)
     assert float(got) == pytest.approx(float(plain - 0.5 * (policy[:3] / n_tokens).mean()), abs=1e-6)

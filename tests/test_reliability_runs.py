@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import signal
-import types
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from minigpt import atomic
 from minigpt.data.datasets import WindowSampler, sequential_windows
 from minigpt.train import checkpoint as ckpt
 from minigpt.train.run_lock import RunLock, RunLockedError
-from minigpt.train.timing import RunTimer
+from minigpt.train.clock import TrainClock
 from minigpt.train.trainer import Trainer
 from conftest import make_tiny_run, tiny_tokenizer
 from test_resume import start, wait_for_step
@@ -316,14 +315,17 @@ class Clock:
 
 def test_estimate_warns_when_the_run_takes_more_than_a_day(caplog):
     clock = Clock()
-    cfg = TrainConfig.from_flat(max_steps=20000)
-    trainer = types.SimpleNamespace(cfg=cfg, step=0, max_steps=20000, device=torch.device("cpu"),
-                                    model_cfg=ModelConfig.from_preset("medium"))
-    timer = RunTimer(trainer, 0.0, clock=clock)
-    with caplog.at_level(logging.INFO, logger="minigpt.train.timing"):
+    timer = TrainClock(save_minutes=15.0, clock=clock)
+    timer.start(0)
+    medium = ModelConfig.from_preset("medium")
+    per_step = []
+    with caplog.at_level(logging.INFO, logger="minigpt.train.clock"):
         for step in range(1, 6):
             clock.t = 60.0 + 45.0 * (step - 1)  # the first step pays for warm-up; then 45 s a step
-            timer.step_done(step)
+            if (s := timer.step_done(step)) is not None:
+                per_step.append(s)
+                timer.log_estimate(s, step, 20000, "cpu", medium, 1000)
+    assert per_step == [pytest.approx(45.0)]  # once, after the first step and 3 more
     assert timer.estimate_s == pytest.approx(195 + 45 * 19996)
     assert "estimate: the whole run takes about 10.4 days on cpu (45.00 s/step, 19996 steps left)" in caplog.text
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING][0]
@@ -331,10 +333,10 @@ def test_estimate_warns_when_the_run_takes_more_than_a_day(caplog):
 
 
 def test_short_run_estimate_is_info_only(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="minigpt.train.timing"):
+    with caplog.at_level(logging.INFO, logger="minigpt.train.clock"):
         make_trainer(tmp_path, max_steps=6).fit()
     assert "estimate: the whole run takes about" in caplog.text
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "minigpt.train.timing"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "minigpt.train.clock"]
 
 
 def test_the_docs_show_following_a_headless_run():

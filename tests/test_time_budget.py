@@ -10,7 +10,7 @@ import torch
 
 from minigpt import GPT, ModelConfig, TrainConfig
 from minigpt.data.datasets import WindowSampler, sequential_windows
-from minigpt.train.budget import TrainClock
+from minigpt.train.clock import TrainClock
 from minigpt.train.schedules import TimeProgress, lr_at
 from minigpt.train.trainer import Trainer
 
@@ -34,19 +34,21 @@ def make_trainer(tmp_path, clock, **kw):
                                 log_interval=1, plot_loss=False, seq_len=16, progress_bar=False, sample_interval=0),
                          **kw})
     data = np.tile(np.arange(16, dtype=np.uint16), 300)
-    trainer = Trainer(model, cfg, WindowSampler(data, 4, 16, seed=0), sequential_windows(data, 4, 16, 1),
-                      tmp_path / "out", clock=clock)
-    step, evaluate = trainer._accumulate_gradients, trainer.evaluate
 
-    def timed_step():  # a training step takes STEP_S of the fake clock
-        clock.now += STEP_S
-        return step()
+    class TimedWindows(WindowSampler):
+        def __next__(self):  # reading a step's batch takes STEP_S of the fake clock (one micro-batch a step)
+            clock.now += STEP_S
+            return super().__next__()
+
+    trainer = Trainer(model, cfg, TimedWindows(data, 4, 16, seed=0), sequential_windows(data, 4, 16, 1),
+                      tmp_path / "out", clock=clock)
+    evaluate = trainer.evaluate
 
     def timed_eval():  # an evaluation takes EVAL_S: excluded from the budget
         clock.now += EVAL_S
         return evaluate()
 
-    trainer._accumulate_gradients, trainer.evaluate = timed_step, timed_eval
+    trainer.evaluate = timed_eval
     return trainer
 
 
@@ -76,7 +78,7 @@ def test_lr_runs_against_time_and_reaches_min_lr_at_the_budget(tmp_path):
     expected = [1e-2 * 0.5, 1e-2] + [1e-3 + 9e-3 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 8)) for t in range(2, 10)]
     assert lrs == pytest.approx(expected, rel=1e-9)
     assert trainer.train_clock.over_budget()
-    assert trainer._set_lr() == pytest.approx(1e-3, rel=1e-12)  # at the budget: min_lr
+    assert trainer.learning_rate() == pytest.approx(1e-3, rel=1e-12)  # at the budget: min_lr
 
 
 @pytest.mark.parametrize("sched", ["cosine", "linear", "wsd", "polynomial", "cosine_with_restarts"])

@@ -10,7 +10,8 @@ from minigpt import GPT, ModelConfig, TrainConfig
 from minigpt.data.datasets import WindowSampler, sequential_windows
 from minigpt.devices import pick_dtype
 from minigpt.train.schedules import lr_at
-from minigpt.train.trainer import EMA, Trainer
+from minigpt.train.optim import EMA
+from minigpt.train.trainer import Trainer
 
 CFG = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=32)
 
@@ -192,7 +193,7 @@ def test_bad_parameters_stop_before_compute(key, value):
 
 
 def test_no_weight_decay_on_norms():
-    from minigpt.train.trainer import param_groups
+    from minigpt.train.optim import param_groups
     model = GPT(ModelConfig(**CFG))
     decay, no_decay = param_groups(model, 0.1)
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
@@ -325,7 +326,7 @@ def test_save_config_and_log_gradients(tmp_path):
     ("cpu", "max-autotune", "max-autotune"), ("cuda", "default", None),
 ])
 def test_compile_mode_per_device(monkeypatch, device, requested, expected):
-    from minigpt.train.trainer import compile_model
+    from minigpt.train.machine import compile_model
 
     seen = {}
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.setdefault("mode", mode) or model)

@@ -10,7 +10,7 @@
   with the trainer's estimate beside it and the largest loss difference between before and after.
   FLOPs per token = 6*N + 12*L*d*T (N = non-embedding parameters plus the LM head, PaLM appendix B), so
   achieved FLOP/s = tokens/s * FLOPs per token and MFU = achieved / peak. Each case runs in its own
-  subprocess so its peak RSS is its own. The optimizer is the trainer's own (`trainer.build_optimizer`)
+  subprocess so its peak RSS is its own. The optimizer is the trainer's own (`train.optim.build_optimizer`)
   for both. On a shared machine the load changes from minute to minute, so each case also measures the
   matmul peak right after its steps (`mfu_local` = achieved / that peak, taken under the same load), and
   full mode runs the eager pairs twice in the order minigpt, HF, HF, minigpt and reports the mean of the

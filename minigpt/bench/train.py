@@ -45,7 +45,7 @@ def _train_setup(preset: str, impl: str, compile_: bool, dtype: str = "float32")
     from ..config import ModelConfig, TrainConfig
     from ..devices import set_threads
     from ..model.gpt import GPT
-    from ..train.trainer import build_optimizer
+    from ..train.optim import build_optimizer
 
     set_threads(0)
     torch.manual_seed(0)
@@ -86,7 +86,7 @@ def train_step_case(preset: str, impl: str, compile_: bool, steps: int, warmup: 
     import torch
 
     from ..devices import measure_peak_flops, peak_rss_mb
-    from ..train.trainer import flops_per_token
+    from ..train.metrics import flops_per_token
 
     model, step, cfg, batch, seq = _train_setup(preset, impl, compile_, dtype)
     t_compile = time.perf_counter()

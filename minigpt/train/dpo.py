@@ -204,7 +204,7 @@ class DPOTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
 
     def _forward_loss(self, fwd, x: torch.Tensor, y: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self._run_forward(fwd, x)[0]
+        logits = fwd(x)[0]
         policy, ref = sequence_logps(logits, y), extras["ref_logps"].float()
         n = policy.shape[0] // 2
         losses, rc, rr = dpo_losses(policy[:n], policy[n:], ref[:n], ref[n:], self.dpo.beta, self.dpo.label_smoothing,

@@ -1,8 +1,9 @@
-"""What a training step reports: FLOPs per token (for MFU), per-layer gradient norms, one-line summaries."""
+"""What a training step reports: FLOPs per token and throughput (MFU), per-layer gradient norms, one-line summaries,
+and the validation loss."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -51,8 +52,24 @@ def format_metrics(rec: dict) -> str:
     return " | ".join(parts)
 
 
-def mean_eval_loss(model: torch.nn.Module, batches: list, device: torch.device, autocast: Callable,
-                   world_size: int = 1) -> float:
+def throughput(trained: int, computed: int, seconds: float, world_size: int, flops_per_token: float,
+               peak_flops: float | None, peak_dtype: str | None) -> dict[str, Any]:
+    """A log line's speed fields from the tokens of the steps since the last one (this rank's) and their seconds.
+
+    tokens_per_s counts the positions computed (all of each row), trained_tokens_per_s those with a target (SFT's
+    assistant tokens); MFU counts the computed ones against the measured peak of the run's dtype.
+    """
+    seconds = max(seconds, 1e-9)
+    out: dict[str, Any] = {"tokens_per_s": computed / seconds * world_size,
+                           "trained_tokens_per_s": trained / seconds * world_size}
+    out["mfu"] = out["tokens_per_s"] * flops_per_token / (peak_flops * world_size) if peak_flops else None
+    if peak_flops:
+        out["mfu_peak"], out["peak_gflops"] = peak_dtype, peak_flops / 1e9
+    return out
+
+
+def eval_loss(model: torch.nn.Module, batches: list, device: torch.device, autocast: Callable,
+              world_size: int = 1) -> float:
     """Validation loss per target token over `batches` (summed over DDP ranks); leaves the model in eval mode."""
     from .batches import unpack_batch
 

@@ -221,7 +221,7 @@ class GRPOTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
 
     def _forward_loss(self, fwd, x: torch.Tensor, y: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self._run_forward(fwd, x)[0]
+        logits = fwd(x)[0]
         logps = token_logps(logits, y)
         loss, stats = grpo_loss(logps, logps.detach(), extras["advantages"], y != IGNORE_INDEX, extras.get("ref_logps"),
                                 self.rl.clip_eps, self.rl.kl_coef, self.rl.loss_agg)
