@@ -109,6 +109,14 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_only_the_trainers_subclasses_and_builders_import_it():
+    """Nothing the training loop calls imports Trainer back: only SFTTrainer's module (DPO and GRPO subclass it) and
+    the builders that make one (pretrain, the memory bench). Deferred and TYPE_CHECKING imports count."""
+    graph = import_graph(PACKAGE)
+    importers = sorted(m for m, deps in graph.items() if "minigpt.train.trainer" in deps)
+    assert importers == ["minigpt.bench.train", "minigpt.train.pretrain", "minigpt.train.sft"], importers
+
+
 def test_the_data_layer_does_not_import_inference():
     graph = import_graph(PACKAGE)
     bad = sorted(f"{m} -> {d}" for m, deps in graph.items() if m.startswith("minigpt.data")

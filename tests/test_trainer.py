@@ -1,6 +1,7 @@
 """Trainer behaviour on tiny models: schedules, accumulation, EMA, early stopping, NaN skipping, exact resume."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,3 +333,39 @@ def test_compile_mode_per_device(monkeypatch, device, requested, expected):
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.setdefault("mode", mode) or model)
     compile_model(torch.nn.Linear(2, 2), TrainConfig.from_flat(compile_mode=requested), torch.device(device))
     assert seen["mode"] == expected
+
+
+def _minigpt_calls_to_the_attention(fit) -> list[str]:
+    """The qualified names of minigpt's own functions on the stack at the first Attention.forward reached from
+    Trainer.fit, outermost first (torch's Module.__call__ frames are torch's, not calls in our code)."""
+    import inspect
+
+    from minigpt.model import gpt
+
+    package = str(Path(gpt.__file__).resolve().parents[1])
+    original, chains = gpt.Attention.forward, []
+
+    def spy(self, *a, **k):
+        frames = [f.frame.f_code.co_qualname for f in inspect.stack()[1:] if f.filename.startswith(package)]
+        if "Trainer.fit" in frames and not chains:
+            outer_first = frames[::-1]
+            chains.append(outer_first[outer_first.index("Trainer.fit"):] + ["Attention.forward"])
+        return original(self, *a, **k)
+
+    gpt.Attention.forward = spy
+    try:
+        fit()
+    finally:
+        gpt.Attention.forward = original
+    return chains[0]
+
+
+def test_fit_reaches_the_attention_in_five_calls(tmp_path):
+    """The loop reads top to bottom: fit -> _train_step -> _forward_loss -> GPT -> Block -> Attention."""
+    chain = _minigpt_calls_to_the_attention(make_trainer(tmp_path, max_steps=2).fit)
+    assert chain == ["Trainer.fit", "Trainer._train_step", "Trainer._forward_loss", "GPT.forward", "Block.forward",
+                     "Attention.forward"]
+    assert len(chain) - 1 <= 5
+    # with activation checkpointing the Block runs under torch.utils.checkpoint: still no call of ours in between
+    chain = _minigpt_calls_to_the_attention(make_trainer(tmp_path / "ckpt", max_steps=2, activation_checkpointing=True).fit)
+    assert chain[3:] == ["GPT.forward", "Block.forward", "Attention.forward"]
