@@ -201,9 +201,8 @@ class MachineConfig:
     num_threads: int = 0  # CPU threads for torch (0 = physical cores)
     dataloader_workers: int = 0  # threads that prefetch batches ahead of the step
     disable_speedups: bool = False  # turn off fused AdamW, TF32, compile and prefetching (for debugging)
-    # memory: recompute each transformer block in the backward instead of keeping its activations (about a third
-    # more compute; the activations held drop from every layer's to one layer's plus each block's input)
-    activation_checkpointing: bool = False
+    # (about a third more compute; the activations held drop from every layer's to one layer's plus each block's input)
+    activation_checkpointing: bool = False  # memory: recompute each block in the backward instead of keeping its activations
     chunked_loss: bool = True  # the LM head's loss in chunks of rows: the batch x seq x vocab logits are never held
     check_memory: bool = True  # estimate the step's peak memory at start and refuse a run that cannot fit
 
