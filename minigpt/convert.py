@@ -82,10 +82,9 @@ def _rope_scaling_type(rs: Any) -> str | None:
     return repr(rs)
 
 
-def model_config_from_hf(hf: dict, where: str, weight_shapes: dict[str, tuple[int, ...]] | None = None,
-                         max_seq_len: int | None = None) -> tuple[ModelConfig, str]:
-    """(ModelConfig, model_type) for a transformers config.json, or ImportRefused naming what is not supported.
-    weight_shapes (name -> shape of the safetensors files) settles what a MiniMind config may leave implicit."""
+def refuse_unsupported(hf: dict, where: str) -> str:
+    """The model_type of a transformers config.json that minigpt can compute, or ImportRefused naming the field and
+    what is supported: MoE, sliding windows, biases other than Qwen2's q/k/v, rope scaling, other activations."""
     mt = hf.get("model_type")
     if not isinstance(mt, str):
         raise ImportRefused(f"{where}: no model_type; expected one of {SUPPORTED_TEXT}")
@@ -122,6 +121,14 @@ def model_config_from_hf(hf: dict, where: str, weight_shapes: dict[str, tuple[in
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ImportRefused(f"{where}: hidden_act={act!r}: minigpt's MLP is SwiGLU with silu")
+    return mt
+
+
+def model_config_from_hf(hf: dict, where: str, weight_shapes: dict[str, tuple[int, ...]] | None = None,
+                         max_seq_len: int | None = None) -> tuple[ModelConfig, str]:
+    """(ModelConfig, model_type) for a transformers config.json, or ImportRefused naming what is not supported.
+    weight_shapes (name -> shape of the safetensors files) settles what a MiniMind config may leave implicit."""
+    mt = refuse_unsupported(hf, where)
     d = {**_DEFAULTS[mt], **{k: v for k, v in hf.items() if v is not None}}
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(d.get(key), int):

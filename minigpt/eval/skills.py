@@ -48,6 +48,30 @@ def _generate(gen: Any, prompts: list[list[int]], cfg: Any, batch_size: int) -> 
     return out
 
 
+def _add_sampled(families: dict[str, dict[str, Any]], generate: Callable, gen: Any, items: Sequence[Any],
+                 prompts: list[list[int]], cfg: Any, samples: int, sample_per_family: int, batch_size: int) -> None:
+    """Sampled pass@k into `families` (in place): each chosen prompt repeated `samples` times in a row, one seeded
+    generator for the whole call; only the first sample_per_family problems of a family when that is > 0."""
+    from ..data.skills import check_answer
+
+    seen: dict[str, int] = {}
+    chosen = []
+    for j, it in enumerate(items):
+        seen[it.family] = seen.get(it.family, 0) + 1
+        if not sample_per_family or seen[it.family] <= sample_per_family:
+            chosen.append(j)
+    replies = generate(gen, [prompts[j] for j in chosen for _ in range(samples)], cfg, max(batch_size, 1))
+    passk: dict[str, list[float]] = {}
+    for jj, j in enumerate(chosen):
+        it = items[j]
+        c = sum(bool(check_answer(it.family, r, it.answer)) for r in replies[jj * samples:(jj + 1) * samples])
+        passk.setdefault(it.family, []).append(pass_at_k(samples, c, samples))
+        families[it.family]["sample_correct"] = families[it.family].get("sample_correct", 0) + c
+    for fam, vals in passk.items():
+        families[fam].update({"k": samples, "sampled_n": len(vals), "pass@k": sum(vals) / len(vals),
+                              "sampled_pass@1": families[fam]["sample_correct"] / (samples * len(vals))})
+
+
 def evaluate_skills(model: Any, tokenizer: Any, items: Sequence[Any], *, greedy: bool = True, samples: int = 0,
                     temperature: float = 1.0, max_new_tokens: int = 16, batch_size: int = 64,
                     seed: int = 0, sample_per_family: int = 0) -> dict[str, Any]:
@@ -84,26 +108,9 @@ def evaluate_skills(model: Any, tokenizer: Any, items: Sequence[Any], *, greedy:
                 completions.append({"family": it.family, "question": it.question, "answer": it.answer,
                                     "completion": reply, "correct": ok})
         if samples:
-            # each prompt repeated `samples` times in a row; one seeded generator for the whole call
             cfg = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                    max_new_tokens=max_new_tokens, seed=seed)
-            seen: dict[str, int] = {}
-            chosen = []
-            for j, it in enumerate(items):
-                seen[it.family] = seen.get(it.family, 0) + 1
-                if not sample_per_family or seen[it.family] <= sample_per_family:
-                    chosen.append(j)
-            rep = [prompts[j] for j in chosen for _ in range(samples)]
-            replies = _generate(gen, rep, cfg, max(batch_size, 1))
-            passk: dict[str, list[float]] = {}
-            for jj, j in enumerate(chosen):
-                it = items[j]
-                c = sum(bool(check_answer(it.family, r, it.answer)) for r in replies[jj * samples:(jj + 1) * samples])
-                passk.setdefault(it.family, []).append(pass_at_k(samples, c, samples))
-                families[it.family]["sample_correct"] = families[it.family].get("sample_correct", 0) + c
-            for fam, vals in passk.items():
-                families[fam].update({"k": samples, "sampled_n": len(vals), "pass@k": sum(vals) / len(vals),
-                                      "sampled_pass@1": families[fam]["sample_correct"] / (samples * len(vals))})
+            _add_sampled(families, _generate, gen, items, prompts, cfg, samples, sample_per_family, batch_size)
     finally:
         model.train(was_training)
     for fam in families.values():

@@ -173,6 +173,37 @@ def build_examples(tokenizer, conversations: list[list[dict]], max_len: int) -> 
     return examples, counts
 
 
+def start_checkpoint(P: Params) -> Path:
+    """The model SFT starts from: pretrained_checkpoint, init_from (a minigpt checkpoint, or an HF folder imported
+    once into runs/<run>/import/), or the run's pretrain/final_model."""
+    ckpt_dir = Path(P.pretrained_checkpoint) if P.pretrained_checkpoint else P.paths["pretrain"] / "final_model"
+    if P.get("init_from"):
+        if P.pretrained_checkpoint:
+            raise ParameterError("init_from and pretrained_checkpoint: both name the model to start from; set one")
+        from ..convert import resolve_init_from
+
+        ckpt_dir = resolve_init_from(P.init_from, P.paths["run"] / "import")
+    if not ckpt_dir.is_dir():
+        raise FileNotFoundError(f"{ckpt_dir} not found: run notebooks/03_pretrain first (or set pretrained_checkpoint)")
+    return ckpt_dir
+
+
+def split_examples(tokenizer, train_convs: list[list[dict]], val_convs: list[list[dict]], seq_len: int
+                   ) -> tuple[list, list, dict[str, int]]:
+    """(train examples, val examples, train counts): what was cut or dropped is logged; with no val conversation a
+    twentieth of the training examples is held out rather than evaluating on nothing (tiny corpora)."""
+    train_ex, train_counts = build_examples(tokenizer, train_convs, seq_len)
+    val_ex, val_counts = build_examples(tokenizer, val_convs, seq_len)
+    for split, c in (("train", train_counts), ("val", val_counts)):
+        if c["truncated"] or c["dropped_too_long"] or c["dropped_no_reply"]:
+            logger.info("sft %s: %d conversations, %d truncated at a turn boundary, %d dropped (too long for seq_len=%d), "
+                        "%d dropped (no assistant reply)", split, c["conversations"], c["truncated"],
+                        c["dropped_too_long"], seq_len, c["dropped_no_reply"])
+    if not val_ex:
+        val_ex, train_ex = train_ex[: max(1, len(train_ex) // 20)], train_ex[max(1, len(train_ex) // 20):]
+    return train_ex, val_ex, train_counts
+
+
 def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, world_size: int = 1,
                       skip_if_no_chat: bool = False) -> tuple[Trainer | None, dict[str, Any]]:
     """Everything notebook 04 needs, checked before any compute: (trainer, info about data and LoRA).
@@ -180,15 +211,7 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
     paths = P.paths
     sft_cfg = P.build(SFTConfig)
     validate_dataclass(sft_cfg)
-    ckpt_dir = Path(P.pretrained_checkpoint) if P.pretrained_checkpoint else paths["pretrain"] / "final_model"
-    if P.get("init_from"):  # a minigpt checkpoint, or an HF folder imported once into runs/<run>/import/
-        if P.pretrained_checkpoint:
-            raise ParameterError("init_from and pretrained_checkpoint: both name the model to start from; set one")
-        from ..convert import resolve_init_from
-
-        ckpt_dir = resolve_init_from(P.init_from, paths["run"] / "import")
-    if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"{ckpt_dir} not found: run notebooks/03_pretrain first (or set pretrained_checkpoint)")
+    ckpt_dir = start_checkpoint(P)
     cfg = train_config_from_params(P)
     if sft_cfg.use_lora and cfg.optim.use_ema:
         raise ParameterError("use_ema: not supported together with use_lora (the EMA would shadow the frozen base); set one of them false")
@@ -212,15 +235,7 @@ def build_sft_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, w
         train_convs, mix = mix_skills(train_convs, P.paths["data"], sft_cfg.skills_fraction)
         logger.info("sft: %d dialogue examples (each %dx) and %d skill problems: %.0f%% skills", mix["dialogues"],
                     mix["dialogue_repeats"], mix["skills"], 100 * mix["skills_share"])
-    train_ex, train_counts = build_examples(tokenizer, train_convs, seq_len)
-    val_ex, val_counts = build_examples(tokenizer, val_convs, seq_len)
-    for split, c in (("train", train_counts), ("val", val_counts)):
-        if c["truncated"] or c["dropped_too_long"] or c["dropped_no_reply"]:
-            logger.info("sft %s: %d conversations, %d truncated at a turn boundary, %d dropped (too long for seq_len=%d), "
-                        "%d dropped (no assistant reply)", split, c["conversations"], c["truncated"],
-                        c["dropped_too_long"], seq_len, c["dropped_no_reply"])
-    if not val_ex:  # tiny corpora: hold out a few training conversations rather than evaluate on nothing
-        val_ex, train_ex = train_ex[: max(1, len(train_ex) // 20)], train_ex[max(1, len(train_ex) // 20):]
+    train_ex, val_ex, train_counts = split_examples(tokenizer, train_convs, val_convs, seq_len)
     bs = cfg.optim.batch_size
     batches = ChatBatches(train_ex, bs, tokenizer.pad_id, seed=cfg.schedule.seed, rank=rank, world_size=world_size,
                           pack=sft_cfg.pack_conversations, seq_len=seq_len)
