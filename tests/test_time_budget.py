@@ -139,3 +139,12 @@ def test_max_minutes_is_a_checked_training_parameter():
         TrainConfig.from_flat(max_minutes=-1.0).validate()
     with pytest.raises(ValueError, match="max_steps: expected a positive integer"):
         TrainConfig.from_flat(max_steps=0).validate()
+
+
+def test_a_budgeted_run_estimates_by_its_budget(tmp_path, caplog):
+    clock = FakeClock()
+    with caplog.at_level("INFO", logger="minigpt.train.clock"):
+        make_trainer(tmp_path, clock).fit()
+    # wall seconds per step over steps 2-4, measured once: 1 s each plus step 3's 100 s evaluation
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate:")]
+    assert lines == ["estimate: 34.33 s/step; the run stops after 10 s of training time (max_minutes)"]
