@@ -132,7 +132,12 @@ def mix_skills(dialogues: list[list[dict]], data_dir: Path, fraction: float) -> 
     the examples (every skill problem is kept; ChatBatches samples the list, so repeats set the proportions)."""
     from ..data.skills import load_run_skills
 
-    skills = [it.conversation() for it in load_run_skills(data_dir, "train")]
+    try:
+        skills = [it.conversation() for it in load_run_skills(data_dir, "train")]
+    except FileNotFoundError as e:  # a run folder made without 01 (chat_source from a file): dialogues only
+        logger.warning("skills_fraction=%g: %s; training on the dialogues only", fraction, e)
+        return dialogues, {"dialogues": len(dialogues), "dialogue_repeats": 1, "skills": 0, "skills_share": 0.0,
+                           "missing": str(e)}
     if fraction >= 1.0 or not dialogues:
         repeats = 0
     else:
