@@ -24,13 +24,19 @@ def system_report(preset: str | None = None, device: str = "auto", dtype: str = 
     lines = ["== system =="]
     lines += [f"{k:>20}: {v}" for k, v in info.items()]
     if preset:
+        from .devices import pick_device, pick_dtype
+        from .train.memory import describe, estimate_train_memory
+
         cfg = ModelConfig.from_preset(preset)
-        mem = cfg.memory_estimate(batch_size=batch_size)
+        run_dtype = pick_dtype(dtype, pick_device(device))[0]
+        # the trainer's own estimate (train/memory.py), with its default switches; the trainer logs the run's
+        mem = estimate_train_memory(cfg, batch_size, cfg.max_seq_len, run_dtype)
         lines += ["== model ==",
                   f"{'preset':>20}: {preset}",
                   f"{'parameters':>20}: {cfg.num_params():,}",
-                  f"{'weights':>20}: {mem['weights_mb']:.1f} MB",
-                  f"{'training memory':>20}: ~{mem['total_mb']:.0f} MB at batch {batch_size} x {cfg.max_seq_len}"]
+                  f"{'weights':>20}: {4 * cfg.num_params() / 2 ** 20:.1f} MB",
+                  f"{'training memory':>20}: ~{describe(mem)} at batch {batch_size} x {cfg.max_seq_len}, "
+                  f"{str(run_dtype).replace('torch.', '')}, without activation checkpointing"]
     return "\n".join(lines)
 
 

@@ -119,27 +119,3 @@ class ModelConfig:
         per_layer = attn + mlp + 2 * d + (2 * self.head_dim if self.qk_norm else 0)
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
         return self.vocab_size * d + self.n_layers * per_layer + d + head
-
-    def memory_estimate(self, batch_size: int = 8, seq_len: int | None = None, bytes_per_param: int = 4) -> dict[str, float]:
-        """Rough training-memory estimate in MB: weights, grads, AdamW's two moments and activations.
-
-        Activations: about 34*T*d bytes per token per layer in 16-bit (Korthikanti et al. 2022, without the
-        5*h*T^2 attention-matrix term, which SDPA's flash kernels never store); doubled for fp32, the CPU case.
-        """
-        seq_len = seq_len or self.max_seq_len
-        n = self.num_params()
-        weights = n * bytes_per_param
-        grads = n * bytes_per_param
-        adam = 2 * n * 4
-        act_per_layer = batch_size * seq_len * 34 * self.d_model * 2
-        logits = batch_size * seq_len * self.vocab_size * 4 * 3
-        act = self.n_layers * act_per_layer + logits
-        mb = 1024 * 1024
-        return {
-            "params": n,
-            "weights_mb": weights / mb,
-            "grads_mb": grads / mb,
-            "optimizer_mb": adam / mb,
-            "activations_mb": act / mb,
-            "total_mb": (weights + grads + adam + act) / mb,
-        }
