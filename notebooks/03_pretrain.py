@@ -73,7 +73,7 @@ print(f"steps: {trainer.max_steps}, batch {P.batch_size} x {trainer.seq_len} tok
 
 # %% [markdown]
 # ## One step by hand
-# Before the `Trainer` takes over, here is one training step in view: a batch of token windows, the
+# Before the `Trainer` takes over, here is one training step in view: two token windows of a batch, the
 # forward pass through the model's modules (shapes printed), the cross-entropy loss, one backward pass
 # and one AdamW update. This is all `GPT.forward` (`minigpt/model/gpt.py`) does. It runs on a copy of the
 # model, so the training below starts from the same weights. With `dropout` > 0 each pass draws random masks:
@@ -89,7 +89,8 @@ import torch
 import torch.nn.functional as F
 
 model = copy.deepcopy(trainer.model)                        # a copy: the run below starts from the same weights
-x, y = (t.to(trainer.device) for t in trainer.train_batches.batch_at(0))  # y is x shifted left by one token
+# two windows of the first batch: by hand every layer's activations are kept (medium's whole batch would hold ~9 GB)
+x, y = (t[:2].to(trainer.device) for t in trainer.train_batches.batch_at(0))  # y is x shifted left by one token
 print(f"batch: x {tuple(x.shape)} token ids; row 0 starts {x[0, :6].tolist()} and must predict {y[0, :6].tolist()}")
 
 with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
