@@ -516,12 +516,6 @@ def jsonable(P: dict[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in P.items()}
 
 
-def validate_dataclass(obj) -> None:
-    """Call obj.validate(); its error becomes a ParameterError (see parameter_error)."""
-    try:
-        obj.validate()
-    except ValueError as e:
-        raise parameter_error(e) from e
 def parameter_error(e: ValueError) -> ParameterError:
     """A config's "key: expected ..." error as a ParameterError, so notebooks show one kind of error; a key that
     has aliases (the seeds' flag names) is shown with them, since the user may have typed one of those."""
@@ -531,3 +525,9 @@ def parameter_error(e: ValueError) -> ParameterError:
     return ParameterError(f"{key} ({', '.join(names)}){msg[len(key):]}" if names else msg)
 
 
+def validate_dataclass(obj) -> None:
+    """Call obj.validate(); its error becomes a ParameterError (see parameter_error)."""
+    try:
+        obj.validate()
+    except ValueError as e:
+        raise parameter_error(e) from e
