@@ -361,6 +361,18 @@ def test_imported_qwen3_through_notebook_04_lora_and_back_to_transformers(tmp_pa
     assert cfg.qk_norm and cfg.head_dim == 32 and (final / "adapter.safetensors").is_file()
     base, _, _ = load_checkpoint(tmp_path / "imported")
     assert not torch.equal(model.layers[0].self_attn.q_proj.weight, base.layers[0].self_attn.q_proj.weight)  # trained
+    # then RL (notebook 08, GRPO with LoRA) on the built-in skills, through the imported tokenizer's chat template
+    from minigpt.data.skills import SkillsConfig, write_run_skills
+
+    write_run_skills(run_dir / "data", SkillsConfig(skills_train_per_family=8, skills_eval_per_family=2))
+    pm.execute_notebook(str(root / "notebooks" / "08_rl.ipynb"), str(tmp_path / "08.ipynb"),
+                        parameters={"config": "ci", "run_dir": str(run_dir), "use_lora": True, "max_steps": 2},
+                        cwd=str(root), kernel_name="python3", progress_bar=False, execution_timeout=240)
+    final = run_dir / "rl" / "final_model"
+    model, tok, cfg = load_checkpoint(final)
+    assert cfg.qk_norm and (final / "adapter.safetensors").is_file()
+    records = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["step"] for r in records if "train_reward" in r] == [1, 2]
     export_hf(final, tmp_path / "export")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "export"), dtype=torch.float32).eval()
     prompt = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True)

@@ -117,3 +117,16 @@ def test_an_item_longer_than_the_context_is_skipped_and_counted(model, caplog):
         r = evaluate_items(model, CharTokenizer(), items, prefix_eos=False)
     assert r["skipped"] == 1 and r["n"] == 2 and r["correct"] == 2 and r["random"] == pytest.approx(0.5)
     assert "1 of 3 items skipped" in caplog.text and "max_seq_len=32" in caplog.text and "long" in caplog.text
+
+
+def test_mean_of_rates_interval_by_hand_and_contains_the_mean():
+    from minigpt.eval.scoring import mean_of_rates_interval
+
+    # families 8/10 and 0/200: mean 0.4; Agresti-Coull p = (8 + 1.92)/(10 + 3.84), (0 + 1.92)/(200 + 3.84)
+    z = 1.96
+    p1, p2 = (8 + z * z / 2) / (10 + z * z), (0 + z * z / 2) / (200 + z * z)
+    half = z * math.sqrt(p1 * (1 - p1) / (10 + z * z) + p2 * (1 - p2) / (200 + z * z)) / 2
+    lo, hi = mean_of_rates_interval([(8, 10), (0, 200)])
+    assert (lo, hi) == pytest.approx((0.4 - half, 0.4 + half))
+    assert lo < 0.4 < hi  # the pooled Wilson interval of 8/210 would not contain 0.4
+    assert mean_of_rates_interval([(0, 5)])[0] == 0.0 and mean_of_rates_interval([(5, 5)])[1] == 1.0

@@ -63,6 +63,22 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mean_of_rates_interval(counts: list[tuple[int, int]], z: float = 1.96) -> tuple[float, float]:
+    """95% interval of the unweighted mean of several accuracies k_i/n_i (each family counts once): the mean
+    +- z * sqrt(sum p_i(1-p_i)/n_i) / F, with each p_i taken as Agresti-Coull's (k_i + z^2/2) / (n_i + z^2) so that a
+    family at 0 or 1 still adds its uncertainty; clipped to [0, 1]. (A pooled Wilson interval would not contain this
+    mean when families have different sizes.)"""
+    if not counts:
+        return (0.0, 1.0)
+    mean = sum(k / n for k, n in counts) / len(counts)
+    var = 0.0
+    for k, n in counts:
+        p = (k + z * z / 2) / (n + z * z)
+        var += p * (1 - p) / (n + z * z)
+    half = z * math.sqrt(var) / len(counts)
+    return (max(0.0, mean - half), min(1.0, mean + half))
+
+
 def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..atomic import atomic_write_json
-from .scoring import pass_at_k, wilson_interval
+from .scoring import mean_of_rates_interval, pass_at_k, wilson_interval
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def evaluate_skills(model: Any, tokenizer: Any, items: Sequence[Any], *, greedy:
     Returns {"families": {family: {n, correct, pass@1, ci95[, samples, k, pass@k]}}, "mean": {pass@1, ci95, n,
     correct[, pass@k]}, "settings": {...}, "completions": [{family, question, answer, completion, correct}]
     (greedy), "examples": the first few completions per family}. The mean is over families (each family counts
-    once); its interval is Wilson's on all items pooled."""
+    once); its interval is mean_of_rates_interval's (each family's binomial uncertainty, averaged)."""
     from ..data.skills import check_answer
     from ..infer.generate import GenerationConfig, TextGenerator
 
@@ -120,7 +120,8 @@ def evaluate_skills(model: Any, tokenizer: Any, items: Sequence[Any], *, greedy:
     mean: dict[str, Any] = {"families": len(families)}
     if greedy:
         n, c = sum(f["n"] for f in families.values()), sum(f["correct"] for f in families.values())
-        mean.update(n=n, correct=c, ci95=list(wilson_interval(c, n)),
+        # the mean over families and its interval (mean_of_rates_interval); n and correct are the pooled counts
+        mean.update(n=n, correct=c, ci95=list(mean_of_rates_interval([(f["correct"], f["n"]) for f in families.values()])),
                     **{"pass@1": sum(f["pass@1"] for f in families.values()) / len(families)})
     if samples:
         mean.update(k=samples, **{"pass@k": sum(f["pass@k"] for f in families.values()) / len(families)})
