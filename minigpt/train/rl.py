@@ -66,6 +66,7 @@ class RLConfig:
     loss_agg: str = "token"  # token (mean over all completion tokens, DAPO) | sequence (per completion, then mean)
     scale_advantages: bool = True  # divide by the group's std (GRPO); false keeps reward - group mean
     format_reward: float = 0.0  # added to the reward of a completion that ends its turn (<|im_end|>)
+    drop_equal_groups: bool = True  # train only on groups whose rewards differ (the others carry no signal)
     eval_per_family: int = 32  # held-out validation problems per family for val_accuracy at each evaluation
     use_lora: bool = False
     lora_rank: int = 8
@@ -174,6 +175,14 @@ class RolloutBatches:
             rewards.append(ok + (self.rl.format_reward if end else 0.0))
         r = torch.tensor(rewards, dtype=torch.float32)
         adv = group_advantages(r, G, scale=self.rl.scale_advantages)
+        mean_length = sum(map(len, completions)) / len(completions)
+        if self.rl.drop_equal_groups:
+            # a group whose rewards are all equal has zero advantage everywhere: it adds no gradient, only tokens
+            # to the loss's denominator (DAPO's dynamic sampling, Yu et al. 2025, without the re-sampling)
+            informative = (r.view(-1, G).max(1).values != r.view(-1, G).min(1).values).repeat_interleave(G)
+            if informative.any():
+                keep = informative.nonzero().flatten().tolist()
+                prompts, completions, adv = [prompts[i] for i in keep], [completions[i] for i in keep], adv[keep]
         x, y = self._rows(prompts, completions)
         extras = {"advantages": adv}
         if self.reference is not None:
@@ -183,7 +192,7 @@ class RolloutBatches:
                 extras["ref_logps"] = token_logps(logits, y.to(device)).cpu()
         self._stats.append({"reward": float(r.mean()), "accuracy": sum(correct) / len(correct),
                             "ended_turn": sum(ended) / len(ended), "equal_reward_fraction": equal_reward_fraction(r, G),
-                            "completion_tokens": sum(map(len, completions)) / len(completions), "rollout_s": rollout_s})
+                            "completion_tokens": mean_length, "rollout_s": rollout_s})
         return x, y, extras
 
     def _rows(self, prompts: list[list[int]], completions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
