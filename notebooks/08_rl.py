@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # 08 · Reinforcement learning with verifiable rewards (GRPO)
 #

@@ -301,8 +301,25 @@ def _section_rl(f: dict, run_dir: Path, lines: list[str]) -> None:
     nums = [[k, v] for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" not in k]
     lines += [f"The last logged record (step {last.get('step')}; per-family numbers are in rl/metrics.jsonl and the "
               f"skills table above):", ""] + _table(["measure", "value"], nums)
-    lines += [f"![{p.stem}]({p.relative_to(run_dir)})" for p in sorted((run_dir / "rl" / "plots").glob("*.png"))
-              if "loss_curve_step" not in p.name] + [""]
+    # 08's panels (reward, held-out accuracy, KL, length, all-equal groups); the loss curve is in the section above
+    metrics_png = run_dir / "rl" / "plots" / "rl_metrics.png"
+    lines += ([f"![rl_metrics]({metrics_png.relative_to(run_dir)})"] if metrics_png.is_file() else []) + [""]
+
+
+def _compact_png(path: Path, max_width: int = 900) -> bytes:
+    """A plot's PNG at most max_width pixels wide with a 256-colour palette: a few times smaller than the saved file
+    and the same to read, so a notebook that shows the whole report stays small."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.width > max_width:
+            im = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
+        out = io.BytesIO()
+        im.quantize(colors=256).save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def embed_images(markdown: str, run_dir: str | Path) -> str:
@@ -317,7 +334,7 @@ def embed_images(markdown: str, run_dir: str | Path) -> str:
         path = run_dir / m.group(2)
         if not path.is_file():
             return m.group(0)
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        data = base64.b64encode(_compact_png(path)).decode("ascii")
         return f"![{m.group(1)}](data:image/png;base64,{data})"
 
     return re.sub(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)", inline, markdown)

@@ -30,26 +30,33 @@ def _last_line(path: Path) -> tuple[int, bytes]:
 
 
 def ensure_val_split(files: dict[str, Path], stats: dict) -> None:
-    """When the hash split left a val file empty but its train file has two or more records, move the last
-    train record to val (appended first, then cut from train), so evaluation always has something.
-    Counted in stats["moved_to_val"]."""
-    if not stats.get("config", {}).get("val_fraction", 1.0):
-        return  # val_fraction=0: no val split asked for
+    """When the hash split left one side of a pair empty and the other has two or more records, move the other's
+    last record over (appended first, then cut from its file): evaluation always has something, and a few held-out
+    dialogues never leave nothing to train on. Counted in stats["moved_to_val"] / stats["moved_to_train"]. A fraction
+    of 0 (val_fraction, sft_val_fraction) asks for no split and is respected."""
+    config = stats.get("config", {})
     for train, val, kind in _PAIRS:
-        if stats["kept"][val] or stats["kept"][train] < 2 or not files[train].is_file():
+        if not config.get("val_fraction" if kind == "text" else "sft_val_fraction", 1.0):
             continue
-        start, line = _last_line(files[train])
-        with open(files[val], "ab") as f:
-            f.write(line if line.endswith(b"\n") else line + b"\n")
-        os.truncate(files[train], start)
-        obj = json.loads(line)
-        nchars = len(obj["text"]) if kind == "text" else sum(len(t["content"]) for t in obj["conversations"])
-        stats["kept"][train] -= 1
-        stats["kept"][val] += 1
-        stats["chars"][train] -= nchars
-        stats["chars"][val] += nchars
-        stats["moved_to_val"] = stats.get("moved_to_val", 0) + 1
-        logger.info("the hash split left %s empty: moved the last of %s's records there", val, train)
+        for src, dst, counter in ((train, val, "moved_to_val"), (val, train, "moved_to_train")):
+            if stats["kept"][dst] or stats["kept"][src] < 2 or not files[src].is_file():
+                continue
+            _move_last_record(files, stats, src, dst, kind)
+            stats[counter] = stats.get(counter, 0) + 1
+            logger.info("the hash split left %s empty: moved the last of %s's records there", dst, src)
+
+
+def _move_last_record(files: dict[str, Path], stats: dict, src: str, dst: str, kind: str) -> None:
+    start, line = _last_line(files[src])
+    with open(files[dst], "ab") as f:
+        f.write(line if line.endswith(b"\n") else line + b"\n")
+    os.truncate(files[src], start)
+    obj = json.loads(line)
+    nchars = len(obj["text"]) if kind == "text" else sum(len(t["content"]) for t in obj["conversations"])
+    stats["kept"][src] -= 1
+    stats["kept"][dst] += 1
+    stats["chars"][src] -= nchars
+    stats["chars"][dst] += nchars
 
 
 def data_plan(stats: dict) -> str:
