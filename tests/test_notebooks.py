@@ -164,8 +164,8 @@ def test_evaluate_writes_benchmarks_and_the_report_card(executed):
     assert (run_dir / "eval" / "cloze.jsonl").is_file() and (run_dir / "eval" / "cloze_chat.jsonl").is_file()
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     for section in ("## Environment", "## Data", "## Tokenizer", "## Model", "## Training", "## Validation",
-                    "## Benchmarks", "## SFT: answers before and after", "## Samples", "## Generation speed",
-                    "## Parameters"):
+                    "## Benchmarks", "## Built-in skills", "## Alignment (DPO)", "## Reinforcement learning (GRPO)",
+                    "## Chat answers of each stage", "## Samples", "## Generation speed", "## Parameters"):
         assert section in report, section
     assert "*Not run" not in report, "every stage ran in this run"
     assert "| cloze | sft |" in report and (run_dir / "report_benchmarks.png").is_file()
