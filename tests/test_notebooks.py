@@ -167,7 +167,8 @@ def test_evaluate_writes_benchmarks_and_the_report_card(executed):
                     "## Benchmarks", "## Built-in skills", "## Alignment (DPO)", "## Reinforcement learning (GRPO)",
                     "## Chat answers of each stage", "## Samples", "## Generation speed", "## Parameters"):
         assert section in report, section
-    assert "*Not run" not in report, "every stage ran in this run"
+    # in this chain 06 runs before 07 and 08 (make demo runs it last): exactly those two sections say "Not run"
+    assert report.count("*Not run") == 2 and "no align/metrics.jsonl" in report and "no rl/metrics.jsonl" in report
     assert "| cloze | sft |" in report and (run_dir / "report_benchmarks.png").is_file()
     shown = text_of(outputs_of(nbs["06_evaluate"], "write_report(P.run_dir)"))
     assert "report.md" in shown
