@@ -69,7 +69,7 @@ def _shutdown_kernels(url: str) -> None:
 def _browser_config(dest: Path) -> Path:
     """params/ci.yaml with a 4-step pretrain, so 'run all' in 03 is quick and the panel's Start does the training."""
     cfg = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text(encoding="utf-8"))
-    cfg["pretrain"].update(max_steps=4, warmup_steps=1, eval_interval=2, save_steps=1000, log_interval=1)
+    cfg["pretrain"].update(max_steps=4, warmup_steps=1, eval_interval=2, save_interval=1000, log_interval=1)
     dest.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return dest
 
