@@ -698,26 +698,24 @@ def _check_lang(lang: str, allowed: Sequence[str] = LANGS) -> None:
         raise ValueError(f"skills: lang must be one of {', '.join(allowed)}, got {lang!r}")
 
 
-def canonical_key(family: str, lang: str, question: str) -> str:
-    """The language-independent key of a question's problem (family + payload, twins folded): what splits hash."""
+def _payload(family: str, lang: str, question: str) -> Payload:
+    """The problem's numbers and strings read back from its wording, or ValueError naming the question."""
     fam = _family_of(family)
     _check_lang(lang)
     try:
-        payload = fam.parse(question, lang)
+        return fam.parse(question, lang)
     except (ValueError, IndexError, TypeError) as e:
         raise ValueError(f"skills: cannot read a {family} ({lang}) problem from {question!r}: {e}") from None
-    return _key(family, fam.canon(payload))
+
+
+def canonical_key(family: str, lang: str, question: str) -> str:
+    """The language-independent key of a question's problem (family + payload, twins folded): what splits hash."""
+    return _key(family, _family_of(family).canon(_payload(family, lang, question)))
 
 
 def split_of(family: str, lang: str, question: str) -> str:
     """The split ("train" | "val" | "test") the problem of ``question`` belongs to; see the module docstring."""
-    fam = _family_of(family)
-    _check_lang(lang)
-    try:
-        payload = fam.parse(question, lang)
-    except (ValueError, IndexError, TypeError) as e:
-        raise ValueError(f"skills: cannot read a {family} ({lang}) problem from {question!r}: {e}") from None
-    return _split_of_payload(family, payload)
+    return _split_of_payload(family, _payload(family, lang, question))
 
 
 def split_sizes(family: str) -> dict[str, int] | None:

@@ -301,3 +301,12 @@ def prune_checkpoints(output_dir: str | Path, keep_last_n: int, permanent: list[
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
+
+
+def stage_checkpoint(given: str, default: Path, notebook: str, key: str) -> Path:
+    """The checkpoint a stage starts from: `given` (a parameter) or the earlier stage's `default`; a missing folder
+    is a FileNotFoundError naming the notebook that writes it and the parameter that overrides it."""
+    path = Path(given) if given else default
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: run notebooks/{notebook} first (or set {key})")
+    return path

@@ -108,10 +108,7 @@ def align_dir(P: Params) -> Path:
 
 
 def sft_checkpoint(P: Params, dpo: DPOConfig) -> Path:
-    path = Path(dpo.sft_checkpoint) if dpo.sft_checkpoint else P.paths["sft"] / "final_model"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: run notebooks/04_sft first (or set sft_checkpoint)")
-    return path
+    return ckpt.stage_checkpoint(dpo.sft_checkpoint, P.paths["sft"] / "final_model", "04_sft", "sft_checkpoint")
 
 
 def spin_settings(dpo: DPOConfig, seed: int):

@@ -282,10 +282,7 @@ def rl_dir(P: Params) -> Path:
 
 
 def init_checkpoint(P: Params, rl: RLConfig) -> Path:
-    path = Path(rl.init_checkpoint) if rl.init_checkpoint else P.paths["sft"] / "final_model"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: run notebooks/04_sft first (or set init_checkpoint)")
-    return path
+    return ckpt.stage_checkpoint(rl.init_checkpoint, P.paths["sft"] / "final_model", "04_sft", "init_checkpoint")
 
 
 def rl_config(P: Params) -> RLConfig:
