@@ -332,3 +332,20 @@ def test_generator_follows_weights_changed_by_a_fused_optimizer():
     assert [p._version for p in model.parameters()] == versions  # the counters did not move
     after = kept.generate_ids([5, 9, 11], greedy)
     assert after == TextGenerator(model, tok).generate_ids([5, 9, 11], greedy) and after != before
+
+
+def test_generator_follows_weights_changed_by_the_trainers_muon():
+    """Muon (the trainer's own optimizer, a torch Optimizer subclass) is counted by the same post-step hook."""
+    from minigpt.config import TrainConfig
+    from minigpt.train.optim import build_optimizer
+
+    tok = tiny_tokenizer()
+    model = tiny_gpt(tok.vocab_size, max_seq_len=64)
+    kept = TextGenerator(model, tok)
+    greedy = GenerationConfig(max_new_tokens=12, do_sample=False)
+    before = kept.generate_ids([5, 9, 11], greedy)
+    opt = build_optimizer(model, TrainConfig.from_flat(optimizer_type="muon", learning_rate=0.5), torch.device("cpu"))
+    model(torch.tensor([[5, 9, 11, 4]]), torch.tensor([[9, 11, 4, 7]]))[1].backward()
+    opt.step()
+    after = kept.generate_ids([5, 9, 11], greedy)
+    assert after == TextGenerator(model, tok).generate_ids([5, 9, 11], greedy) and after != before
