@@ -53,6 +53,11 @@ def _train_setup(preset: str, impl: str, compile_: bool, dtype: str = "float32")
     batch, seq = TRAIN_SHAPES[preset]
     model = GPT(cfg) if impl == "minigpt" else _hf_llama(cfg)
     model.train()
+    if impl == "minigpt":  # the trainer's default speed and memory switches for this dtype (chunked loss, attention)
+        from ..train.memory import plan_memory
+
+        plan_memory(model, TrainConfig.from_flat(check_memory=False).machine, batch, seq, 1, "adamw",
+                    torch.device("cpu"), getattr(torch, dtype))
     # The trainer's optimizer (AdamW, decay on matrices only; fused where the trainer fuses), for both impls.
     opt = build_optimizer(model, TrainConfig.from_flat(learning_rate=1e-4), torch.device("cpu"))
     fwd = model

@@ -205,14 +205,18 @@ class MachineConfig:
     activation_checkpointing: bool = False  # memory: recompute each block in the backward instead of keeping its activations
     chunked_loss: bool = True  # the LM head's loss in chunks of rows: the batch x seq x vocab logits are never held
     check_memory: bool = True  # estimate the step's peak memory at start and refuse a run that cannot fit
+    # (auto: plain matmuls, model/matmul_attention.py, on the CPU under bf16 up to seq_len 512, where SDPA's kernel is slow)
+    attention: str = "auto"  # speed: auto | sdpa | matmul, how training computes attention
 
     DTYPES = ("auto", "float32", "float16", "bfloat16")
+    ATTENTION_IMPLS = ("auto", "sdpa", "matmul")
     COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "auto")
 
     def checks(self) -> list[Check]:
         most = 4 * (os.cpu_count() or 1)  # more threads than this only thrash (or crash the thread pool)
         return [
             (self.dtype in self.DTYPES, "dtype", f"one of {self.DTYPES}, got {self.dtype!r}"),
+            (self.attention in self.ATTENTION_IMPLS, "attention", f"one of {self.ATTENTION_IMPLS}, got {self.attention!r}"),
             (self.compile_mode in self.COMPILE_MODES, "compile_mode",
              f"one of default / reduce-overhead / max-autotune / auto, got {self.compile_mode!r}"),
             (0 <= self.num_threads <= most, "num_threads",

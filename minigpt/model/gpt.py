@@ -15,7 +15,8 @@ Variants are module choices made in __init__ from the config (forward has one pa
 One forward serves training (`targets`), evaluation and cached decoding (`cache`): a decode step is the
 same code with T = 1 and the keys/values of earlier positions read from a `KVCache`.
 Speed paths live elsewhere and are checked against this file: the C decode step
-(`minigpt/infer/native_decode.py`, tests/test_native_decode.py) and `torch.compile` of this module.
+(`minigpt/infer/native_decode.py`, tests/test_native_decode.py), attention as plain matmuls for CPU bf16 training
+(`model/matmul_attention.py`, behind `Attention.use_matmul`) and `torch.compile` of this module.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .chunked_loss import chunked_cross_entropy
+from .matmul_attention import matmul_attention
 
 
 class RMSNorm(nn.Module):
@@ -93,6 +95,10 @@ class KVCache:
 class Attention(nn.Module):
     """Grouped-query self-attention: n_heads query heads share n_kv_heads key/value heads."""
 
+    # Speed switch, set by the Trainer from TrainConfig.machine.attention (never saved): the same attention as
+    # two batched matmuls (model/matmul_attention.py), faster than SDPA's CPU kernel under bf16 autocast.
+    use_matmul: bool = False
+
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.layer = layer  # index into the KV cache
@@ -119,11 +125,12 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)
         # Causal without an explicit mask only when queries and keys line up (training, or an empty cache).
         is_causal = attn_mask is None and k.shape[2] == T and T > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if self.use_matmul:
+            y = matmul_attention(q, k, v, attn_mask, is_causal, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p,
+                                               enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -26,7 +26,8 @@ import torch
 
 from ..config import ModelConfig
 from ..model.chunked_loss import chunk_rows
-from ..model.gpt import GPT
+from ..model.gpt import GPT, Attention
+from ..model.matmul_attention import attention_extra_bytes, use_matmul_attention
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _muon_shapes(cfg: ModelConfig) -> dict[tuple[int, int], int]:
 
 def estimate_train_memory(model_cfg: ModelConfig, batch: int, seq_len: int, dtype: torch.dtype = torch.float32,
                           optimizer: str = "adamw", activation_checkpointing: bool = False,
-                          chunked_loss: bool = True) -> dict[str, int]:
+                          chunked_loss: bool = True, matmul_attention: bool = False) -> dict[str, int]:
     """Estimated peak bytes of one training step (micro-batch `batch` x `seq_len`), by part, and their "total"."""
     n = model_cfg.num_params()
     tokens = batch * seq_len
@@ -87,6 +88,9 @@ def estimate_train_memory(model_cfg: ModelConfig, batch: int, seq_len: int, dtyp
     else:
         # every layer's saved values, and one layer's gradients in flight during the backward
         out["activations"] = model_cfg.n_layers * per_layer + per_layer // 2
+    if matmul_attention:  # the attention probabilities kept for the backward (model/matmul_attention.py)
+        kept_layers = 3 if activation_checkpointing else model_cfg.n_layers
+        out["activations"] += attention_extra_bytes(batch, model_cfg.n_heads, seq_len, kept_layers, dtype in SIXTEEN_BIT)
     if chunked_loss:
         rows = min(tokens, chunk_rows(model_cfg.vocab_size))
         out["lm_head"] = 4 * emb + 4 * tokens * model_cfg.d_model + 3 * 4 * rows * model_cfg.vocab_size
@@ -117,10 +121,16 @@ def describe(est: dict[str, int]) -> str:
 
 
 def what_fits(model_cfg: ModelConfig, batch: int, seq_len: int, accumulation: int, dtype: torch.dtype,
-              optimizer: str, activation_checkpointing: bool, chunked_loss: bool, budget: int) -> list[str]:
+              optimizer: str, activation_checkpointing: bool, chunked_loss: bool, budget: int,
+              matmul_attention: bool = False) -> list[str]:
     """Settings that keep the same tokens per optimizer step and fit in `budget` bytes (empty if none does)."""
-    est = lambda b, ac, cl: estimate_train_memory(model_cfg, b, seq_len, dtype, optimizer, ac, cl)["total"]  # noqa: E731
+    def est(b: int, ac: bool, cl: bool, mm: bool = matmul_attention) -> int:
+        return estimate_train_memory(model_cfg, b, seq_len, dtype, optimizer, ac, cl, mm)["total"]
+
     out = []
+    if matmul_attention and est(batch, activation_checkpointing, chunked_loss, False) <= budget:
+        out.append(f"attention sdpa (about {_gb(est(batch, activation_checkpointing, chunked_loss, False))}, slower "
+                   "on the CPU under bf16)")
     if not chunked_loss and est(batch, activation_checkpointing, True) <= budget:
         out.append(f"chunked_loss true (about {_gb(est(batch, activation_checkpointing, True))})")
     if not activation_checkpointing and est(batch, True, True) <= budget:
@@ -148,8 +158,12 @@ def plan_memory(model: torch.nn.Module, machine: Any, batch: int, seq_len: int, 
         return None
     gpt.activation_checkpointing = bool(machine.activation_checkpointing)
     gpt.chunked_loss = bool(machine.chunked_loss)
+    matmul = use_matmul_attention(machine.attention, device, dtype if dtype in SIXTEEN_BIT else None, seq_len)
+    for module in gpt.modules():
+        if isinstance(module, Attention):
+            module.use_matmul = matmul
     est = estimate_train_memory(gpt.config, batch, seq_len, dtype, optimizer, gpt.activation_checkpointing,
-                                gpt.chunked_loss)
+                                gpt.chunked_loss, matmul)
     # the weights exist already (the model is built and on its device): the step needs the rest on top
     weights = 4 * gpt.config.num_params()
     avail = available_bytes(device)
@@ -157,7 +171,7 @@ def plan_memory(model: torch.nn.Module, machine: Any, batch: int, seq_len: int, 
                 _gb(avail + weights), device)
     if machine.check_memory and est["total"] - weights > avail:
         fits = what_fits(gpt.config, batch, seq_len, accumulation, dtype, optimizer, gpt.activation_checkpointing,
-                         gpt.chunked_loss, avail + weights)
+                         gpt.chunked_loss, avail + weights, matmul)
         advice = ("; what would fit: " + "; or ".join(fits)) if fits else \
             "; nothing at this sequence length fits: use a smaller model or a shorter seq_len"
         raise InsufficientMemory(
