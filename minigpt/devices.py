@@ -62,6 +62,23 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS: no mmap for large
+    blocks and no trimming below 2 GB. Each training step allocates and frees the same large activation buffers;
+    by default every block over 32 MB is a fresh mmap whose pages fault in again on first touch (tiny's bf16 step:
+    about 13% faster with this, measured on a 2-core CPU). The process's resident memory then stays at its peak.
+    A no-op (False) where the C library is not glibc."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
 def set_threads(num_threads: int = 0) -> int:
     """Set torch's intra-op threads (0 = physical cores). Also sets OMP/MKL env for child processes."""
     most = 4 * (os.cpu_count() or 1)

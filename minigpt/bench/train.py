@@ -43,11 +43,12 @@ def _train_setup(preset: str, impl: str, compile_: bool, dtype: str = "float32")
     import torch
 
     from ..config import ModelConfig, TrainConfig
-    from ..devices import set_threads
+    from ..devices import keep_freed_memory, set_threads
     from ..model.gpt import GPT
     from ..train.optim import build_optimizer
 
     set_threads(0)
+    keep_freed_memory()  # as the trainer does on the CPU; for both impls (a process setting, not the model's)
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(preset)
     batch, seq = TRAIN_SHAPES[preset]

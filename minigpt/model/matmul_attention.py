@@ -1,20 +1,20 @@
 """Attention as two batched matmuls and a softmax: the CPU bf16 speed path beside `scaled_dot_product_attention`.
 
     scores = (q / sqrt(D)) @ k^T          one matmul per key/value head: the query heads that share it are
-    p = softmax(scores + mask)            stacked as rows (GQA without copying k and v)
+    p = softmax(masked scores)            stacked as rows (GQA without copying k and v)
     out = p @ v
 
 Why: on the CPU, under bf16 autocast, PyTorch's fused (flash) attention kernel runs far below the machine's
-bf16 matmul speed at the sequence lengths minigpt trains on (tiny's 8 x 256, 4 heads: 13.5 ms forward and
-backward per layer, against 4.5-4.9 ms here, measured on a 2-core AVX512-BF16 CPU). Plain matmuls reach the
-bf16 tiles; the softmax runs in fp32. In fp32 the fused kernel is the faster one, and on GPUs it always is.
+bf16 matmul speed at the sequence lengths minigpt trains on; plain matmuls reach the bf16 tiles, and the softmax
+accumulates in fp32. A whole training step, 2-core AVX512-BF16 CPU: tiny (8 x 256) ~10% faster, small (4 x 512)
+~20% (`make bench` has the current figures). In fp32 the fused kernel is the faster one, and on GPUs it always is.
 
-The price is memory: the (batch x heads x T x S) probabilities are kept for the backward, in fp32 and in the
-matmul dtype (6 bytes an entry under bf16). `attention_extra_bytes` is that cost; the trainer adds it to its
+The price is memory: the (batch x heads x T x S) probabilities are kept for the backward (2 bytes an entry under
+bf16). `attention_extra_bytes` is that cost; the trainer adds it to its
 memory estimate and `auto` uses this path only up to `AUTO_MAX_SEQ_LEN`.
 
 Parity with the reference (`model/gpt.py`'s SDPA call): outputs and gradients in fp32 to 1e-5, and bf16 training
-loss curves over 50 steps to 1e-3, in tests/test_matmul_attention.py.
+loss curves over 50 steps to 1e-3, in tests/test_speed_paths.py.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from ..config import MachineConfig
 
 AUTO_MAX_SEQ_LEN = 512  # beyond this the kept probabilities cost more memory than the speed is worth
-_NEG = torch.finfo(torch.float32).min  # a masked score: finite, so a row with every key masked stays finite
 
 
 def use_matmul_attention(impl: str, device: torch.device, autocast_dtype: torch.dtype | None, seq_len: int) -> bool:
@@ -38,18 +37,17 @@ def use_matmul_attention(impl: str, device: torch.device, autocast_dtype: torch.
 
 
 def attention_extra_bytes(batch: int, n_heads: int, seq_len: int, n_layers: int, sixteen_bit: bool) -> int:
-    """Bytes the kept probabilities take over all layers: fp32, plus the 16-bit copy the second matmul reads."""
-    return batch * n_heads * seq_len * seq_len * n_layers * (6 if sixteen_bit else 4)
+    """Bytes the kept probabilities take over all layers (in the matmul dtype: the softmax's output is what both
+    backwards read)."""
+    return batch * n_heads * seq_len * seq_len * n_layers * (2 if sixteen_bit else 4)
 
 
-def _mask_bias(attn_mask: torch.Tensor | None, is_causal: bool, T: int, S: int, device: torch.device) -> torch.Tensor | None:
-    """An additive fp32 mask broadcastable to (B, KV, groups, T, S): 0 where a query may attend, a large negative
-    number elsewhere; None for full attention."""
+def _allowed(attn_mask: torch.Tensor | None, is_causal: bool, T: int, S: int, device: torch.device) -> torch.Tensor | None:
+    """Where a query may attend, broadcastable to (B, KV, groups, T, S); None for full attention."""
     if attn_mask is not None:  # (B, 1, T, S) bool, True = may attend
-        return torch.zeros(attn_mask.shape, dtype=torch.float32, device=device).masked_fill_(~attn_mask, _NEG).unsqueeze(1)
+        return attn_mask.unsqueeze(1)
     if is_causal:  # query i sees keys 0..i (queries and keys line up)
-        allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril()
-        return torch.zeros(T, S, dtype=torch.float32, device=device).masked_fill_(~allowed, _NEG)
+        return torch.ones(T, S, dtype=torch.bool, device=device).tril()
     return None
 
 
@@ -64,11 +62,13 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mas
     KV, S = k.shape[1], k.shape[2]
     groups = H // KV
     # query head h uses key/value head h // groups (SDPA's enable_gqa): a KV head's query heads become its rows
-    scores = ((q * D ** -0.5).reshape(B, KV, groups * T, D) @ k.transpose(-1, -2)).view(B, KV, groups, T, S).float()
-    bias = _mask_bias(attn_mask, is_causal, T, S, q.device)
-    if bias is not None:
-        scores = scores + bias
-    p = torch.softmax(scores, dim=-1).to(v.dtype)
+    scores = ((q * D ** -0.5).reshape(B, KV, groups * T, D) @ k.transpose(-1, -2)).view(B, KV, groups, T, S)
+    allowed = _allowed(attn_mask, is_causal, T, S, q.device)
+    if allowed is not None:  # in place: the matmul's backward needs q and k, not its output
+        scores = scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    # the softmax accumulates in fp32 and writes the matmul dtype (the scores are bf16 under autocast, as in HF's
+    # eager attention); the kept probabilities are then 2 bytes an entry (fp32 output + a bf16 copy: 5% slower on small)
+    p = torch.softmax(scores, dim=-1)
     if dropout_p > 0.0:
         p = F.dropout(p, dropout_p)
     return (p.view(B, KV, groups * T, S) @ v).view(B, H, T, D)
