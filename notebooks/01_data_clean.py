@@ -92,8 +92,8 @@ print(data_plan(stats))
 # %% [markdown]
 # ## Built-in skills: problems a program can check
 # Dialogues teach a chat format, but nobody can score a free reply. Skills can: short problems (add two
-# numbers, compare, copy or reverse a string, write 345 as 三百四十五, the weekday after a date, count a
-# character, one-step word problems...) each with a reference answer and a checker that reads the final answer
+# numbers, compare, copy or reverse a string, write 345 as 三百四十五, the date after 3月31日, multiply 23×4,
+# count a character, one-step word problems...) each with a reference answer and a checker that reads the final answer
 # of any reply. 04 trains on them beside the dialogues, 06 scores every stage on held-out ones, 07 and 08 use
 # the checker as a reward. Train, validation and test problems never overlap: a hash of each problem (the
 # same for its Chinese and English wording) decides its split. The files are MiniMind chat JSONL: read or

@@ -68,7 +68,8 @@ CASES = [
     ("add", "68或67", "68", False), ("add", "答案是68，不对，是69", "68", False), ("add", "六十七", "68", False),
     ("add", "我不知道", "68", False), ("add", "680", "68", False), ("add3", "1,132", "1132", True),
     ("sub", "0", "0", True), ("sub", "零", "0", True), ("sub", "", "0", False),
-    ("mul_table", "3×7=21", "21", True), ("mul_table", "二十一", "21", True), ("mul_table", "3×7=20", "21", False),
+    ("mul", "23×4=92", "92", True), ("mul", "九十二", "92", True), ("mul", "23×4=93", "92", False),
+    ("mul", "个位3×4=12，写2进1，十位2×4+1=9，答案：92", "92", True), ("mul", "个位3×4=12，十位2×4=8，答案：82", "92", False),
     ("compare", "52", "52", True), ("compare", "52更大。", "52", True), ("compare", "37", "52", False),
     ("compare", "52比37大", "52", False),
     ("count_char", "2", "2", True), ("count_char", "一共有两个", "2", True), ("count_char", "“天”出现了2次", "2", True),
@@ -82,13 +83,18 @@ CASES = [
     ("num_to_zh", "三百四十", "三百四十五", False), ("num_to_zh", "", "零", False), ("num_to_zh", "零", "零", True),
     ("zh_to_num", "345", "345", True), ("zh_to_num", "３４５", "345", True), ("zh_to_num", "答案是345。", "345", True),
     ("zh_to_num", "三百四十五", "345", False), ("zh_to_num", "354", "345", False),
-    # weekdays: 星期三 == 周三 == 礼拜三, 星期日 == 星期天 == 周日 == 礼拜天, English case-insensitive
-    ("next_weekday", "星期三", "星期三", True), ("next_weekday", "周三", "星期三", True),
-    ("next_weekday", "礼拜三。", "星期三", True), ("next_weekday", "星期天", "星期日", True),
-    ("next_weekday", "周日", "星期日", True), ("next_weekday", "wednesday", "Wednesday", True),
-    ("next_weekday", "It is WEDNESDAY.", "Wednesday", True), ("next_weekday", "星期二的下一天是星期三。", "星期三", True),
-    ("next_weekday", "星期二", "星期三", False), ("next_weekday", "三", "星期三", False), ("next_weekday", "", "星期三", False),
-    ("next_weekday", "Thursday", "Wednesday", False),
+    # dates: the last month and day named; 日 == 号, full-width digits, Chinese numerals, English month names
+    ("next_day", "4月1日", "4月1日", True), ("next_day", "4月1号", "4月1日", True), ("next_day", "４月１日", "4月1日", True),
+    ("next_day", "答案是4月1日。", "4月1日", True), ("next_day", "3月31日的后一天是4月1日。", "4月1日", True),
+    ("next_day", "四月一日", "4月1日", True), ("next_day", "十二月三十一日", "12月31日", True),
+    ("next_day", "April 1", "April 1", True), ("next_day", "Apr 1", "April 1", True),
+    ("next_day", "1 April", "April 1", True), ("next_day", "The answer is april 1st.", "April 1", True),
+    ("next_day", "The day after March 31 is April 1.", "April 1", True), ("next_day", "April 1", "4月1日", True),
+    ("next_day", "3月31日", "4月1日", False), ("next_day", "4月2日", "4月1日", False), ("next_day", "4月11日", "4月1日", False),
+    ("next_day", "4月", "4月1日", False), ("next_day", "1", "4月1日", False), ("next_day", "", "4月1日", False),
+    ("next_day", "4月1日或4月2日", "4月1日", False), ("next_day", "Apr. 1st", "April 1", True),
+    ("next_day", "March 31", "April 1", False), ("next_day", "April 2", "April 1", False),
+    ("next_day", "1 March", "March 31", False),
     # strings: up to spaces, punctuation, width and case
     ("copy", "花山水月", "花山水月", True), ("copy", "“花山水月”。", "花山水月", True), ("copy", "答案：花山水月", "花山水月", True),
     ("copy", "花山水", "花山水月", False), ("copy", "花山水月月", "花山水月", False), ("copy", "", "花山水月", False),
@@ -137,7 +143,7 @@ def test_generated_items_are_consistent(lang):
 
 def test_wrong_answers_fail_for_numeric_families():
     for it in S.make_skills("val", 20, seed=2, lang="both",
-                            families=["compare", "mul_table", "add", "sub", "count_char", "word_problem", "add3",
+                            families=["compare", "mul", "add", "sub", "count_char", "word_problem", "add3",
                                       "zh_to_num"]):
         assert not S.check_answer(it.family, str(int(it.answer) + 1), it.answer), it
 
@@ -151,12 +157,8 @@ def test_known_answers():
         if q.endswith("等于多少？") and "×" in q:
             x, y = q[:-5].split("×")
             assert a == str(int(x) * int(y))
-        if q.startswith("星期二的下一天"):
-            assert a == "星期三"
-        if q.startswith("星期日的下一天") or q.startswith("星期日的后一天"):
-            assert a == "星期一"
-        if q.startswith("星期一的前一天"):
-            assert a == "星期日"
+        if q.startswith("1月1日的前一天"):
+            assert a == "12月31日"
 
 
 def test_deterministic():
@@ -193,12 +195,13 @@ def test_no_test_problem_in_train_across_languages():
 def test_twins_share_a_split():
     """The zh and en wording of one problem, and its swapped twin where the operation commutes, share a key."""
     pairs = [("add", "zh", "23加45等于多少？", "en", "What is 45 + 23?"),
-             ("mul_table", "zh", "3×7等于多少？", "en", "What is 7 times 3?"),
+             ("mul", "zh", "23×4等于多少？", "en", "What is 23 times 4?"),
+             ("mul", "zh", "4乘23等于几？", "en", "What is 23 × 4?"),
              ("compare", "zh", "哪个数更大：37还是52？", "en", "Which is larger: 52 or 37?"),
              ("num_to_zh", "zh", "把345写成中文数字。", "en", "Write 345 in Chinese numerals."),
              ("zh_to_num", "zh", "三百四十五用数字怎么写？", "en", "Write 三百四十五 in digits."),
-             ("next_weekday", "zh", "星期二的下一天是星期几？", "en", "What day comes after Tuesday?"),
-             ("next_weekday", "zh", "星期五再过3天是星期几？", "en", "What day is it 3 days after Friday?"),
+             ("next_day", "zh", "3月31日的后一天是几月几日？", "en", "What date is the day after March 31?"),
+             ("next_day", "zh", "12月30日再过3天是几月几日？", "en", "What date is it 3 days after December 30?"),
              ("word_problem", "zh", "小明有3个苹果，又买了5个，一共有几个？", "en",
               "Amy has 5 books and buys 3 more. How many books does Amy have now?")]
     for family, l1, q1, l2, q2 in pairs:
@@ -206,21 +209,23 @@ def test_twins_share_a_split():
         assert S.split_of(family, l1, q1) == S.split_of(family, l2, q2)
     # not twins: subtraction does not commute, and "before" is not "after"
     assert S.canonical_key("sub", "zh", "68减45等于多少？") != S.canonical_key("sub", "zh", "45减68等于多少？")
-    assert S.canonical_key("next_weekday", "zh", "星期二的前一天是星期几？") != \
-        S.canonical_key("next_weekday", "zh", "星期二的下一天是星期几？")
+    assert S.canonical_key("next_day", "zh", "3月31日的前一天是几月几日？") != \
+        S.canonical_key("next_day", "zh", "3月31日的下一天是几月几日？")
 
 
-def test_small_families_still_have_disjoint_nonempty_splits():
-    sizes = S.split_sizes("mul_table")
-    assert sizes == {"train": 37, "val": 4, "test": 4}  # 45 distinct products of the 9x9 table (a×b == b×a)
-    assert all(v >= 1 for v in S.split_sizes("next_weekday").values())
-    test = S.make_skills("test", 100, families=["mul_table"], lang="zh")
-    train = S.make_skills("train", 500, families=["mul_table"], lang="zh")
-    assert 4 <= len(test) <= 8 and len(train) == 500  # train repeats its 37 products; test holds each once
-    test_keys = {S.canonical_key("mul_table", "zh", it.question) for it in test}
-    assert len(test_keys) == 4
-    assert not test_keys & {S.canonical_key("mul_table", "zh", it.question) for it in train}
-    assert len({it.question for it in test}) == len(test)
+def test_enumerable_families_have_exact_disjoint_splits():
+    # mul: 764 distinct products of 1-99 and 2-9 (a×b == b×a); next_day: 365 dates × 4 offsets
+    assert S.split_sizes("mul") == {"train": 612, "val": 76, "test": 76}
+    assert S.split_sizes("next_day") == {"train": 1168, "val": 146, "test": 146}
+    for family in ("mul", "next_day"):
+        test = S.make_skills("test", 1000, families=[family], lang="zh")
+        train = S.make_skills("train", 2000, families=[family], lang="zh")
+        test_keys = {S.canonical_key(family, "zh", it.question) for it in test}
+        assert len(test_keys) == len(test) == S.split_sizes(family)["test"]  # test holds each problem once
+        assert not test_keys & {S.canonical_key(family, "zh", it.question) for it in train}
+    # the multiplication table sits inside mul: a test product like 23×4 combines facts (3×4, 2×4) trained on
+    table = {p for p in S.FAMILIES["mul"].space() if p[0] < 10}
+    assert len(table) == 44 and (9, 9) in table and (7, 1) in table
 
 
 def test_count_char_uses_corpus_words():
@@ -338,7 +343,7 @@ def test_worked_solutions_end_in_the_checked_answer(tmp_path):
     worked = S.make_skills("train", 40, seed=0, lang="both", worked=True)
     assert [(i.question, i.answer) for i in plain] == [(i.question, i.answer) for i in worked]  # same problems
     with_solution = {i.family for i in worked if i.solution}
-    assert with_solution == {"add", "sub", "add3", "word_problem"}
+    assert with_solution == {"add", "sub", "mul", "add3", "word_problem"}
     for it in worked:
         reply = it.conversation()[1]["content"]
         assert S.check_answer(it.family, reply, it.answer), reply  # the checker reads only the final answer
@@ -377,10 +382,102 @@ def test_every_payload_reads_back_the_same_in_both_languages():
 
 def test_repeated_train_problems_alternate_languages():
     """A train list longer than its split repeats problems; with lang="both" each one is then seen in zh and en."""
-    items = S.make_skills("train", 300, seed=0, lang="both", families=["next_weekday"])
-    assert len(items) == 300
+    n = 2 * S.split_sizes("mul")["train"]
+    items = S.make_skills("train", n, seed=0, lang="both", families=["mul"])
+    assert len(items) == n
     langs_by_problem: dict = {}
     for it in items:
-        langs_by_problem.setdefault(S.FAMILIES["next_weekday"].parse(it.question, it.lang), set()).add(it.lang)
-    assert len(langs_by_problem) == S.split_sizes("next_weekday")["train"]  # every train problem, none other
+        langs_by_problem.setdefault(S.FAMILIES["mul"].parse(it.question, it.lang), set()).add(it.lang)
+    assert len(langs_by_problem) == S.split_sizes("mul")["train"]  # every train problem, none other
     assert all(v == {"zh", "en"} for v in langs_by_problem.values())
+
+
+@pytest.mark.parametrize("payload,lang,question,answer", [
+    ((3, 31, 1), "zh", "3月31日的后一天是几月几日？", "4月1日"),
+    ((12, 31, 1), "zh", "12月31日的后一天是几月几日？", "1月1日"),  # the year wraps
+    ((2, 28, 1), "zh", "2月28日的后一天是几月几日？", "3月1日"),  # not a leap year
+    ((3, 1, -1), "zh", "3月1日的前一天是几月几日？", "2月28日"),
+    ((1, 1, -1), "zh", "1月1日的前一天是几月几日？", "12月31日"),
+    ((12, 30, 3), "zh", "12月30日再过3天是几月几日？", "1月2日"),
+    ((4, 29, 2), "zh", "4月29日再过2天是几月几日？", "5月1日"),
+    ((3, 31, 1), "en", "What date is the day after March 31?", "April 1"),
+    ((12, 31, 1), "en", "What date is the day after December 31?", "January 1"),
+    ((3, 1, -1), "en", "What date is the day before March 1?", "February 28"),
+    ((9, 29, 2), "en", "What date is it 2 days after September 29?", "October 1"),
+])
+def test_next_day_by_hand(payload, lang, question, answer):
+    fam = S.FAMILIES["next_day"]
+    questions = set()
+    for seed in range(8):  # the day after has two wordings: find the one written here
+        q, a = fam.render(payload, lang, random.Random(seed))
+        assert a == answer and fam.parse(q, lang) == payload
+        questions.add(q)
+    assert question in questions
+    assert S.check_answer("next_day", answer, answer)
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_next_day_generated_answers_pass_and_neighbours_fail(lang):
+    """2,000 drawn problems: the reference passes the checker (bare and in a sentence), the question reads back to
+    its payload, and the date a day earlier or later than the answer fails."""
+    fam, rng = S.FAMILIES["next_day"], random.Random(11)
+    for _ in range(2000):
+        q, a = fam.generate(rng, lang)
+        m, d, k = fam.parse(q, lang)
+        assert S._date_text(*S._shift_date(m, d, k), lang) == a, q
+        assert S.check_answer("next_day", a, a) and S.check_answer("next_day", f"{q}\n答案：{a}", a), q
+        for wrong in (k - 1, k + 1):  # a day earlier or later than the answer
+            assert not S.check_answer("next_day", S._date_text(*S._shift_date(m, d, wrong), lang), a), (q, wrong)
+
+
+@pytest.mark.parametrize("a,b,lang,expected", [
+    (23, 4, "zh", "个位3×4=12，写2进1，十位2×4+1=9，答案：92"),
+    (23, 4, "en", "ones 3×4=12 write 2 carry 1, tens 2×4+1=9, answer: 92"),
+    (99, 9, "en", "ones 9×9=81 write 1 carry 8, tens 9×9+8=89 write 9 carry 8, hundreds 8, answer: 891"),
+    (7, 3, "zh", "个位7×3=21，写1进2，十位2，答案：21"),
+    (3, 2, "zh", "个位3×2=6，答案：6"),
+    (50, 2, "zh", "个位0×2=0，十位5×2=10，写0进1，百位1，答案：100"),
+    (7, 1, "en", "ones 7×1=7, answer: 7"),
+])
+def test_mul_solutions_by_hand(a, b, lang, expected):
+    assert S.FAMILIES["mul"].solve((a, b), lang) == expected
+
+
+def test_mul_worked_solution_is_right_for_every_problem():
+    fam, rng = S.FAMILIES["mul"], random.Random(0)
+    for p in fam.space():
+        a, b = p
+        assert 1 <= b <= 9 and a >= b and (b >= 2 or 2 <= a <= 9)
+        for lang in ("zh", "en"):
+            q, answer = fam.render(p, lang, rng)
+            sol = fam.solve(p, lang)
+            assert answer == str(a * b) and fam.parse(q, lang) == p
+            assert sol.endswith(f"答案：{a * b}" if lang == "zh" else f"answer: {a * b}"), sol
+            assert S.check_answer("mul", sol, answer) and normalize(sol) == sol
+            assert not S.check_answer("mul", sol[:-len(answer)] + str(a * b + 1), answer)
+
+
+def test_run_skills_worked_replies_in_train_only(tmp_path):
+    """skills_worked: the train file's assistant turns are the worked solutions (and read back as such); val and
+    test stay bare; the reference answer is the bare answer everywhere."""
+    from minigpt.params import load_params
+
+    P = load_params("clean", {}, skills_worked=True, run_dir=str(tmp_path / "run"))
+    cfg = P.build(S.SkillsConfig)
+    assert cfg.skills_worked is True and S.SkillsConfig().skills_worked is False
+    cfg = S.SkillsConfig(skills_train_per_family=6, skills_eval_per_family=3, skills_lang="both", skills_worked=True)
+    S.write_run_skills(tmp_path, cfg)
+    train = S.load_run_skills(tmp_path, "train")
+    assert train == S.make_skills("train", 6, lang="both", worked=True)
+    text = (tmp_path / "skills" / "train.jsonl").read_text(encoding="utf-8")
+    lines = [json.loads(line) for line in text.splitlines()]
+    worked = [o for o in lines if o["family"] in ("add", "sub", "mul", "add3", "word_problem")]
+    assert worked and all(o["conversations"][1]["content"] != o["answer"] for o in worked)
+    assert all(o["conversations"][1]["content"].endswith(o["answer"]) for o in worked)
+    assert {it.family for it in train if it.solution} == {"add", "sub", "mul", "add3", "word_problem"}
+    for split in ("val", "test"):
+        items = S.load_run_skills(tmp_path, split)
+        assert items and not any(it.solution for it in items)
+        assert all(it.conversation()[1]["content"] == it.answer for it in items)
+    with pytest.raises(ValueError, match="skills_worked"):
+        S.SkillsConfig(skills_worked="yes").validate()

@@ -11,28 +11,28 @@ and strings) back, so ``split_of`` can place any question without knowing how it
 ``_family(...)`` entry in ``_build_families`` (see docs/skills.md).
 
 Splits. A problem's *canonical key* is its family plus its payload, the same for the Chinese and the English
-wording (``3×7`` in zh and en is one problem) and, where the operation commutes (add, compare, the multiplication
-table, word-problem sums), the same for both orders (``3+5`` and ``5+3``). The key alone decides the split, so an
+wording (``23×4`` in zh and en is one problem) and, where the operation commutes (add, compare, mul,
+word-problem sums), the same for both orders (``3+5`` and ``5+3``). The key alone decides the split, so an
 English test problem's Chinese twin, or its swapped twin, never lands in train:
 
-- families with an enumerable problem space (``space``: the multiplication table, weekdays, numbers 0-999, 1-2 digit
-  sums, word problems) sort all their canonical keys by SHA-256 and give the first 10% to test, the next 10% to val,
-  the rest to train (at least one key each). This keeps the splits disjoint and non-empty even for the 45 distinct
-  products of the 9x9 table, where a plain hash could leave a split empty;
+- families with an enumerable problem space (``space``: dates and offsets, numbers 0-999, 1-2 digit sums,
+  products with a one-digit factor, word problems) sort all their canonical keys by SHA-256 and give the first 10%
+  to test, the next 10% to val, the rest to train (at least one key each), so the splits are disjoint, non-empty
+  and exactly sized however small the space;
 - the others (copy, reverse, count_char, 3-digit sums: spaces too large to enumerate) take SHA-256 of the key mod 10:
   0 -> test, 1 -> val, else train.
 
 ``make_skills`` never repeats a problem (same payload in the same order) within a val or test list; a family whose
-split has fewer distinct problems than asked returns all it has (the 9x9 table's test split has 7 questions: 4
-products, both orders, one a square). Train lists are filled to ``n_per_family`` by repeating their distinct problems (with fresh wording)
-when the split has too few, as epochs would.
+split has fewer distinct problems than asked returns all it has (``split_sizes``). Train lists are filled to
+``n_per_family`` by repeating their distinct problems (with fresh wording) when the split has too few, as epochs
+would.
 
 Checking (``extract_answer`` / ``normalize_answer``): the text after the last answer marker ("答案是", "答案：",
 "the answer is", ...) if there is one, else the last non-empty line, with full-width forms folded (NFKC). Numeric
 families compare the *last* number there (ASCII digits, ``1,000`` grouping, or a Chinese numeral such as ``八``),
 so "答案是 8。", "8 个" and "The answer is 8." are right and "8 或 9" for 8 is wrong. ``num_to_zh`` wants a Chinese
-numeral (digits are wrong; 两百 == 二百, 一十五 == 十五), ``zh_to_num`` wants ASCII digits. Weekdays: 星期三 == 周三
-== 礼拜三 and 星期日 == 星期天 == 周日 == 礼拜天, English names case-insensitive, the last weekday named counts.
+numeral (digits are wrong; 两百 == 二百, 一十五 == 十五), ``zh_to_num`` wants ASCII digits. Dates: the
+last month and day named count, 4月1日 == 4月1号 == 四月一日 and April 1 == Apr 1 == 1 April (case-insensitive).
 Strings (copy, reverse) compare after stripping spaces and punctuation and folding case.
 """
 
@@ -223,25 +223,49 @@ def check_text(completion: str, answer: str) -> bool:
     return bool(got) and got == normalize_answer(answer)
 
 
-_WEEKDAYS_ZH = "一二三四五六日"
-_WEEKDAYS_EN = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_WEEKDAY_RE = re.compile(r"(?:星期|周|礼拜)([一二三四五六日天])|(" + "|".join(_WEEKDAYS_EN) + ")", re.IGNORECASE)
+# dates (next_day): a non-leap year
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_MONTHS_EN = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+              "November", "December")
+# full names, then abbreviations (Sept before Sep): the first alternative that fits is taken
+_MONTH_ALT = "|".join(list(_MONTHS_EN) + ["Sept"] + [m[:3] for m in _MONTHS_EN if m != "May"])
+_CN_DAY = "[〇零一二两三四五六七八九十]{1,4}"
+# one pattern, so a scan left to right never reads one mention twice ("March 31 April 1": two dates, not "31 April")
+_DATE_RE = re.compile(
+    rf"\b(?P<m1>{_MONTH_ALT})\b\.?\s*(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?(?!\d)"  # April 1, Apr. 1st
+    rf"|(?<!\d)(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<m2>{_MONTH_ALT})\b"  # 1 April, 1st of April
+    rf"|(?<!\d)(?P<zm>\d{{1,2}}|{_CN_DAY})\s*月\s*(?P<zd>\d{{1,2}}|{_CN_DAY})\s*[日号]?",  # 4月1日, 4月1号, 四月一日
+    re.IGNORECASE)
 
 
-def _weekdays(text: str) -> list[int]:
-    """Weekday mentions in order as 0 (Monday) .. 6 (Sunday)."""
+def _month_number(name: str) -> int:
+    return next(i + 1 for i, m in enumerate(_MONTHS_EN) if m.lower().startswith(name.lower()[:3]))
+
+
+def _cn_or_int(tok: str) -> int | None:
+    return int(tok) if tok.isdigit() else from_chinese_numeral(tok)
+
+
+def _dates(text: str) -> list[tuple[int, int]]:
+    """(month, day) mentions in order: 4月1日 / 4月1号 / 四月一日, April 1 / Apr 1 / 1 April (NFKC-folded first)."""
     out = []
-    for m in _WEEKDAY_RE.finditer(unicodedata.normalize("NFKC", text)):
-        if m.group(1):
-            out.append(6 if m.group(1) in "日天" else _WEEKDAYS_ZH.index(m.group(1)))
+    for m in _DATE_RE.finditer(unicodedata.normalize("NFKC", text)):
+        if m.group("m1"):
+            month, day = _month_number(m.group("m1")), int(m.group("d1"))
+        elif m.group("m2"):
+            month, day = _month_number(m.group("m2")), int(m.group("d2"))
         else:
-            out.append([w.lower() for w in _WEEKDAYS_EN].index(m.group(2).lower()))
+            month, day = _cn_or_int(m.group("zm")), _cn_or_int(m.group("zd"))
+            if month is None or day is None:
+                continue
+        out.append((month, day))
     return out
 
 
-def check_weekday(completion: str, answer: str) -> bool:
-    """The last weekday named in the answer span is the reference's (星期三 == 周三 == 礼拜三 == wednesday)."""
-    got, want = _weekdays(_answer_span(completion)), _weekdays(answer)
+def check_date(completion: str, answer: str) -> bool:
+    """The last date named in the answer span is the reference's month and day (4月1日 == 4月1号 == 四月一日,
+    April 1 == Apr 1 == 1 April)."""
+    got, want = _dates(_answer_span(completion)), _dates(answer)
     return bool(got) and len(want) == 1 and got[-1] == want[0]
 
 
@@ -310,6 +334,10 @@ def _sorted(p: Payload) -> Payload:
     return tuple(sorted(p))
 
 
+def _big_first(p: Payload) -> Payload:
+    return tuple(sorted(p, reverse=True))
+
+
 def _family(name: str, description: str, draw: Callable[[random.Random], Payload],
             render: Callable[[Payload, str, random.Random], tuple[str, str]], parse: Callable[[str, str], Payload],
             check: Callable[[str, str], bool] = check_number, canon: Callable[[Payload], Payload] = lambda p: p,
@@ -362,6 +390,23 @@ def _solve_equation(p: Payload, lang: str) -> str:
     op, a, b = p
     result = a + b if op == "+" else a - b
     return f"{a}{op}{b}={result}，答案：{result}" if lang == "zh" else f"{a} {op} {b} = {result}, answer: {result}"
+
+
+def _mul_solution(a: int, b: int, lang: str) -> str:
+    """a (1-99) times a one-digit b, a digit of a at a time from the ones up, the carry added to the next place."""
+    zh = lang == "zh"
+    steps, carry = [], 0
+    for i in range(len(str(a))):
+        x = a // 10**i % 10
+        total = x * b + carry
+        step = f"{x}×{b}" + (f"+{carry}" if carry else "") + f"={total}"
+        carry = total // 10
+        if carry:
+            step += f"，写{total % 10}进{carry}" if zh else f" write {total % 10} carry {carry}"
+        steps.append(f"{_PLACES[lang][i]}{step}" if zh else f"{_PLACES[lang][i]} {step}")
+    if carry:  # the last carry is the leading digit
+        steps.append(f"{_PLACES[lang][len(steps)]}{carry}" if zh else f"{_PLACES[lang][len(steps)]} {carry}")
+    return ("，".join(steps) + f"，答案：{a * b}") if zh else (", ".join(steps) + f", answer: {a * b}")
 
 
 # built-in material: common characters and words without numeral characters (so answers never read as numbers)
@@ -427,51 +472,68 @@ def _compare_render(p: Payload, lang: str, rng: random.Random) -> tuple[str, str
     return q.format(a=a, b=b), str(max(a, b))
 
 
-# next_weekday ----------------------------------------------------------------------------------------------------
-_OFFSETS = (-1, 1, 2, 3, 4, 5, 6)  # the day before, the next day, and 2..6 days later
+# next_day --------------------------------------------------------------------------------------------------------
+_DATE_OFFSETS = (-1, 1, 2, 3)  # the day before, the day after, 2 and 3 days later
+_YEAR_START = tuple(sum(_MONTH_DAYS[:i]) for i in range(12))  # day of the year (0-based) of each month's 1st
 
 
-def _weekday_draw(rng: random.Random) -> Payload:
-    return (rng.randrange(7), rng.choice(_OFFSETS))
+def _next_day_space() -> list[Payload]:
+    return [(m, d, k) for m in range(1, 13) for d in range(1, _MONTH_DAYS[m - 1] + 1) for k in _DATE_OFFSETS]
 
 
-def _weekday_name(d: int, lang: str) -> str:
-    return "星期" + _WEEKDAYS_ZH[d] if lang == "zh" else _WEEKDAYS_EN[d]
+def _next_day_draw(rng: random.Random) -> Payload:
+    m = rng.randint(1, 12)
+    return (m, rng.randint(1, _MONTH_DAYS[m - 1]), rng.choice(_DATE_OFFSETS))
 
 
-def _weekday_render(p: Payload, lang: str, rng: random.Random) -> tuple[str, str]:
-    d, k = p
-    day, ans = _weekday_name(d, lang), _weekday_name((d + k) % 7, lang)
+def _shift_date(month: int, day: int, k: int) -> tuple[int, int]:
+    """(month, day) k days later in a non-leap year, wrapping Dec 31 -> Jan 1 (and back)."""
+    doy = (_YEAR_START[month - 1] + day - 1 + k) % 365
+    m = max(i for i in range(12) if _YEAR_START[i] <= doy)
+    return m + 1, doy - _YEAR_START[m] + 1
+
+
+def _date_text(month: int, day: int, lang: str) -> str:
+    return f"{month}月{day}日" if lang == "zh" else f"{_MONTHS_EN[month - 1]} {day}"
+
+
+def _next_day_render(p: Payload, lang: str, rng: random.Random) -> tuple[str, str]:
+    m, d, k = p
+    date, ans = _date_text(m, d, lang), _date_text(*_shift_date(m, d, k), lang)
     if lang == "zh":
         if k == 1:
-            q = rng.choice(("{day}的下一天是星期几？", "{day}的后一天是星期几？"))
+            q = rng.choice(("{date}的后一天是几月几日？", "{date}的下一天是几月几日？"))
         elif k == -1:
-            q = "{day}的前一天是星期几？"
+            q = "{date}的前一天是几月几日？"
         else:
-            q = "{day}再过{k}天是星期几？"
+            q = "{date}再过{k}天是几月几日？"
     else:
         if k == 1:
-            q = rng.choice(("What day comes after {day}?", "What is the day after {day}?"))
+            q = rng.choice(("What date is the day after {date}?", "What is the date the day after {date}?"))
         elif k == -1:
-            q = "What day comes before {day}?"
+            q = "What date is the day before {date}?"
         else:
-            q = "What day is it {k} days after {day}?"
-    return q.format(day=day, k=k), ans
+            q = "What date is it {k} days after {date}?"
+    return q.format(date=date, k=k), ans
 
 
-def _weekday_parse(q: str, lang: str) -> Payload:
-    days = _weekdays(q.split("是星期几")[0] if lang == "zh" else q)
-    if not days:
-        raise ValueError("no weekday in the question")
-    if ("前一天" in q) or ("before" in q):
+def _next_day_parse(q: str, lang: str) -> Payload:
+    dates = _dates(q)
+    if len(dates) != 1:
+        raise ValueError("expected one date")
+    later = re.search(r"再过(\d+)天" if lang == "zh" else r"(\d+) days after", q)
+    if later:
+        k = int(later.group(1))
+    elif re.search(r"前一天" if lang == "zh" else r"day before", q):
         k = -1
+    elif re.search(r"[后下]一天" if lang == "zh" else r"day after", q):
+        k = 1
     else:
-        nums = _ints(q)
-        k = nums[0] if nums else 1
-    return (days[0], k)
+        raise ValueError("no day before / after")
+    return (*dates[0], k)
 
 
-# multiplication table, add, sub ----------------------------------------------------------------------------------
+# mul, add, sub --------------------------------------------------------------------------------------------------
 def _binary_render(symbol_zh: str, word_zh: str, symbol_en: str, word_en: str, op: Callable[[int, int], int]):
     def render(p: Payload, lang: str, rng: random.Random) -> tuple[str, str]:
         a, b = p
@@ -615,18 +677,14 @@ def _build_families() -> dict[str, SkillFamily]:
         _string_family("copy", "repeat a short string (2-5 Han characters / 3-6 letters)", _copy_render, check_text),
         _family("compare", "the larger of two numbers 0-99", _compare_draw, _compare_render, _pair_parse,
                 canon=_sorted, space=lambda: [(a, b) for a in range(100) for b in range(100) if a != b]),
-        _family("next_weekday", "the weekday before, after, or 2-6 days after a weekday", _weekday_draw,
-                _weekday_render, _weekday_parse, check=check_weekday,
-                space=lambda: [(d, k) for d in range(7) for k in _OFFSETS]),
-        _family("mul_table", "the multiplication table, 1-9 x 1-9",
-                lambda r: (r.randint(1, 9), r.randint(1, 9)),
-                _binary_render("×", "乘", "×", "times", lambda a, b: a * b), _pair_parse, canon=_sorted,
-                space=lambda: [(a, b) for a in range(1, 10) for b in range(1, 10)]),
         _family("num_to_zh", "a number 0-999 written as a Chinese numeral", lambda r: (r.randint(0, 999),),
                 _num_to_zh_render, _one_int,
                 check=check_chinese_numeral, space=lambda: [(n,) for n in range(1000)]),
         _family("zh_to_num", "a Chinese numeral 0-999 written in digits", lambda r: (r.randint(0, 999),),
                 _zh_to_num_render, _zh_to_num_parse, check=check_digits, space=lambda: [(n,) for n in range(1000)]),
+        _family("next_day", "the date the day before, after, or 2-3 days after a date (a non-leap year)",
+                _next_day_draw, _next_day_render, _next_day_parse, check=check_date,
+                space=_next_day_space),
         _family("add", "the sum of two numbers 0-99", lambda r: (r.randint(0, 99), r.randint(0, 99)),
                 _binary_render("+", "加", "+", "plus", lambda a, b: a + b), _pair_parse, canon=_sorted,
                 space=lambda: [(a, b) for a in range(100) for b in range(100)],
@@ -636,6 +694,11 @@ def _build_families() -> dict[str, SkillFamily]:
                 _binary_render("-", "减", "-", "minus", lambda a, b: a - b), _pair_parse,
                 space=lambda: [(a, b) for a in range(100) for b in range(a + 1)],
                 solve=lambda p, lang: _solve_op(("-", *p), lang)),
+        _family("mul", "a number 1-99 times a one-digit number 2-9 (the larger written first)",
+                lambda r: _big_first((r.randint(1, 99), r.randint(2, 9))),
+                _binary_render("×", "乘", "×", "times", lambda a, b: a * b), _pair_parse, canon=_big_first,
+                space=lambda: sorted({_big_first((a, b)) for a in range(1, 100) for b in range(2, 10)}),
+                solve=lambda p, lang: _mul_solution(*p, lang)),
         SkillFamily(name="count_char", generate=_count_generate, check=check_number,
                     description="how many times a character occurs in a phrase (SpellingBee, in Chinese)",
                     parse=_count_parse, render=_count_render),
@@ -810,8 +873,8 @@ def make_skills(split: str, n_per_family: int, seed: int = 0, lang: str = "zh",
     from the run's corpus for ``count_char`` (Han-only 2-12 characters for zh; the built-in list otherwise). A
     val/test list holds each problem once and may be shorter than asked (see ``split_sizes``); a train list is
     filled by repeating problems when its split has too few. ``worked``: items of families with a worked solution
-    (add, sub, add3: column arithmetic; word_problem: the equation) reply with it, ending in "答案：X" /
-    "answer: X"; the problems are the same as without it."""
+    (add, sub, add3: column arithmetic; mul: the same, a digit of the larger factor at a time; word_problem: the
+    equation) reply with it, ending in "答案：X" / "answer: X"; the problems are the same as without it."""
     if split not in SPLITS:
         raise ValueError(f"skills: split must be one of {', '.join(SPLITS)}, got {split!r}")
     _check_lang(lang, LANGS + ("both",))
@@ -917,6 +980,7 @@ class SkillsConfig:
     skills_eval_per_family: int = 200  # held-out problems per family in val and in test (fewer where a family has fewer)
     skills_lang: str = "zh"  # zh | en | both
     skills_seed: int = 0
+    skills_worked: bool = False  # train replies with worked solutions for the families that have one
 
     def validate(self) -> None:
         for key in ("skills_train_per_family", "skills_eval_per_family", "skills_seed"):
@@ -925,17 +989,21 @@ class SkillsConfig:
                 raise ValueError(f"{key}: expected an integer >= 0, got {v!r}")
         if self.skills_lang not in LANGS + ("both",):
             raise ValueError(f"skills_lang: expected one of zh, en, both, got {self.skills_lang!r}")
+        if not isinstance(self.skills_worked, bool):
+            raise ValueError(f"skills_worked: expected true or false, got {self.skills_worked!r}")
 
 
 def write_run_skills(data_dir: str | Path, cfg: SkillsConfig) -> dict[str, dict[str, int]]:
     """Write ``data_dir/skills/{train,val,test}.jsonl`` (MiniMind chat JSONL, one problem a line, editable);
-    returns {split: {family: count}}. The same config gives the same files."""
+    returns {split: {family: count}}. The same config gives the same files. With ``skills_worked`` the train replies
+    are worked solutions where a family has one; val and test stay bare (the checker reads the final answer only)."""
     cfg.validate()
     folder = Path(data_dir) / SKILLS_DIR
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
         n = cfg.skills_train_per_family if split == "train" else cfg.skills_eval_per_family
-        items = make_skills(split, n, seed=cfg.skills_seed, lang=cfg.skills_lang)
+        items = make_skills(split, n, seed=cfg.skills_seed, lang=cfg.skills_lang,
+                            worked=cfg.skills_worked and split == "train")
         write_skills_jsonl(items, folder / f"{split}.jsonl")
         counts[split] = {}
         for it in items:
