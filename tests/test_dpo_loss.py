@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from minigpt.align.loss import dpo_losses
-from minigpt.align.metrics import average, pair_metrics
+from minigpt.align.dpo import average, dpo_losses, pair_metrics
 
 # two pairs: policy/reference summed log-probs of the chosen and rejected replies
 PC, PR = torch.tensor([-10.0, -20.0]), torch.tensor([-12.0, -15.0])

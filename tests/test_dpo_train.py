@@ -191,7 +191,7 @@ def test_sft_weight_adds_the_chosen_replies_token_nll(tok):
     from types import SimpleNamespace
 
     from minigpt.align.data import pad_pairs
-    from minigpt.align.loss import dpo_losses
+    from minigpt.align.dpo import dpo_losses
     from minigpt.align.reference import sequence_logps
     from minigpt.train.dpo import DPOConfig, DPOTrainer
 

@@ -3,7 +3,7 @@
 DPO needs log ref(y|x) of both replies of every pair, and the reference never changes, so it is run once over
 all pairs before training (under the same device and autocast dtype as training) and the numbers are stored.
 The reference model is then not held in memory during training: the training process keeps only the policy
-(and, for the KL metric, the reference's next-token distributions on a few held-out replies; metrics.py).
+(and, for the KL metric, the reference's next-token distributions on a few held-out replies; dpo.py).
 
 The cache is ``reference_logps.safetensors`` in the run's align folder, written atomically: tensors ``keys``
 (N, 32) uint8 = the sha256 of each pair's tokens and labels (data.pair_key) and ``logps`` (N, 2) float32 =

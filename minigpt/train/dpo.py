@@ -31,10 +31,9 @@ from typing import Any, Iterable
 import torch
 
 from ..align import data as pair_data
-from ..align.metrics import evaluate_pairs, kl_to_reference
+from ..align.dpo import LOSS_TYPES, dpo_losses, evaluate_pairs, kl_to_reference
 from ..align.pairs import PairReport, PairSet, read_pairs, write_rejects
 from ..align.reference import CACHE_FILE, cached_reference_logps, reference_token_logprobs, sequence_logps
-from ..align.loss import LOSS_TYPES, dpo_losses
 from ..atomic import atomic_write_json
 from ..data.datasets import IGNORE_INDEX
 from ..model.lora import LORA_TARGETS, count_trainable, inject_lora
