@@ -2,8 +2,7 @@
 
 - engine.py: continuous batching over the decode step; one thread owns the model and the batch;
 - requests.py: request bodies -> prompt ids and a GenerationConfig, or a 400 naming the field;
-- responses.py: OpenAI's response and stream-chunk objects, Server-Sent Events;
-- errors.py: OpenAI-style error bodies;
+- responses.py: OpenAI's response and stream-chunk objects, Server-Sent Events, and error bodies;
 - app.py: the FastAPI routes; cli.py: `python -m minigpt.serve CKPT`.
 
     from minigpt.serve import Engine, create_app

@@ -1,6 +1,6 @@
 """The FastAPI app: /v1/chat/completions, /v1/completions, /v1/models and /health over one `Engine`.
 
-Every error is OpenAI's JSON shape (errors.py). With an API key, every path but /health needs
+Every error is OpenAI's JSON shape (responses.py). With an API key, every path but /health needs
 `Authorization: Bearer KEY`. A client that disconnects cancels its request: a watcher on the ASGI
 receive channel sees `http.disconnect` and the engine drops the row at its next step.
 """
@@ -20,10 +20,9 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from .engine import Engine, Event, QueueFull, Request
-from .errors import APIError, queue_full, shutting_down, unauthorized
 from .protocol import ServerLimits, server_config
 from .requests import Job, check, parse_chat, parse_completion
-from .responses import DONE, Shape, sse
+from .responses import DONE, APIError, Shape, queue_full, shutting_down, sse, unauthorized
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..infer.config import SEED_MAX, GenerationConfig
-from .errors import APIError, bad_request
+from .responses import APIError, bad_request
 
 logger = logging.getLogger(__name__)
 

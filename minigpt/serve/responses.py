@@ -1,9 +1,13 @@
-"""The OpenAI response objects: chat completions and text completions, whole and as stream chunks.
+"""What the server answers, in OpenAI's shapes: chat completions and text completions, whole and as stream
+chunks, and errors.
 
 A stream is Server-Sent Events: `data: {chunk}\\n\\n` per piece, then `data: [DONE]\\n\\n`. A chat stream
 starts with a chunk whose delta carries the role, sends text deltas, and ends with an empty delta that
 carries `finish_reason`. With `stream_options.include_usage` every chunk has `"usage": null` and one
 more chunk with empty `choices` carries the usage before [DONE].
+
+An error is `{"error": {"message", "type", "param", "code"}}` with an HTTP status: an `APIError` raised while
+reading the request (requests.py) or running it (app.py), answered by the app with `body()`.
 """
 from __future__ import annotations
 
@@ -69,3 +73,33 @@ class Shape:
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         return {**self._head(obj), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+
+
+class APIError(Exception):
+    """A request the server refuses; `param` names the offending field (e.g. "messages[1].role")."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(param: str | None, message: str, code: str | None = None) -> APIError:
+    return APIError(400, message, param, code)
+
+
+def queue_full(limit: int) -> APIError:
+    return APIError(429, f"the server is busy: {limit} requests are already waiting (--max-queue {limit}); "
+                         "retry later", None, "queue_full", type="rate_limit_error")
+
+
+def unauthorized() -> APIError:
+    return APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' with the key given to "
+                         "--api-key", None, "invalid_api_key")
+
+
+def shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down", None, "shutting_down", type="server_error")
