@@ -134,3 +134,24 @@ def test_spin_pairs_and_heldout_split(tok):
     assert counts["pairs"] + counts["empty_sample"] + counts["sample_equals_reference"] == 6
     assert [p.rejected for p in pairs] == [p.rejected for p in again]  # seeded sampling
     assert all(p.chosen == "很高兴认识你。" and p.rejected != p.chosen for p in pairs)
+
+
+@pytest.mark.parametrize("worked", [False, True])
+def test_skill_pairs_choose_the_reference_reply_and_reject_the_models_wrong_sample(worked):
+    """pairs_source: skills. An untrained model answers every problem wrong, so each problem gives one pair whose
+    chosen side is the reference (a worked solution when the run trains on them) and rejected side a sampled reply."""
+    from conftest import tiny_gpt, tiny_tokenizer
+    from minigpt.align.spin import skill_pairs
+    from minigpt.data import skills as S
+    from minigpt.infer.generate import GenerationConfig
+
+    tok = tiny_tokenizer()
+    items = S.make_skills("val", 3, families=["add", "copy"])
+    pairs, counts = skill_pairs(tiny_gpt(tok.vocab_size, max_seq_len=64), tok, items,
+                                GenerationConfig(max_new_tokens=6, do_sample=True, seed=0), samples=2, worked=worked)
+    assert counts["problems"] == 6 and counts["pairs"] == len(pairs) == 6 - counts["empty_sample"]
+    for pair in pairs:
+        it = next(i for i in items if i.question == pair.prompt[0][1])
+        assert pair.chosen == S.reference_reply(it, worked)
+        assert pair.chosen.startswith("个位") == (worked and it.family == "add")
+        assert not S.check_answer(it.family, pair.rejected, it.answer)

@@ -481,3 +481,22 @@ def test_run_skills_worked_replies_in_train_only(tmp_path):
         assert all(it.conversation()[1]["content"] == it.answer for it in items)
     with pytest.raises(ValueError, match="skills_worked"):
         S.SkillsConfig(skills_worked="yes").validate()
+
+
+def test_word_problem_solution_is_the_equation_then_its_column_arithmetic():
+    assert S._solve_equation(("+", 36, 14), "zh") == "36+14：个位6+4=10，写0进1，十位3+1+1=5，答案：50"
+    assert S._solve_equation(("-", 42, 17), "en") == \
+        "42 - 17: ones 2+10-7=5 (borrow 1), tens 4-1-1=2, answer: 25"
+
+
+def test_reference_reply_is_the_worked_solution_when_the_run_trains_on_them():
+    val = S.make_skills("val", 2, families=["add", "copy"])
+    add, copy = val[0], val[2]
+    assert not add.solution  # val/test are stored bare
+    assert S.reference_reply(add, worked=False) == add.answer
+    worked = S.reference_reply(add, worked=True)
+    assert worked.startswith("个位") and worked.endswith(f"答案：{add.answer}") and S.check_answer("add", worked, add.answer)
+    assert S.reference_reply(copy, worked=True) == copy.answer  # a family without a worked solution
+    train = S.make_skills("train", 1, families=["sub"], worked=True)[0]
+    assert S.reference_reply(train, worked=False) == train.solution  # an item's own solution always wins
+    assert S.REPLY_TOKENS >= 64  # a worked add3 solution is ~57 tokens with single-digit tokens

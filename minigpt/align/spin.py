@@ -114,12 +114,13 @@ def load_or_make_spin(folder: Path, sft_checkpoint: Path, train: list[list[dict]
 
 @torch.no_grad()
 def skill_pairs(model: torch.nn.Module, tokenizer, items: list, gen_cfg: GenerationConfig, samples: int = 4,
-                batch_size: int = 64, device: str | torch.device | None = None
+                batch_size: int = 64, device: str | torch.device | None = None, worked: bool = False
                 ) -> tuple[list[PreferencePair], dict[str, int]]:
-    """Verifiable pairs (``pairs_source: skills``): for each skill problem the reference answer is chosen and one of
-    the SFT model's own ``samples`` sampled replies that the skill's checker marks wrong is rejected. A problem the
-    model answered right every time gives no pair (counted), so the pairs are exactly the model's mistakes."""
-    from ..data.skills import reward
+    """Verifiable pairs (``pairs_source: skills``): for each skill problem the reference reply is chosen (its worked
+    solution when the run trains on them, ``worked``) and one of the SFT model's own ``samples`` sampled replies
+    that the skill's checker marks wrong is rejected. A problem the model answered right every time gives no pair
+    (counted), so the pairs are exactly the model's mistakes."""
+    from ..data.skills import reference_reply, reward
 
     counts = {"problems": len(items), "pairs": 0, "all_samples_right": 0, "empty_sample": 0}
     gen = TextGenerator(model, tokenizer, device=device)
@@ -137,7 +138,7 @@ def skill_pairs(model: torch.nn.Module, tokenizer, items: list, gen_cfg: Generat
                 counts["empty_sample" if not all(replies) else "all_samples_right"] += 1
                 continue
             try:
-                pairs.append(checked_pair((("user", it.question),), it.answer, wrong[0]))
+                pairs.append(checked_pair((("user", it.question),), reference_reply(it, worked), wrong[0]))
             except PairError:
                 counts["empty_sample"] += 1
     counts["pairs"] = len(pairs)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..data.skills import REPLY_TOKENS
+
 STYLES = ("auto", "letters", "cloze")
 CHAT_MODES = ("auto", "always", "never")
 
@@ -47,7 +49,7 @@ class EvalConfig:
     skills_samples: int = 8
     skills_sample_per_family: int = 20
     skills_temperature: float = 1.0
-    skills_max_new_tokens: int = 16
+    skills_max_new_tokens: int = REPLY_TOKENS
     skills_batch_size: int = 64
     speed_new_tokens: int = 32
     compare_with: str = ""

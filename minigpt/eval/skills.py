@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..atomic import atomic_write_json
+from ..data.skills import REPLY_TOKENS
 from .scoring import mean_of_rates_interval, pass_at_k, wilson_interval
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def _add_sampled(families: dict[str, dict[str, Any]], generate: Callable, gen: A
 
 
 def evaluate_skills(model: Any, tokenizer: Any, items: Sequence[Any], *, greedy: bool = True, samples: int = 0,
-                    temperature: float = 1.0, max_new_tokens: int = 16, batch_size: int = 64,
+                    temperature: float = 1.0, max_new_tokens: int = REPLY_TOKENS, batch_size: int = 64,
                     seed: int = 0, sample_per_family: int = 0) -> dict[str, Any]:
     """Score `items` (SkillItems) by generation; see the module docstring. sample_per_family > 0 draws the samples
     for the first that many problems of each family only (k samples cost k greedy replies).
@@ -234,7 +235,7 @@ def evaluate_run_skills(run_dir: str | Path, models: dict[str, tuple[Any, Any, s
     return {k: v["result"] for k, v in data["stages"].items()}
 
 
-def held_out_accuracy(model: Any, tokenizer: Any, items: Sequence[Any], max_new_tokens: int = 16) -> dict[str, float]:
+def held_out_accuracy(model: Any, tokenizer: Any, items: Sequence[Any], max_new_tokens: int = REPLY_TOKENS) -> dict[str, float]:
     """Greedy pass@1 on `items` as flat metrics (what 04 and 08 log): the mean over families (val_accuracy), the
     pooled count behind its interval (val_correct of val_problems) and per family (val_accuracy/<family>)."""
     res = evaluate_skills(model, tokenizer, list(items), greedy=True, max_new_tokens=max_new_tokens)

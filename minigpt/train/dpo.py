@@ -147,7 +147,7 @@ def _skill_pairs(P: Params, dpo: DPOConfig) -> PairSet:
     """Pairs from the built-in skills (data/skills/ from 01): training problems for training, validation problems
     (never trained on) held out; ``max_pairs`` caps the training problems, ``eval_pairs`` the held-out ones."""
     from ..align.spin import skill_pairs
-    from ..data.skills import load_run_skills
+    from ..data.skills import REPLY_TOKENS, load_run_skills
 
     train_items = load_run_skills(P.paths["data"], "train")
     held_items = load_run_skills(P.paths["data"], "val")
@@ -159,9 +159,13 @@ def _skill_pairs(P: Params, dpo: DPOConfig) -> PairSet:
     ckpt_dir = sft_checkpoint(P, dpo)
     model, tokenizer, _ = load_checkpoint(ckpt_dir)
     device = str(setup_machine(train_config_from_params(P))[0])
-    gen = spin_settings(dpo, int(P.seed))
-    train, c_train = skill_pairs(model, tokenizer, train_items, gen, device=device)
-    held, c_held = skill_pairs(model, tokenizer, held_items, dataclasses.replace(gen, seed=int(P.seed) + 1), device=device)
+    # the model's replies are sampled to their end (a worked solution is longer than spin_max_new_tokens allows), and
+    # the chosen reply is a worked solution when the run's SFT trained on them (skills_worked: train items carry one)
+    gen = dataclasses.replace(spin_settings(dpo, int(P.seed)), max_new_tokens=REPLY_TOKENS)
+    worked = any(it.solution for it in train_items)
+    train, c_train = skill_pairs(model, tokenizer, train_items, gen, device=device, worked=worked)
+    held, c_held = skill_pairs(model, tokenizer, held_items, dataclasses.replace(gen, seed=int(P.seed) + 1),
+                               device=device, worked=worked)
     if not train or not held:
         raise ValueError(f"pairs_source=skills: the SFT model {ckpt_dir} made no wrong answer to sample from "
                          f"(train {c_train}, held out {c_held}); use pairs_source=spin")

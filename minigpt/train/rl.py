@@ -60,7 +60,7 @@ class RLConfig:
     skill_families: list[str] = field(default_factory=list)  # families to train on (empty = all)
     group_size: int = 8  # completions sampled per problem (G)
     temperature: float = 1.0  # rollout sampling temperature (no top-k / top-p: the policy's own distribution)
-    max_new_tokens: int = 16  # completion length limit of a rollout
+    max_new_tokens: int = skill_data.REPLY_TOKENS  # completion length limit of a rollout (worked solutions fit)
     clip_eps: float = 0.2  # the policy ratio's clip range
     kl_coef: float = 0.0  # weight of the k3 KL to the initial model in the loss (0 = logged only)
     loss_agg: str = "token"  # token (mean over all completion tokens, DAPO) | sequence (per completion, then mean)
