@@ -47,10 +47,12 @@ def test_grpo_loss_by_hand_with_clipping_and_kl():
                 row.append(-surr + beta * kl)
             per_row.append(sum(row) / len(row))
             tokens += row
+        if agg == "constant":  # Dr. GRPO: the token sum over completions x the budget (max_len 4 here)
+            return sum(tokens) / (2 * 4)
         return sum(per_row) / 2 if agg == "sequence" else sum(tokens) / len(tokens)
 
-    for agg in ("sequence", "token"):
-        loss, stats = grpo_loss(logps, old, adv, mask, ref, clip_eps=eps, kl_coef=beta, loss_agg=agg)
+    for agg in ("sequence", "token", "constant"):
+        loss, stats = grpo_loss(logps, old, adv, mask, ref, clip_eps=eps, kl_coef=beta, loss_agg=agg, max_len=4)
         assert float(loss) == pytest.approx(by_hand(agg), rel=1e-6)
     # ratios: e^0.5 (clipped), 1, e^-1 (clipped), e^0.1, 1 -> 2 of 5 completion tokens outside [0.8, 1.2]
     assert float(stats["clip_fraction"]) == pytest.approx(2 / 5)
@@ -73,3 +75,24 @@ def test_token_logps_masks_ignored_targets():
     out = token_logps(logits, y)
     assert out[0, 0].item() == pytest.approx(2.0 - math.log(math.exp(2) + 2))
     assert out[0, 1].item() == 0.0
+
+
+def test_constant_aggregation_leaves_no_gradient_on_a_prefix_the_group_shares():
+    """A group of two: a short right answer and a long wrong one, both opening with the same token. With
+    loss_agg="constant" (Dr. GRPO) the shared opening's gradient is A_1 + A_2 = 0 over the budget; with "token"
+    the long wrong answer's tokens weigh less each... and with "sequence" the short right answer's weigh more, so
+    the opening token is pushed one way or the other by length alone."""
+    from minigpt.align.grpo import group_advantages
+
+    adv = group_advantages(torch.tensor([1.0, 0.0]), 2)  # [+1, -1]
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    grads = {}
+    for agg in ("constant", "token", "sequence"):
+        logps = torch.full((2, 4), -1.0, requires_grad=True)
+        loss, _ = grpo_loss(logps, logps.detach(), adv, mask, loss_agg=agg, max_len=8)
+        loss.backward()
+        grads[agg] = logps.grad
+    shared = {agg: float(g[0, 0] + g[1, 0]) for agg, g in grads.items()}  # the opening token's total push
+    assert shared["constant"] == pytest.approx(0.0, abs=1e-6)
+    assert float(grads["constant"][0, 0]) == pytest.approx(-float(adv[0]) / (2 * 8), rel=1e-4)
+    assert abs(shared["sequence"]) > 0.05  # 1/2 against 1/4 per token: the opening is pushed up

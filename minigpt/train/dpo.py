@@ -41,6 +41,7 @@ from ..params import ParameterError, Params, jsonable, validate_dataclass
 from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from .machine import autocast, setup_machine
+from .memory import set_attention
 from .pretrain import train_config_from_params
 from .sft import SFTTrainer
 
@@ -260,6 +261,7 @@ def build_dpo_trainer(P: Params, pairs: PairSet | None = None, callbacks: Iterab
         raise ValueError(f"no held-out pair fits seq_len={seq_len} ({len(pairs.eval)} held out); raise eval_pairs or use shorter pairs")
     out = align_dir(P)
     device, dtype, _ = setup_machine(cfg)
+    set_attention(model, cfg.machine, device, dtype, seq_len)  # the reference and the policy on the same path
     sha = ckpt.sha256_file(ckpt_dir / "model.safetensors")
     ref_all, cache_info = cached_reference_logps(
         out / CACHE_FILE, train + held, sha, lambda: model, tokenizer.pad_id, device, cfg.optim.batch_size,

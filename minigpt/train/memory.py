@@ -146,6 +146,18 @@ def what_fits(model_cfg: ModelConfig, batch: int, seq_len: int, accumulation: in
     return out
 
 
+def set_attention(model: torch.nn.Module, machine: Any, device: torch.device, dtype: torch.dtype, seq_len: int) -> bool:
+    """Set every Attention's speed switch from `machine.attention` (TrainConfig.machine) for training in `dtype` on
+    `device`; returns whether the matmul path is on. A reference model whose log-probabilities are compared with the
+    trained one's (DPO's cache, RL's KL) is set the same way, so the two differ by training, not by rounding."""
+    gpt = getattr(model, "module", model)
+    matmul = use_matmul_attention(machine.attention, device, dtype if dtype in SIXTEEN_BIT else None, seq_len)
+    for module in gpt.modules():
+        if isinstance(module, Attention):
+            module.use_matmul = matmul
+    return matmul
+
+
 def plan_memory(model: torch.nn.Module, machine: Any, batch: int, seq_len: int, accumulation: int,
                 optimizer: str, device: torch.device, dtype: torch.dtype) -> dict[str, int] | None:
     """Set the memory switches on the model (a GPT, possibly wrapped) from `machine` (TrainConfig.machine), then
@@ -158,10 +170,7 @@ def plan_memory(model: torch.nn.Module, machine: Any, batch: int, seq_len: int, 
         return None
     gpt.activation_checkpointing = bool(machine.activation_checkpointing)
     gpt.chunked_loss = bool(machine.chunked_loss)
-    matmul = use_matmul_attention(machine.attention, device, dtype if dtype in SIXTEEN_BIT else None, seq_len)
-    for module in gpt.modules():
-        if isinstance(module, Attention):
-            module.use_matmul = matmul
+    matmul = set_attention(gpt, machine, device, dtype, seq_len)
     est = estimate_train_memory(gpt.config, batch, seq_len, dtype, optimizer, gpt.activation_checkpointing,
                                 gpt.chunked_loss, matmul)
     # the weights exist already (the model is built and on its device): the step needs the rest on top

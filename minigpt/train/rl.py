@@ -46,6 +46,7 @@ from ..params import ParameterError, Params, jsonable, validate_dataclass
 from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from .machine import autocast, setup_machine
+from .memory import set_attention
 from .pretrain import train_config_from_params
 from .sft import SFTTrainer
 
@@ -63,7 +64,9 @@ class RLConfig:
     max_new_tokens: int = skill_data.REPLY_TOKENS  # completion length limit of a rollout (worked solutions fit)
     clip_eps: float = 0.2  # the policy ratio's clip range
     kl_coef: float = 0.0  # weight of the k3 KL to the initial model in the loss (0 = logged only)
-    loss_agg: str = "token"  # token (mean over all completion tokens, DAPO) | sequence (per completion, then mean)
+    # constant (token sums / (completions x max_new_tokens), Dr. GRPO) | token (mean over all completion tokens, DAPO)
+    # | sequence (per completion, then mean): see minigpt/align/grpo.py
+    loss_agg: str = "constant"
     scale_advantages: bool = True  # divide by the group's std (GRPO); false keeps reward - group mean
     format_reward: float = 0.0  # added to the reward of a completion that ends its turn (<|im_end|>)
     drop_equal_groups: bool = True  # train only on groups whose rewards differ (the others carry no signal)
@@ -233,7 +236,7 @@ class GRPOTrainer(SFTTrainer):
         logits = fwd(x)[0]
         logps = token_logps(logits, y)
         loss, stats = grpo_loss(logps, logps.detach(), extras["advantages"], y != IGNORE_INDEX, extras.get("ref_logps"),
-                                self.rl.clip_eps, self.rl.kl_coef, self.rl.loss_agg)
+                                self.rl.clip_eps, self.rl.kl_coef, self.rl.loss_agg, self.rl.max_new_tokens)
         self._loss_stats.append(stats)  # tensors, read at log steps
         return loss
 
@@ -311,6 +314,7 @@ def build_rl_trainer(P: Params, callbacks: Iterable[Any] = (), rank: int = 0, wo
     eval_items = skill_data.load_run_skills(P.paths["data"], "val", families=families, per_family=rl.eval_per_family)
     device, dtype, _ = setup_machine(cfg)
     model.to(device)
+    set_attention(model, cfg.machine, device, dtype, model.config.max_seq_len)  # the reference copy runs as the policy
     # the KL reference: the initial weights, frozen (with LoRA, a merged copy before the adapters exist)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     extra = jsonable(P)
