@@ -29,7 +29,10 @@
 # - **Verifiable pairs** (`pairs_source: skills`, the demo's default): for each built-in skill problem (01) the
 #   reference answer is chosen and one of the SFT model's own sampled answers that the checker marks **wrong** is
 #   rejected. DPO then learns exactly from the model's mistakes, and the held-out pairs come from validation
-#   problems it never trained on, so the reward accuracy measures something a program can verify.
+#   problems it never trained on, so the reward accuracy measures something a program can verify. Families the
+#   run answers with worked solutions (arithmetic) give no pairs: a wrong scratchpad slips once and then continues
+#   consistently, and pushing all of it down taught answers that disagree with their own steps. Watch the skills
+#   table after DPO: on this small model even the other families' pairs cost some arithmetic.
 # - **Loss** (`loss_type`, `beta`, `label_smoothing`): sigmoid DPO, conservative DPO (label smoothing) or IPO,
 #   on the final assistant reply only. The reference's log-probs are computed once and cached in
 #   `runs/<run>/align/reference_logps.safetensors`, so the reference model is not in memory while training.

@@ -26,6 +26,11 @@
 # up, worse pushes them down. The loss is PPO's clipped surrogate on the reply's tokens only, with an optional
 # KL to the starting model (the k3 estimator); formulas and citations are in `minigpt/align/grpo.py`.
 #
+# The arithmetic replies are worked solutions (01's `skills_worked`), so the replies of a group share their
+# opening steps; the loss divides by a constant rather than each reply's length (`loss_agg: constant`, Dr. GRPO),
+# so those shared steps get no net push and only where the replies differ is learnt. Keep the learning rate low:
+# a few thousand exact digit steps are easy to disturb (in our runs 1e-4 lowered held-out arithmetic, 3e-5 did not).
+#
 # A group whose replies are all right, or all wrong, teaches nothing (all advantages are zero): the share of
 # such groups is plotted. Rollouts are the cost of RL, and they use the project's batched generator (the C
 # decode step on a CPU). It reads `runs/<run>/sft/final_model` and writes `runs/<run>/rl/`
