@@ -15,19 +15,20 @@ removes exact and near duplicates, splits train/val by a hash of the text and wr
 
 Modules, in the order a record meets them: ``config`` (CleanConfig), ``normalize`` (cleaning
 steps), ``filters`` (length limits and the table of quality rules), ``dedup`` (hashes, hash set,
-MinHash/LSH), ``prepare`` (the per-batch work of the worker processes), ``near`` (verified near dedup),
-``pipeline`` (run_cleaning, batches, checkpoints and resume), ``report`` (tables and
-plots); ``reasons`` names every reject reason and step counter, ``chars`` holds the numpy views of
-a batch of texts that filters and dedup share.
+MinHash/LSH), ``prepare`` (the per-batch work of the worker processes; ``Cleaner``, its per-document
+part), ``near`` (verified near dedup), ``pipeline`` (run_cleaning, batches, checkpoints and resume),
+``outputs`` (the val split and what the next notebooks will do), ``report`` (tables and plots);
+``reasons`` names every reject reason and step counter, ``chars`` holds the numpy views of a batch
+of texts that filters and dedup share.
 """
 
-from .cleaner import Cleaner
 from .config import CleanConfig
 from .dedup import HashSet64, MinHashLSH, chat_dedup_key, dedup_key, is_val, lsh_params, lsh_verified_params, text_hash
 from .filters import QUALITY_RULES, check_chat_length, check_text_length, quality_batch
 from .normalize import normalize_batch
 from .outputs import data_plan, ensure_val_split
 from .pipeline import BATCH, HIST_BINS, KEYLOGS, OUTPUTS, STATE_FILE, run_cleaning
+from .prepare import Cleaner
 from .reasons import (
     DUPLICATE_LINES, DUPLICATE_NGRAMS, EMPTY_AFTER_CLEAN, EXACT_DUPLICATE, HIGH_SYMBOL_FRACTION, LOW_CJK_FRACTION,
     LOW_LETTER_FRACTION, NEAR_DUPLICATE, REASONS, REPEATED_CHAR_RUN, STEPS, TOO_LONG, TOO_SHORT,

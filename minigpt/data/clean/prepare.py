@@ -1,5 +1,6 @@
 """The per-batch work that needs no run state, done by worker processes: normalise, length limits, quality
-filters, dedup hashes, MinHash band keys and sketches.
+filters, dedup hashes, MinHash band keys and sketches. ``Cleaner`` is its per-document part (the normalisation
+steps and quality filters of one config, counting what each step changed), also usable on one string.
 
 The parent reads the input, hands batches out and takes the results back in input order (``BatchPool``), then
 does everything that depends on earlier records (the cap, exact and near dedup, writing, checkpoints). So the
@@ -20,11 +21,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .cleaner import Cleaner
 from .config import CleanConfig
 from .dedup import MinHashLSH, chat_dedup_key, dedup_key, text_hash
-from .filters import check_chat_length, check_text_length
+from .filters import check_chat_length, check_text_length, quality_batch
 from .near import exact_key
+from .normalize import normalize_batch
 from .reasons import STEPS
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,30 @@ MIN_POOL_BYTES = 8_000_000  # smaller inputs are cleaned in-process: starting wo
 
 # one parsed record as a worker sees it: (kind "text" | "chat", value, POS tagged)
 Record = tuple[str, Any, bool]
+
+
+class Cleaner:
+    """Per-document cleaning and filtering; counts how many documents each step changed."""
+
+    def __init__(self, cfg: CleanConfig, steps: dict[str, int]):
+        self.cfg = cfg
+        self.steps = steps
+
+    def normalize(self, s: str, pos_tagged: bool = False) -> str:
+        """All enabled cleaning steps for one string (see ``normalize_batch``)."""
+        return self.normalize_batch([s], [pos_tagged])[0]
+
+    def normalize_batch(self, texts: list[str], pos_tagged: list[bool]) -> list[str]:
+        """Cleaning steps in order: POS tags, full-width, NFKC, HTML, URLs, control, whitespace."""
+        return normalize_batch(texts, pos_tagged, self.cfg, self.steps)
+
+    def quality(self, s: str) -> tuple[str, str]:
+        """(reason, detail) for a document that fails a quality rule, else ('', '')."""
+        return self.quality_batch([s])[0]
+
+    def quality_batch(self, texts: list[str]) -> list[tuple[str, str]]:
+        """Quality rules for a batch of non-empty cleaned documents (see ``filters.QUALITY_RULES``)."""
+        return quality_batch(texts, self.cfg)
 
 
 @dataclass
