@@ -20,7 +20,9 @@ def test_bench_quick_runs(tmp_path):
     gen = res["generate"]["tiny"]
     assert set(map(str, gen["minigpt"])) == {"1", "8"} and all(v > 0 for v in gen["ratio"].values())
     assert res["text"]["tokenizer"]["encode_mb_per_s"] > 0 and res["text"]["clean"]["mb_per_s"] > 0
-    assert "peak matmul" in r.stdout and "training step" in r.stdout
+    assert res["rollout"]["minigpt"]["generated_tokens"] == res["rollout"]["hf"]["generated_tokens"] == 8 * 4 * 8
+    assert res["rollout"]["ratio"] > 0
+    assert "peak matmul" in r.stdout and "training step" in r.stdout and "rollouts for RL" in r.stdout
 
 
 def _row(**kw):
@@ -117,3 +119,38 @@ def test_memory_case_losses_equal_before_and_after():
     assert len(before["losses"]) == 2 and before["dtype"] == "float32" and after["activation_checkpointing"] is True
     assert max(abs(a - b) for a, b in zip(before["losses"], after["losses"])) < 1e-5
     assert after["estimate_mb"] < before["estimate_mb"]
+
+
+def test_rollout_bench_small_case_counts_every_token_on_both_sides():
+    """The RL-rollout comparison on tiny, 8 skill prompts x 4 samples x 8 tokens: both sides make every row to the
+    full length, the prompts differ in length (left padding), and the ratio is the quotient of the two speeds."""
+    pytest.importorskip("transformers")
+    from minigpt.bench import format_table
+    from minigpt.bench.rollout import QUICK_ROLLOUT_CASE, bench_rollout
+
+    r = bench_rollout("tiny", quick=True)
+    P, G, N = (QUICK_ROLLOUT_CASE[k] for k in ("prompts", "group_size", "new_tokens"))
+    assert (r["prompts"], r["group_size"], r["new_tokens"]) == (P, G, N) == (8, 4, 8)
+    for side in ("minigpt", "hf"):
+        assert r[side]["rows"] == P * G and r[side]["generated_tokens"] == P * G * N
+        assert r[side]["tokens_per_s"] > 0 and len(r[side]["seconds"]) == 2
+    assert r["ratio"] == pytest.approx(r["minigpt"]["tokens_per_s"] / r["hf"]["tokens_per_s"])
+    assert r["prompt_tokens"][0] < r["prompt_tokens"][1] and r["backend"] == "native"
+    text = format_table({"rollout": r})
+    assert "rollouts for RL (tiny, 8 prompts x 4 samples x 8 new tokens" in text and f"{r['ratio']:.2f}x" in text
+
+
+def test_rollout_minigpt_side_is_the_rl_sampling_call(monkeypatch):
+    """minigpt's side repeats each prompt group_size times and samples with rollout_config (T 1.0, no top-k/top-p)."""
+    from minigpt.bench.rollout import minigpt_rollouts
+
+    class Gen:
+        def generate_ids(self, prompts, cfg):
+            self.prompts, self.cfg = prompts, cfg
+            return [[7] * cfg.max_new_tokens for _ in prompts]
+
+    gen = Gen()
+    assert minigpt_rollouts(gen, [[1, 2], [3]], group_size=3, new_tokens=5, seed=4) == (6, 30)
+    assert gen.prompts == [[1, 2]] * 3 + [[3]] * 3
+    c = gen.cfg
+    assert (c.do_sample, c.temperature, c.top_k, c.top_p, c.ignore_eos, c.seed) == (True, 1.0, 0, 1.0, True, 4)

@@ -17,6 +17,11 @@
   two medians (a load that drifts during the pair then weighs on both sides alike).
 - `--profile PRESET` prints a torch.profiler table (CPU, top ops by self time) of one minigpt training step.
 - generate: greedy decode tokens/s at batch 1 and 8 against HF `generate` on the exported model.
+- rollout: RL's rollout sampling (`TextGenerator.generate_ids` as `train.rl.RolloutBatches` calls it: temperature
+  1.0, no top-k/top-p, each prompt repeated group_size times, C step) against HF `generate` with
+  `num_return_sequences`, on `tiny`: 64 skill chat prompts of different lengths (left-padded) x 8 samples x 16 new
+  tokens (8 x 4 x 8 with `--quick`), every row forced to the full length; rollout tokens/s of each side, the mean
+  over the order minigpt, HF, HF, minigpt after one warm-up each, and the ratio (minigpt/rollout.py).
 - serve: `python -m minigpt.serve` on `tiny` with 8 concurrent streaming clients, against one client alone
   and a baseline server calling HF `generate` per request (aggregate tokens/s, time to first token,
   inter-token latency p50/p99, errors).
@@ -46,6 +51,7 @@ logger = logging.getLogger(__name__)
 from .table import format_table
 from .train import DTYPES, TRAIN_SHAPES, bench_memory, bench_train, memory_case, profile_step, time_to_quality, train_step_case
 from .generate import bench_generation
+from .rollout import bench_rollout
 from .text import bench_text_tools
 from .serve import bench_serving
 
@@ -95,6 +101,8 @@ def run(quick: bool, out_dir: Path, skip: set[str], corpus_mb: float | None = No
     if "generate" not in skip:
         results["generate"] = bench_generation(["tiny"] if quick else ["tiny", "small"], new_tokens=16 if quick else 64,
                                                repeats=1 if quick else 3)
+    if "rollout" not in skip:  # one RL round's sampling: what GRPO spends its time on
+        results["rollout"] = bench_rollout("tiny", quick=quick)
     if "serve" not in skip:
         results["serve"] = bench_serving("tiny", clients=8, new_tokens=16 if quick else 64, rounds=1 if quick else 3)
     if "text" not in skip:
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a < 3 minute run that checks the bench works")
     ap.add_argument("--out", default="runs/bench", help="folder for results.json and PNGs")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,memory,generate,serve,text,corpus,ttq")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: train,memory,generate,rollout,serve,text,corpus,ttq")
     ap.add_argument("--corpus-mb", type=float, default=None,
                     help="size of the generated corpus (default 1024, 50 with --quick)")
     ap.add_argument("--profile", metavar="PRESET", choices=sorted(TRAIN_SHAPES),

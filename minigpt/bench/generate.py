@@ -143,27 +143,40 @@ def bench_generate(model: Any, tokenizer: Any, hf_dir: str | Path | None = None,
     return res
 
 
-def bench_generation(presets: list[str], new_tokens: int, repeats: int) -> dict[str, Any]:
-    """minigpt vs HF generate on the same randomly initialised model, exported once per preset."""
+def bench_tokenizer() -> Any:
+    """The bench's tokenizer: 6400 tokens trained on 2000 built-in documents (the vocabulary of every exported model)."""
+    from ..data.tokenizer import TokenizerConfig, train_tokenizer
+
+    return train_tokenizer(builtin_texts(2000), TokenizerConfig(tokenizer_vocab_size=6400, min_frequency=2))
+
+
+def random_exported(preset: str, tok: Any, tmp: Path) -> tuple[Any, Path]:
+    """`preset` with random weights (seed 0) saved with `tok` under `tmp` and exported to transformers:
+    (the model in eval mode, the exported folder)."""
     import torch
 
     from ..config import ModelConfig
-    from ..data.tokenizer import TokenizerConfig, train_tokenizer
     from ..infer.export import export_hf
     from ..model.gpt import GPT
     from ..train.checkpoint import save_checkpoint
 
+    tok_dir = tmp / "tok"
+    if not tok_dir.exists():
+        tok.save(tok_dir)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(preset, vocab_size=tok.vocab_size)
+    model = GPT(cfg).eval()
+    ck = tmp / preset
+    save_checkpoint(ck, model, {"model": cfg.to_dict(), "tokenizer_sha256": tok.sha256}, tokenizer_dir=tok_dir)
+    return model, export_hf(ck, tmp / f"{preset}-hf")
+
+
+def bench_generation(presets: list[str], new_tokens: int, repeats: int) -> dict[str, Any]:
+    """minigpt vs HF generate on the same randomly initialised model, exported once per preset."""
     out: dict[str, Any] = {}
-    texts = builtin_texts(2000)
     with tempfile.TemporaryDirectory() as tmp:
-        tok = train_tokenizer(texts, TokenizerConfig(tokenizer_vocab_size=6400, min_frequency=2))
-        tok.save(Path(tmp) / "tok")
+        tok = bench_tokenizer()
         for preset in presets:
-            torch.manual_seed(0)
-            cfg = ModelConfig.from_preset(preset, vocab_size=tok.vocab_size)
-            model = GPT(cfg).eval()
-            ck = Path(tmp) / preset
-            save_checkpoint(ck, model, {"model": cfg.to_dict(), "tokenizer_sha256": tok.sha256}, tokenizer_dir=Path(tmp) / "tok")
-            hf_dir = export_hf(ck, Path(tmp) / f"{preset}-hf")
+            model, hf_dir = random_exported(preset, tok, Path(tmp))
             out[preset] = bench_generate(model, tok, hf_dir=hf_dir, new_tokens=new_tokens, repeats=repeats)
     return out

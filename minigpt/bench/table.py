@@ -1,4 +1,5 @@
-"""The bench's one printed table, from the results dictionary: training, generation, text tools, time to quality."""
+"""The bench's one printed table, from the results dictionary: training, generation, RL rollouts, serving, text tools,
+time to quality."""
 from __future__ import annotations
 
 from typing import Any
@@ -89,6 +90,23 @@ def generation_lines(gen: dict[str, Any]) -> list[str]:
     return lines
 
 
+def rollout_lines(r: dict[str, Any]) -> list[str]:
+    """minigpt's RL sampling call against HF generate: rows, generated tokens and tokens/s of each, and the ratio."""
+    lo, hi = r["prompt_tokens"]
+    lines = ["", f"rollouts for RL ({r['preset']}, {r['prompts']} prompts x {r['group_size']} samples x "
+                 f"{r['new_tokens']} new tokens, temperature 1.0)",
+             f"  {'':<62} {'rows':>5} {'generated':>10} {'tokens/s':>10}"]
+    for key, label in (("minigpt", f"minigpt generate_ids (decode step {r.get('backend')})"),
+                       ("hf", f"HF generate (num_return_sequences {r['group_size']})")):
+        c = r.get(key)
+        if c:
+            lines.append(f"  {label:<62} {c['rows']:>5} {c['generated_tokens']:>10} {c['tokens_per_s']:>10.0f}")
+    lines.append(f"  minigpt / HF: {_x(r.get('ratio')) or 'n/a'}  (skill chat prompts of {lo}-{hi} tokens, left-padded;"
+                 " no top-k/top-p; every row made the full length; tokens/s over the mean time of the runs minigpt, HF, HF,"
+                 " minigpt)")
+    return lines
+
+
 def serving_lines(s: dict[str, Any]) -> list[str]:
     lines = ["", f"serving ({s['preset']}, {s['new_tokens']} tokens a request, streamed)   clients  requests"
                  "   tokens/s  TTFT p50 ms  ITL p50 ms  ITL p99 ms  errors"]
@@ -114,6 +132,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines += memory_lines(results["memory"])
     if results.get("generate"):
         lines += generation_lines(results["generate"])
+    if results.get("rollout"):
+        lines += rollout_lines(results["rollout"])
     if results.get("serve"):
         lines += serving_lines(results["serve"])
     tools = results.get("text", {})
