@@ -260,7 +260,7 @@ class GRPOTrainer(SFTTrainer):
 
 
 def compare_answers(start_model: torch.nn.Module, model: torch.nn.Module, tokenizer: Any,
-                    items: Sequence[skill_data.SkillItem], n: int = 6, max_new_tokens: int = 16):
+                    items: Sequence[skill_data.SkillItem], n: int = 6, max_new_tokens: int = skill_data.REPLY_TOKENS):
     """Greedy answers of the starting and the trained model to held-out problems, those that differ first."""
     import pandas as pd
 
