@@ -86,7 +86,8 @@ def test_rl_run_raises_the_reward_and_resumes_exactly(tok, tmp_path, monkeypatch
 
     monkeypatch.setattr(skill_data, "reward", _even_first_token(tok))
     run = _make_run(tmp_path, tok)
-    P = _params(run, max_steps=12, save_steps=6, eval_interval=6)
+    # keep_best off: this test follows the training trajectory itself (keep_best has its own test below)
+    P = _params(run, max_steps=12, save_steps=6, eval_interval=6, keep_best=False)
     tr, _ = build_rl_trainer(P)
     before = tr.evaluate()
     assert set(before) >= {"val_accuracy", "val_accuracy/copy"}
@@ -99,7 +100,7 @@ def test_rl_run_raises_the_reward_and_resumes_exactly(tok, tmp_path, monkeypatch
     assert train[-1]["train_kl"] > train[0]["train_kl"]
     assert [r["step"] for r in recs if "val_accuracy" in r] == [6, 12]
     # resume from step 6 into another folder: the same rollouts, so the same weights, bit for bit
-    tr2, _ = build_rl_trainer(_params(run, max_steps=12, save_steps=6, eval_interval=6,
+    tr2, _ = build_rl_trainer(_params(run, max_steps=12, save_steps=6, eval_interval=6, keep_best=False,
                                       resume_from=str(run / "rl" / "checkpoint_step_6"), output_dir=str(tmp_path / "resumed")))
     tr2.fit()
     resumed = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -157,3 +158,55 @@ def test_notebook_08_runs_headless_after_04(tmp_path):
     assert summary["after"]["val_accuracy"] == [r for r in recs if "val_accuracy" in r][-1]["val_accuracy"]
     text = json.dumps(nbformat.read(executed, as_version=4).cells, ensure_ascii=False)
     assert "held-out accuracy before RL" in text and "advantage" in text
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_keep_best_makes_the_best_evaluated_weights_the_final_model(tok, tmp_path, monkeypatch, keep_best):
+    """Held-out accuracy 0.5 before training, then 0.75 at step 3 and 0.25 at step 6: with keep_best the final model
+    holds step 3's weights (rl/best/ was written then), without it step 6's; a resumed run reads the record back."""
+    import minigpt.train.rl as rl_mod
+    from minigpt.train.checkpoint import load_checkpoint
+    from minigpt.train.rl import build_rl_trainer
+
+    monkeypatch.setattr(skill_data, "reward", _even_first_token(tok))
+    scores = iter([0.5, 0.75, 0.25, 0.75])
+    monkeypatch.setattr(rl_mod, "held_out_accuracy", lambda *a, **k: {"val_accuracy": next(scores)})
+    run = _make_run(tmp_path, tok)
+    tr, _ = build_rl_trainer(_params(run, keep_best=keep_best))
+    tr.evaluate()
+    tr.fit()
+    step3 = load_checkpoint(run / "rl" / "checkpoint_step_3")[0].state_dict()
+    step6 = load_checkpoint(run / "rl" / "checkpoint_step_6")[0].state_dict()
+    final = load_checkpoint(run / "rl" / "final_model")[0].state_dict()
+    want = step3 if keep_best else step6
+    assert all(torch.equal(final[k], want[k]) for k in want)
+    assert not all(torch.equal(step3[k], step6[k]) for k in step3)
+    if keep_best:
+        assert json.loads((run / "rl" / "best" / "best.json").read_text()) == {"step": 3, "val_accuracy": 0.75}
+        assert tr.evaluate()["val_accuracy"] == 0.75  # the trainer's model is the best one too
+        resumed, _ = build_rl_trainer(_params(run, keep_best=True, max_steps=9,
+                                              resume_from=str(run / "rl" / "checkpoint_step_6")))
+        resumed._prepare_run()  # what fit() does first: the resume
+        assert resumed.step == 6 and resumed.best == {"step": 3, "val_accuracy": 0.75}
+    else:
+        assert not (run / "rl" / "best").exists()
+
+
+def test_keep_best_the_starting_model_when_training_never_beats_it(tok, tmp_path, monkeypatch):
+    """The notebook evaluates before fit(): that evaluation (the SFT weights) is a candidate, and it survives fit()
+    archiving nothing of it; when no later evaluation beats it, the final model is the starting model."""
+    import minigpt.train.rl as rl_mod
+    from minigpt.train.checkpoint import load_checkpoint
+    from minigpt.train.rl import build_rl_trainer
+
+    monkeypatch.setattr(skill_data, "reward", _even_first_token(tok))
+    scores = iter([0.5, 0.25, 0.25])
+    monkeypatch.setattr(rl_mod, "held_out_accuracy", lambda *a, **k: {"val_accuracy": next(scores)})
+    run = _make_run(tmp_path, tok)
+    start = load_checkpoint(run / "sft" / "final_model")[0].state_dict()
+    tr, _ = build_rl_trainer(_params(run))
+    tr.evaluate()
+    tr.fit()
+    final = load_checkpoint(run / "rl" / "final_model")[0].state_dict()
+    assert all(torch.equal(final[k], start[k]) for k in start)
+    assert json.loads((run / "rl" / "best" / "best.json").read_text()) == {"step": 0, "val_accuracy": 0.5}

@@ -25,7 +25,9 @@ scored by the same checker (``val_accuracy``; per family ``val_accuracy/<family>
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..align.grpo import LOSS_AGGREGATIONS, equal_reward_fraction, group_advantages, grpo_loss, token_logps
 from ..atomic import atomic_write_json
@@ -52,6 +55,8 @@ from .sft import SFTTrainer
 
 logger = logging.getLogger(__name__)
 
+BEST_DIR = "best"  # rl/best/: the weights of the best evaluation so far (keep_best)
+
 
 @dataclass
 class RLConfig:
@@ -70,6 +75,9 @@ class RLConfig:
     scale_advantages: bool = True  # divide by the group's std (GRPO); false keeps reward - group mean
     format_reward: float = 0.0  # added to the reward of a completion that ends its turn (<|im_end|>)
     drop_equal_groups: bool = True  # train only on groups whose rewards differ (the others carry no signal)
+    # the final model is the evaluated weights with the best held-out accuracy, the starting model included (model
+    # selection on validation problems; test problems stay unseen): RL's accuracy moves by noise between evaluations
+    keep_best: bool = True
     eval_per_family: int = 32  # held-out validation problems per family for val_accuracy at each evaluation
     use_lora: bool = False
     lora_rank: int = 8
@@ -106,6 +114,17 @@ class RLConfig:
         bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if bad or not self.lora_targets:
             raise ValueError(f"lora_targets: {bad[0] if bad else 'empty'!r}: expected names from {', '.join(LORA_TARGETS)}")
+
+
+def _read_best(path: Path) -> dict[str, Any]:
+    """A resumed run's best.json, checked: {"step": int, "val_accuracy": number in [0, 1]}."""
+    try:
+        best = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(best.get("step"), int) and 0 <= float(best["val_accuracy"]) <= 1):
+            raise ValueError("expected an integer step and a val_accuracy in [0, 1]")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a best-model record ({e}); delete the folder {path.parent} to start it afresh") from None
+    return best
 
 
 def rollout_config(rl: RLConfig, seed: int) -> GenerationConfig:
@@ -231,6 +250,24 @@ class GRPOTrainer(SFTTrainer):
         self.rl, self.eval_items = rl, list(eval_items)
         self._loss_stats: list[dict[str, torch.Tensor]] = []
         super().__init__(*args, **kwargs)
+        self.best: dict[str, Any] | None = None  # keep_best: {"step", "val_accuracy"} of the best evaluation so far
+        self._best_state: dict[str, torch.Tensor] | None = None  # its weights (CPU copies)
+        self._prepared = False  # rl/best/ is written only once fit() has set the folder up (archive or resume)
+
+    def _prepare_run(self) -> None:
+        super()._prepare_run()
+        self._prepared = True
+        if self._best_state is not None:  # an evaluation before fit() (the notebook's "before")
+            self._write_best()
+
+    def resume(self, folder: str | Path) -> None:
+        """The Trainer's resume, and the run's best-evaluation record when the run resumes in its own folder."""
+        super().resume(folder)
+        best_json = self.output_dir / BEST_DIR / "best.json"
+        if best_json.is_file():
+            on_disk = _read_best(best_json)
+            if self.best is None or on_disk["val_accuracy"] >= self.best["val_accuracy"]:
+                self.best, self._best_state = on_disk, None
 
     def _forward_loss(self, fwd, x: torch.Tensor, y: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = fwd(x)[0]
@@ -256,7 +293,36 @@ class GRPOTrainer(SFTTrainer):
             return {}
         out = held_out_accuracy(ckpt.unwrap(self.model), self.tokenizer, self.eval_items, self.rl.max_new_tokens)
         self.model.train()
+        if self.rl.keep_best and (self.best is None or out["val_accuracy"] > self.best["val_accuracy"]):
+            self._save_best(out["val_accuracy"])
         return out
+
+    def _save_best(self, accuracy: float) -> None:
+        """Keep this evaluation's weights as the best (and write them once the run's folder is set up)."""
+        self.best = {"step": self.step, "val_accuracy": accuracy}
+        self._best_state = {k: v.detach().to("cpu").clone().contiguous()
+                            for k, v in ckpt.unwrap(self.model).state_dict().items()}
+        if self._prepared:
+            self._write_best()
+
+    def _write_best(self) -> None:
+        """rl/best/ (model.safetensors + best.json), atomically: a resumed run continues from it."""
+        folder = self.output_dir / BEST_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "model.safetensors.tmp"
+        save_file(self._best_state, str(tmp))
+        os.replace(tmp, folder / "model.safetensors")
+        atomic_write_json(folder / "best.json", self.best)
+
+    def save_final(self) -> Path:
+        """final_model/ from the best evaluated weights (keep_best), else from the last step's."""
+        if self.rl.keep_best and self.best is not None and self.best["step"] != self.step:
+            state = self._best_state or load_file(str(self.output_dir / BEST_DIR / "model.safetensors"))
+            ckpt.unwrap(self.model).load_state_dict(state)
+            logger.info("final model: the weights of step %d, whose held-out accuracy %.3f was the best evaluated "
+                        "(the run ended at step %d; keep_best false keeps the last)", self.best["step"],
+                        self.best["val_accuracy"], self.step)
+        return super().save_final()
 
 
 def compare_answers(start_model: torch.nn.Module, model: torch.nn.Module, tokenizer: Any,
