@@ -32,7 +32,8 @@
 # a few thousand exact digit steps are easy to disturb (in our runs 1e-4 lowered held-out arithmetic, 3e-5 did not).
 #
 # A group whose replies are all right, or all wrong, teaches nothing (all advantages are zero): the share of
-# such groups is plotted. Rollouts are the cost of RL, and they use the project's batched generator (the C
+# such groups is plotted. Held-out accuracy moves by noise between evaluations at this scale, so the final model
+# is the best evaluated one, the starting model included (`keep_best`; validation problems choose, never test ones). Rollouts are the cost of RL, and they use the project's batched generator (the C
 # decode step on a CPU). It reads `runs/<run>/sft/final_model` and writes `runs/<run>/rl/`
 # (`final_model/` loads in 05, 06 and the server, like any checkpoint).
 
