@@ -349,3 +349,31 @@ def test_generator_follows_weights_changed_by_the_trainers_muon():
     opt.step()
     after = kept.generate_ids([5, 9, 11], greedy)
     assert after == TextGenerator(model, tok).generate_ids([5, 9, 11], greedy) and after != before
+
+
+def test_repeated_prompts_are_prefilled_once_and_decode_as_alone(monkeypatch):
+    """GRPO's rollouts repeat each prompt group_size times: prefill runs each distinct prompt once (the forward sees
+    2 rows, not 6) and copies its keys, values and logits, and every row decodes as it would alone."""
+    from minigpt.infer import decode as decode_mod
+
+    tok = tiny_tokenizer()
+    model = tiny_gpt(tok.vocab_size, max_seq_len=64)
+    a, b = [5, 9, 11, 4], [7, 3]
+    prompts = [a, a, b, a, b, b]
+    seen = []
+    forward = type(model).forward
+
+    def counting(self, ids, *args, **kwargs):
+        seen.append(ids.shape[0])
+        return forward(self, ids, *args, **kwargs)
+
+    gen = TextGenerator(model, tok)
+    greedy = GenerationConfig(max_new_tokens=8, do_sample=False)
+    alone = {tuple(p): gen.generate_ids(p, greedy) for p in (a, b)}
+    monkeypatch.setattr(type(model), "forward", counting)
+    logits, cache, batch = decode_mod.prefill(model, prompts, tok.pad_id, budget=8)
+    assert seen == [2] and logits.shape[0] == 6 and cache.keys[0].shape[0] == 6
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[2], logits[4]) and not torch.equal(logits[0], logits[2])
+    assert torch.equal(cache.keys[1][3], cache.keys[1][0]) and batch.pads == [0, 0, 2, 0, 2, 2]
+    monkeypatch.setattr(type(model), "forward", forward)
+    assert gen.generate_ids(prompts, greedy) == [alone[tuple(p)] for p in prompts]
